@@ -1,0 +1,172 @@
+//! Channel groups: union-find (petgraph) over (value, axis) slots joined by the per-op
+//! coupling rules ([`crate::ops::OpRule::couple`]).
+//!
+//! A union-find class is a channel group when it holds a *source* (a producer's weight
+//! output axis, e.g. Conv weight axis 0). A group is frozen when any of its slots is frozen
+//! (a graph input or output, an op with no rule, an unsupported index map); the reason names
+//! the node and op. Frozen groups are reported and never pruned.
+use crate::error::{Error, Result};
+use crate::ir::Ir;
+use crate::ops::{self, Links, Slot};
+use petgraph::unionfind::UnionFind;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Group {
+    pub id: usize,
+    /// Number of channels.
+    pub size: usize,
+    /// Every (value, axis) that carries the group's channels.
+    pub members: Vec<Slot>,
+    /// The initializer members: sliced along their axis when channels are removed.
+    pub params: Vec<Slot>,
+    /// Names of the nodes that read or write a member.
+    pub nodes: Vec<String>,
+    /// Why the group cannot be pruned: "node 'X' (Op): reason".
+    pub frozen: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Groups {
+    pub groups: Vec<Group>,
+    #[serde(skip)]
+    pub slot_group: HashMap<Slot, usize>,
+}
+
+impl Groups {
+    pub fn prunable(&self) -> impl Iterator<Item = &Group> {
+        self.groups.iter().filter(|g| g.frozen.is_none())
+    }
+    /// Group of a slot, when that slot belongs to one.
+    pub fn of(&self, value: &str, axis: usize) -> Option<&Group> {
+        self.slot_group
+            .get(&(value.to_string(), axis))
+            .map(|&g| &self.groups[g])
+    }
+}
+
+/// Finds the channel groups of a model.
+///
+/// Errors: [`Error::Node`] when a rule links two slots of different sizes (a rule bug,
+/// reported rather than pruned through).
+pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
+    let mut slots: Vec<Slot> = vec![];
+    let mut index: HashMap<Slot, usize> = HashMap::new();
+    let mut intern = |s: &Slot, slots: &mut Vec<Slot>| -> usize {
+        *index.entry(s.clone()).or_insert_with(|| {
+            slots.push(s.clone());
+            slots.len() - 1
+        })
+    };
+    let mut pairs = vec![];
+    let mut sources = vec![];
+    let mut frozen: BTreeMap<usize, String> = BTreeMap::new();
+    let mut touch: Vec<(usize, usize)> = vec![]; // (slot, node)
+    for (ni, node) in ir.nodes().iter().enumerate() {
+        if ir.is_folded(node) {
+            continue;
+        }
+        let mut links = Links::default();
+        match ops::rule(node) {
+            Some(r) => r.couple(node, ir, &mut links),
+            None => links.freeze_node(node, ir, "op has no rule"),
+        }
+        for (a, b) in &links.links {
+            let (fa, fb) = (ir.fact(&a.0), ir.fact(&b.0));
+            let da = fa.and_then(|f| f.shape.get(a.1)).copied();
+            let db = fb.and_then(|f| f.shape.get(b.1)).copied();
+            if da != db || da.is_none() {
+                return Err(Error::node(
+                    node,
+                    format!(
+                        "coupling rule links {a:?} ({da:?}) with {b:?} ({db:?}) of another size"
+                    ),
+                ));
+            }
+            let (ia, ib) = (intern(a, &mut slots), intern(b, &mut slots));
+            pairs.push((ia, ib));
+            touch.push((ia, ni));
+            touch.push((ib, ni));
+        }
+        for s in &links.sources {
+            let i = intern(s, &mut slots);
+            sources.push(i);
+            touch.push((i, ni));
+        }
+        for (s, why) in &links.frozen {
+            let i = intern(s, &mut slots);
+            frozen
+                .entry(i)
+                .or_insert_with(|| format!("node '{}' ({}): {why}", node.name(), node.op_type()));
+            touch.push((i, ni));
+        }
+    }
+    for (kind, names) in [
+        ("graph input", ir.graph_inputs()),
+        ("graph output", ir.graph_outputs()),
+    ] {
+        for v in names {
+            let rank = ir.fact(&v).map(|f| f.rank()).unwrap_or(0);
+            for ax in 0..rank {
+                let i = intern(&(v.clone(), ax), &mut slots);
+                frozen
+                    .entry(i)
+                    .or_insert_with(|| format!("{kind} '{v}' is never changed"));
+            }
+        }
+    }
+    let mut uf = UnionFind::<usize>::new(slots.len());
+    for (a, b) in pairs {
+        uf.union(a, b);
+    }
+    // Groups in order of their first source (deterministic: node order).
+    let mut root_group: HashMap<usize, usize> = HashMap::new();
+    let mut groups: Vec<Group> = vec![];
+    for &s in &sources {
+        let root = uf.find(s);
+        let size = ir
+            .fact(&slots[s].0)
+            .map(|f| f.shape[slots[s].1])
+            .unwrap_or(0);
+        if size <= 1 || root_group.contains_key(&root) {
+            continue;
+        }
+        root_group.insert(root, groups.len());
+        groups.push(Group {
+            id: groups.len(),
+            size,
+            members: vec![],
+            params: vec![],
+            nodes: vec![],
+            frozen: None,
+        });
+    }
+    let mut slot_group = HashMap::new();
+    for (i, s) in slots.iter().enumerate() {
+        if let Some(&g) = root_group.get(&uf.find(i)) {
+            let grp = &mut groups[g];
+            grp.members.push(s.clone());
+            if ir.is_initializer(&s.0) {
+                grp.params.push(s.clone());
+            }
+            if grp.frozen.is_none() {
+                grp.frozen = frozen.get(&i).cloned();
+            }
+            slot_group.insert(s.clone(), g);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (s, ni) in touch {
+        if let Some(&g) = root_group.get(&uf.find(s)) {
+            if seen.insert((g, ni)) {
+                groups[g].nodes.push(ir.nodes()[ni].name().to_string());
+            }
+        }
+    }
+    for g in &mut groups {
+        g.members.sort();
+        g.params.sort();
+    }
+    Ok(Groups { groups, slot_group })
+}

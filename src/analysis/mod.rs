@@ -1,0 +1,9 @@
+//! Structural analysis: cost profile (params, MACs per node and per region) and channel
+//! groups.
+pub mod cost;
+pub mod groups;
+pub mod regions;
+
+pub use cost::{profile, NodeCost, Profile};
+pub use groups::{analyze_groups, Group, Groups};
+pub use regions::{find_regions, Region};

@@ -1,0 +1,190 @@
+//! The `inspect` report: params and MACs per node and region, and the channel groups.
+use crate::analysis::{analyze_groups, profile, Groups, Profile, Region};
+use crate::error::Result;
+use crate::ir::Ir;
+use serde::Serialize;
+use std::collections::HashMap;
+
+#[derive(Serialize)]
+pub struct GroupReport {
+    pub id: usize,
+    pub size: usize,
+    pub members: usize,
+    pub nodes: Vec<String>,
+    /// Share of total MACs in nodes that read or write the group.
+    pub macs_share: f64,
+    /// Regions of the nodes touching the group.
+    pub regions: Vec<Region>,
+    pub frozen: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub samples: usize,
+    pub params: u64,
+    pub macs: u64,
+    pub regions: serde_json::Value,
+    pub groups: Vec<GroupReport>,
+    /// Share of separator MACs in nodes touching at least one prunable group.
+    pub separator_coverage: f64,
+    #[serde(skip)]
+    pub profile: Profile,
+}
+
+pub fn inspect(ir: &Ir) -> Result<(Report, Groups)> {
+    let prof = profile(ir);
+    let groups = analyze_groups(ir)?;
+    let by_name: HashMap<&str, usize> = prof
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.node.as_str(), i))
+        .collect();
+    let mut covered = vec![false; prof.nodes.len()];
+    let reports = groups
+        .groups
+        .iter()
+        .map(|g| {
+            let idx: Vec<usize> = g
+                .nodes
+                .iter()
+                .filter_map(|n| by_name.get(n.as_str()).copied())
+                .collect();
+            let macs: u64 = idx.iter().map(|&i| prof.nodes[i].macs).sum();
+            let mut regions: Vec<Region> = idx.iter().map(|&i| prof.nodes[i].region).collect();
+            regions.sort();
+            regions.dedup();
+            if g.frozen.is_none() {
+                for &i in &idx {
+                    covered[i] = true;
+                }
+            }
+            GroupReport {
+                id: g.id,
+                size: g.size,
+                members: g.members.len(),
+                nodes: g.nodes.clone(),
+                macs_share: macs as f64 / prof.macs.max(1) as f64,
+                regions,
+                frozen: g.frozen.clone(),
+            }
+        })
+        .collect();
+    let sep = |i: usize| prof.nodes[i].region == Region::Separator;
+    let sep_macs: u64 = (0..prof.nodes.len())
+        .filter(|&i| sep(i))
+        .map(|i| prof.nodes[i].macs)
+        .sum();
+    let cov_macs: u64 = (0..prof.nodes.len())
+        .filter(|&i| sep(i) && covered[i])
+        .map(|i| prof.nodes[i].macs)
+        .sum();
+    let report = Report {
+        samples: prof.samples,
+        params: prof.params,
+        macs: prof.macs,
+        regions: serde_json::to_value(&prof.regions).unwrap_or_default(),
+        groups: reports,
+        separator_coverage: cov_macs as f64 / sep_macs.max(1) as f64,
+        profile: prof,
+    };
+    Ok((report, groups))
+}
+
+fn fmt_count(v: u64) -> String {
+    match v {
+        v if v >= 1_000_000_000 => format!("{:.3} G", v as f64 / 1e9),
+        v if v >= 1_000_000 => format!("{:.3} M", v as f64 / 1e6),
+        v if v >= 1_000 => format!("{:.1} k", v as f64 / 1e3),
+        v => v.to_string(),
+    }
+}
+
+/// Human-readable text of a report (`per_node`: list every node with MACs or params).
+pub fn render(r: &Report, per_node: bool) -> String {
+    let mut s = String::new();
+    use std::fmt::Write;
+    let _ = writeln!(s, "input: {} samples", r.samples);
+    let _ = writeln!(
+        s,
+        "total: {} params, {}Mac",
+        fmt_count(r.params),
+        fmt_count(r.macs)
+    );
+    let _ = writeln!(
+        s,
+        "\n{:<10} {:>12} {:>14} {:>8} {:>8}",
+        "region", "params", "MACs", "params%", "MACs%"
+    );
+    for (reg, c) in &r.profile.regions {
+        let _ = writeln!(
+            s,
+            "{:<10} {:>12} {:>14} {:>7.2}% {:>7.2}%",
+            reg.name(),
+            fmt_count(c.params),
+            fmt_count(c.macs),
+            100.0 * c.params as f64 / r.params.max(1) as f64,
+            100.0 * c.macs as f64 / r.macs.max(1) as f64
+        );
+    }
+    if per_node {
+        let _ = writeln!(
+            s,
+            "\n{:<60} {:<14} {:<10} {:>12} {:>14}",
+            "node", "op", "region", "params", "MACs"
+        );
+        for n in r
+            .profile
+            .nodes
+            .iter()
+            .filter(|n| n.macs > 0 || n.params > 0)
+        {
+            let _ = writeln!(
+                s,
+                "{:<60} {:<14} {:<10} {:>12} {:>14}",
+                n.node,
+                n.op,
+                n.region.name(),
+                n.params,
+                n.macs
+            );
+        }
+    }
+    let prunable = r.groups.iter().filter(|g| g.frozen.is_none()).count();
+    let _ = writeln!(
+        s,
+        "\nchannel groups: {} ({} prunable, {} frozen); separator MACs in prunable groups: {:.1}%",
+        r.groups.len(),
+        prunable,
+        r.groups.len() - prunable,
+        100.0 * r.separator_coverage
+    );
+    let _ = writeln!(
+        s,
+        "{:>4} {:>6} {:>8} {:>7} {:<22} status",
+        "id", "size", "members", "MACs%", "regions"
+    );
+    for g in &r.groups {
+        let regions: Vec<&str> = g.regions.iter().map(|r| r.name()).collect();
+        let first = g
+            .nodes
+            .iter()
+            .find(|n| !n.is_empty())
+            .map(String::as_str)
+            .unwrap_or("an unnamed node");
+        let _ = writeln!(
+            s,
+            "{:>4} {:>6} {:>8} {:>6.2}% {:<22} {}",
+            g.id,
+            g.size,
+            g.members,
+            100.0 * g.macs_share,
+            regions.join(","),
+            match &g.frozen {
+                Some(why) => format!("FROZEN: {why}"),
+                None => format!("prunable (from {first})"),
+            }
+        );
+    }
+    s
+}

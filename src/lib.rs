@@ -1,0 +1,14 @@
+//! sepprune: structured channel pruning of ONNX speech models (SepPrune, Li et al. 2025).
+//!
+//! Data flow: ONNX bytes -> [`onnx`] proto -> [`ir::Ir`] (static shapes) ->
+//! [`analysis`] (cost profile, regions, channel groups) -> [`gates`] (gate graph) /
+//! [`prune`] (masks, slicing) -> ONNX bytes; [`runtime`] runs models in ORT and tract;
+//! [`audio`] reads data and scores SI-SDR.
+pub mod analysis;
+pub mod error;
+pub mod inspect;
+pub mod ir;
+pub mod onnx;
+pub mod ops;
+
+pub use error::{Error, Result};

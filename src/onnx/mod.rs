@@ -1,0 +1,185 @@
+//! ONNX protobuf (prost), loading, atomic saving and tensor conversion.
+//!
+//! The [`ModelProto`] is kept whole: the tool edits only the initializers and nodes it
+//! prunes, so metadata, opset imports, doc strings, value_info and unknown attributes pass
+//! through unchanged. Initializers stored as external data are read in at load time and
+//! written back inline.
+mod tensor;
+
+pub use tensor::{tensor_from_proto, tensor_to_proto, DataType, Tensor};
+
+#[allow(clippy::all)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+pub use pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+
+use crate::error::{Error, Result};
+use prost::Message;
+use std::io::Write;
+use std::path::Path;
+
+/// Reads and decodes an ONNX file. External-data initializers are loaded from files next
+/// to the model and turned into inline `raw_data`.
+///
+/// Errors: [`Error::Io`] when the file or an external data file cannot be read,
+/// [`Error::Decode`] when the bytes are not a `ModelProto` or it has no graph.
+pub fn load(path: &Path) -> Result<ModelProto> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut model = ModelProto::decode(bytes.as_slice()).map_err(|e| Error::Decode {
+        path: path.into(),
+        msg: e.to_string(),
+    })?;
+    let graph = model.graph.as_mut().ok_or_else(|| Error::Decode {
+        path: path.into(),
+        msg: "model has no graph".into(),
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for init in graph.initializer.iter_mut() {
+        load_external(init, dir)?;
+    }
+    Ok(model)
+}
+
+/// Encodes a model to bytes.
+pub fn encode(model: &ModelProto) -> Vec<u8> {
+    model.encode_to_vec()
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
+/// then rename. A failure leaves no partial file behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// Saves a model atomically. Refuses to overwrite `input` unless `allow_overwrite`.
+pub fn save(
+    model: &ModelProto,
+    path: &Path,
+    input: Option<&Path>,
+    allow_overwrite: bool,
+) -> Result<()> {
+    if let Some(inp) = input {
+        let same = match (std::fs::canonicalize(inp), std::fs::canonicalize(path)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if same && !allow_overwrite {
+            return Err(Error::Other(format!(
+                "{}: refusing to overwrite the input model (pass --force to allow)",
+                path.display()
+            )));
+        }
+    }
+    write_atomic(path, &encode(model))
+}
+
+fn load_external(t: &mut TensorProto, dir: &Path) -> Result<()> {
+    // data_location == EXTERNAL (1)
+    if t.data_location != Some(1) {
+        return Ok(());
+    }
+    let get = |k: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key.as_deref() == Some(k))
+            .and_then(|e| e.value.clone())
+    };
+    let location = get("location").ok_or_else(|| Error::Tensor {
+        name: t.name().to_string(),
+        msg: "external data without a location".into(),
+    })?;
+    let offset: u64 = get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let length: Option<u64> = get("length").and_then(|v| v.parse().ok());
+    let file = dir.join(&location);
+    let all = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+    let start = offset as usize;
+    let end = length.map(|l| start + l as usize).unwrap_or(all.len());
+    if end > all.len() || start > end {
+        return Err(Error::Tensor {
+            name: t.name().to_string(),
+            msg: format!("external data range out of bounds in {}", file.display()),
+        });
+    }
+    t.raw_data = Some(all[start..end].to_vec());
+    t.data_location = Some(0);
+    t.external_data.clear();
+    Ok(())
+}
+
+/// Attribute lookup helpers on a node.
+pub fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    node.attribute.iter().find(|a| a.name() == name)
+}
+pub fn attr_i(node: &NodeProto, name: &str) -> Option<i64> {
+    attr(node, name).and_then(|a| a.i)
+}
+pub fn attr_f(node: &NodeProto, name: &str) -> Option<f32> {
+    attr(node, name).and_then(|a| a.f)
+}
+pub fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    attr(node, name).map(|a| a.ints.clone())
+}
+pub fn attr_s(node: &NodeProto, name: &str) -> Option<String> {
+    attr(node, name)
+        .and_then(|a| a.s.as_ref())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+}
+pub fn attr_t<'a>(node: &'a NodeProto, name: &str) -> Option<&'a TensorProto> {
+    attr(node, name).and_then(|a| a.t.as_ref())
+}
+
+/// Sets (or adds) an integer attribute.
+pub fn set_attr_i(node: &mut NodeProto, name: &str, value: i64) {
+    if let Some(a) = node.attribute.iter_mut().find(|a| a.name() == name) {
+        a.i = Some(value);
+    } else {
+        node.attribute.push(AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(pb::attribute_proto::AttributeType::Int as i32),
+            i: Some(value),
+            ..Default::default()
+        });
+    }
+}
+
+/// Builds an integer-list attribute.
+pub fn ints_attr(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(pb::attribute_proto::AttributeType::Ints as i32),
+        ints: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Builds an integer attribute.
+pub fn int_attr(name: &str, value: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(pb::attribute_proto::AttributeType::Int as i32),
+        i: Some(value),
+        ..Default::default()
+    }
+}
+
+/// Opset version of the default ("" / "ai.onnx") domain.
+pub fn opset(model: &ModelProto) -> i64 {
+    model
+        .opset_import
+        .iter()
+        .find(|o| {
+            o.domain.as_deref().unwrap_or("").is_empty() || o.domain.as_deref() == Some("ai.onnx")
+        })
+        .and_then(|o| o.version)
+        .unwrap_or(1)
+}

@@ -1,0 +1,292 @@
+//! Conv and ConvTranspose (1-D and 2-D, explicit pads; `auto_pad` SAME_* and VALID too).
+//!
+//! Channels: Conv weight `[Cout, Cin/g, k...]`; ConvTranspose weight `[Cin, Cout/g, k...]`
+//! (the output channel axis is weight axis 1). Depthwise (`g == Cin == Cout`, one filter
+//! per channel) couples input and output channels; other grouped convs are frozen.
+use super::{need, ConstEdit, Links, OpRule, Read, ShapeOf};
+use crate::error::{Error, Result};
+use crate::ir::{Fact, Ir};
+use crate::onnx::{attr_i, attr_ints, attr_s, set_attr_i, NodeProto};
+
+pub struct Conv;
+pub struct ConvTranspose;
+
+struct Geometry {
+    group: usize,
+    strides: Vec<usize>,
+    dilations: Vec<usize>,
+    pads: Vec<usize>, // begins then ends
+}
+
+fn geometry(node: &NodeProto, x: &[usize], kernel: &[usize], transpose: bool) -> Result<Geometry> {
+    let nd = kernel.len();
+    let get = |name: &str, default: usize| -> Vec<usize> {
+        attr_ints(node, name)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.iter().map(|&d| d as usize).collect())
+            .unwrap_or(vec![default; nd])
+    };
+    let strides = get("strides", 1);
+    let dilations = get("dilations", 1);
+    let mut pads = attr_ints(node, "pads")
+        .filter(|v| !v.is_empty())
+        .map(|v| v.iter().map(|&d| d as usize).collect())
+        .unwrap_or(vec![0; 2 * nd]);
+    let auto_pad = attr_s(node, "auto_pad").unwrap_or_else(|| "NOTSET".into());
+    if auto_pad.starts_with("SAME") && !transpose {
+        for i in 0..nd {
+            let inp = x[2 + i];
+            let out = inp.div_ceil(strides[i]);
+            let eff = (kernel[i] - 1) * dilations[i] + 1;
+            let total = ((out - 1) * strides[i] + eff).saturating_sub(inp);
+            let (a, b) = if auto_pad == "SAME_UPPER" {
+                (total / 2, total - total / 2)
+            } else {
+                (total - total / 2, total / 2)
+            };
+            pads[i] = a;
+            pads[nd + i] = b;
+        }
+    } else if auto_pad == "VALID" {
+        pads = vec![0; 2 * nd];
+    } else if auto_pad != "NOTSET" {
+        return Err(Error::node(
+            node,
+            format!("auto_pad {auto_pad} is not supported for this op"),
+        ));
+    }
+    if strides.len() != nd || dilations.len() != nd || pads.len() != 2 * nd {
+        return Err(Error::node(
+            node,
+            "strides/dilations/pads do not match the kernel rank",
+        ));
+    }
+    let group = attr_i(node, "group").unwrap_or(1).max(1) as usize;
+    Ok(Geometry {
+        group,
+        strides,
+        dilations,
+        pads,
+    })
+}
+
+/// True for a depthwise conv: one input and one output channel per group.
+fn depthwise(w: &[usize], group: usize, transpose: bool) -> bool {
+    let (cin_per_group, cout) = if transpose {
+        (1, w[1] * group)
+    } else {
+        (w[1], w[0])
+    };
+    group > 1
+        && cin_per_group == 1
+        && (if transpose {
+            w[0] == group
+        } else {
+            cout == group
+        })
+        && (if transpose { w[1] == 1 } else { true })
+}
+
+impl OpRule for Conv {
+    /// X `[N, Cin, *S]`, W `[Cout, Cin/g, *K]`, B `[Cout]` -> Y `[N, Cout, *S']` with
+    /// `S' = floor((S + pads - dil*(K-1) - 1) / stride) + 1`.
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = &need(node, inputs, 0)?.shape;
+        let w = &need(node, inputs, 1)?.shape;
+        if x.len() < 3 || w.len() != x.len() {
+            return Err(Error::node(
+                node,
+                format!(
+                    "input rank {} and weight rank {} do not fit a Conv",
+                    x.len(),
+                    w.len()
+                ),
+            ));
+        }
+        let g = geometry(node, x, &w[2..], false)?;
+        if x[1] != w[1] * g.group {
+            return Err(Error::node(
+                node,
+                format!(
+                    "input has {} channels but weight expects {} x group {}",
+                    x[1], w[1], g.group
+                ),
+            ));
+        }
+        let nd = w.len() - 2;
+        let mut y = vec![x[0], w[0]];
+        for i in 0..nd {
+            let eff = g.dilations[i] * (w[2 + i] - 1) + 1;
+            let padded = x[2 + i] + g.pads[i] + g.pads[nd + i];
+            if padded < eff {
+                return Err(Error::node(
+                    node,
+                    format!("input length {} is shorter than the kernel", x[2 + i]),
+                ));
+            }
+            y.push((padded - eff) / g.strides[i] + 1);
+        }
+        Ok(vec![Fact::shape(y)])
+    }
+
+    /// ptflops: `prod(K) * Cin/g * Cout * prod(S')` per batch, plus `Cout * prod(S')` for the bias.
+    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+        let w = shape(&node.input[1]);
+        let y = shape(&node.output[0]);
+        let positions: usize = y[0] * y[2..].iter().product::<usize>();
+        let per: usize = w.iter().product();
+        let bias = if node.input.len() > 2 && !node.input[2].is_empty() {
+            w[0] * positions
+        } else {
+            0
+        };
+        (per * positions + bias) as u64
+    }
+
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        let (x, w, y) = (
+            node.input[0].as_str(),
+            node.input[1].as_str(),
+            node.output[0].as_str(),
+        );
+        let ws = &ir.fact(w).expect("inferred").shape;
+        let group = attr_i(node, "group").unwrap_or(1).max(1) as usize;
+        if !ir.is_initializer(w) {
+            links.freeze_node(node, ir, "Conv with a computed (non-initializer) weight");
+            return;
+        }
+        let bias = node.input.get(2).filter(|b| !b.is_empty());
+        if let Some(b) = bias {
+            links.link((b, 0), (y, 1));
+        }
+        links.link((w, 0), (y, 1));
+        if group == 1 {
+            links.source((w, 0));
+            links.link((x, 1), (w, 1));
+        } else if depthwise(ws, group, false) {
+            links.source((w, 0));
+            links.link((x, 1), (y, 1));
+        } else {
+            let why = format!("grouped Conv (group={group}) is not depthwise");
+            links.freeze((x, 1), &why);
+            links.freeze((y, 1), &why);
+        }
+    }
+
+    fn read(&self, node: &NodeProto, ir: &Ir, input: usize, axis: usize) -> Read {
+        let ws = &ir.fact(&node.input[1]).expect("inferred").shape;
+        let group = attr_i(node, "group").unwrap_or(1).max(1) as usize;
+        if input == 0 && axis == 1 && !depthwise(ws, group, false) {
+            Read::Mix
+        } else {
+            Read::Pointwise
+        }
+    }
+
+    /// Depthwise: `group` follows the (pruned) channel count.
+    fn patch(&self, node: &mut NodeProto, _ir: &Ir, new: ShapeOf) -> Result<Vec<ConstEdit>> {
+        let x = new(&node.input[0]);
+        let w = new(&node.input[1]);
+        let group = attr_i(node, "group").unwrap_or(1);
+        if group > 1 && w[1] > 0 {
+            set_attr_i(node, "group", (x[1] / w[1]) as i64);
+        }
+        Ok(vec![])
+    }
+}
+
+impl OpRule for ConvTranspose {
+    /// X `[N, Cin, *S]`, W `[Cin, Cout/g, *K]` -> Y `[N, Cout, *S']` with
+    /// `S' = stride*(S-1) + output_padding + dil*(K-1) + 1 - pads`.
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = &need(node, inputs, 0)?.shape;
+        let w = &need(node, inputs, 1)?.shape;
+        if x.len() < 3 || w.len() != x.len() {
+            return Err(Error::node(
+                node,
+                "input and weight ranks do not fit a ConvTranspose",
+            ));
+        }
+        if attr_ints(node, "output_shape")
+            .map(|v| !v.is_empty())
+            .unwrap_or(false)
+        {
+            return Err(Error::node(
+                node,
+                "ConvTranspose with output_shape is not supported",
+            ));
+        }
+        let g = geometry(node, x, &w[2..], true)?;
+        if x[1] != w[0] {
+            return Err(Error::node(
+                node,
+                format!("input has {} channels but weight has {}", x[1], w[0]),
+            ));
+        }
+        let nd = w.len() - 2;
+        let out_pad = attr_ints(node, "output_padding")
+            .filter(|v| !v.is_empty())
+            .unwrap_or(vec![0; nd]);
+        let mut y = vec![x[0], w[1] * g.group];
+        for i in 0..nd {
+            let full = g.strides[i] * (x[2 + i] - 1)
+                + out_pad[i] as usize
+                + g.dilations[i] * (w[2 + i] - 1)
+                + 1;
+            y.push(
+                full.checked_sub(g.pads[i] + g.pads[nd + i])
+                    .ok_or_else(|| Error::node(node, "pads exceed output"))?,
+            );
+        }
+        Ok(vec![Fact::shape(y)])
+    }
+
+    /// ptflops 0.7.5 counts ConvTranspose over input positions:
+    /// `prod(K) * Cin * Cout/g * prod(S)`, plus `Cout * prod(S)` for the bias.
+    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+        let w = shape(&node.input[1]);
+        let x = shape(&node.input[0]);
+        let group = attr_i(node, "group").unwrap_or(1).max(1) as usize;
+        let positions: usize = x[0] * x[2..].iter().product::<usize>();
+        let per: usize = w.iter().product();
+        let bias = if node.input.len() > 2 && !node.input[2].is_empty() {
+            w[1] * group * positions
+        } else {
+            0
+        };
+        (per * positions + bias) as u64
+    }
+
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        let (x, w, y) = (
+            node.input[0].as_str(),
+            node.input[1].as_str(),
+            node.output[0].as_str(),
+        );
+        let group = attr_i(node, "group").unwrap_or(1).max(1) as usize;
+        if !ir.is_initializer(w) {
+            links.freeze_node(node, ir, "ConvTranspose with a computed weight");
+            return;
+        }
+        links.link((x, 1), (w, 0));
+        if group == 1 {
+            links.source((w, 1));
+            links.link((w, 1), (y, 1));
+            if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
+                links.link((b, 0), (y, 1));
+            }
+        } else {
+            let why = format!("grouped ConvTranspose (group={group})");
+            links.freeze((x, 1), &why);
+            links.freeze((y, 1), &why);
+        }
+    }
+
+    fn read(&self, _node: &NodeProto, _ir: &Ir, input: usize, axis: usize) -> Read {
+        if input == 0 && axis == 1 {
+            Read::Mix
+        } else {
+            Read::Pointwise
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! Layout ops: Reshape, Transpose, Squeeze/Unsqueeze, Slice, Concat, Pad, Expand.
+//!
+//! Channel index maps: Transpose moves an axis; Squeeze/Unsqueeze shift it; Reshape keeps
+//! it when the axis survives as one dim of the same size (unit dims added or removed).
+//! A Reshape that merges or splits a channel axis, a Slice or Concat along it, and a Pad of
+//! it freeze the axis (offset and factorised maps are not implemented yet).
+use super::{foldable, need, need_const, norm_axis, ConstEdit, Links, OpRule, ShapeOf};
+use crate::error::{Error, Result};
+use crate::ir::{Fact, Ir};
+use crate::onnx::{attr_i, attr_ints, NodeProto, Tensor};
+use ndarray::{Axis, IxDyn};
+
+pub struct Reshape;
+pub struct Transpose;
+pub struct SqueezeUnsqueeze;
+pub struct Slice;
+pub struct Concat;
+pub struct Pad;
+pub struct Expand;
+
+fn reshape_tensor(node: &NodeProto, t: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let e = |e: ndarray::ShapeError| Error::node(node, e.to_string());
+    Ok(match t {
+        Tensor::F32(a) => Tensor::F32(
+            a.as_standard_layout()
+                .into_owned()
+                .into_shape_with_order(IxDyn(shape))
+                .map_err(e)?,
+        ),
+        Tensor::I64(a) => Tensor::I64(
+            a.as_standard_layout()
+                .into_owned()
+                .into_shape_with_order(IxDyn(shape))
+                .map_err(e)?,
+        ),
+    })
+}
+
+/// Resolves a Reshape target (`0` copies, `-1` infers) against the input shape.
+fn resolve_target(node: &NodeProto, x: &[usize], target: &[i64]) -> Result<Vec<usize>> {
+    let allowzero = attr_i(node, "allowzero").unwrap_or(0) != 0;
+    let total: usize = x.iter().product();
+    let mut out = Vec::with_capacity(target.len());
+    let mut infer_at = None;
+    for (i, &t) in target.iter().enumerate() {
+        match t {
+            0 if !allowzero => out.push(
+                *x.get(i)
+                    .ok_or_else(|| Error::node(node, "0 in target beyond input rank"))?,
+            ),
+            -1 => {
+                infer_at = Some(i);
+                out.push(1);
+            }
+            t if t >= 0 => out.push(t as usize),
+            t => return Err(Error::node(node, format!("invalid target dim {t}"))),
+        }
+    }
+    let known: usize = out.iter().product();
+    if let Some(i) = infer_at {
+        if known == 0 || total % known != 0 {
+            return Err(Error::node(
+                node,
+                format!("cannot reshape {x:?} to {target:?}"),
+            ));
+        }
+        out[i] = total / known;
+    } else if known != total {
+        return Err(Error::node(
+            node,
+            format!("cannot reshape {x:?} ({total} elements) to {target:?}"),
+        ));
+    }
+    Ok(out)
+}
+
+/// Pairs (input axis, output axis) of non-unit dims that a reshape keeps as they are; the
+/// second list holds the non-unit input and output axes that are merged or split.
+pub(crate) fn reshape_axis_map(
+    x: &[usize],
+    y: &[usize],
+) -> (Vec<(usize, usize)>, Vec<usize>, Vec<usize>) {
+    let xs: Vec<usize> = (0..x.len()).filter(|&i| x[i] != 1).collect();
+    let ys: Vec<usize> = (0..y.len()).filter(|&i| y[i] != 1).collect();
+    let (mut i, mut j) = (0, 0);
+    let (mut kept, mut bad_x, mut bad_y) = (vec![], vec![], vec![]);
+    while i < xs.len() && j < ys.len() {
+        let (si, sj) = (i, j);
+        let (mut px, mut py) = (x[xs[i]], y[ys[j]]);
+        i += 1;
+        j += 1;
+        while px != py {
+            if px < py && i < xs.len() {
+                px *= x[xs[i]];
+                i += 1;
+            } else if py < px && j < ys.len() {
+                py *= y[ys[j]];
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        if i - si == 1 && j - sj == 1 {
+            kept.push((xs[si], ys[sj]));
+        } else {
+            bad_x.extend(&xs[si..i]);
+            bad_y.extend(&ys[sj..j]);
+        }
+    }
+    bad_x.extend(&xs[i.min(xs.len())..]);
+    bad_y.extend(&ys[j.min(ys.len())..]);
+    (kept, bad_x, bad_y)
+}
+
+impl OpRule for Reshape {
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = need(node, inputs, 0)?;
+        let target = need_const(node, inputs, 1)?.to_i64_vec();
+        let shape = resolve_target(node, &x.shape, &target)?;
+        let value = match &x.value {
+            Some(v) if foldable(Some(x)) => Some(reshape_tensor(node, v, &shape)?),
+            _ => None,
+        };
+        Ok(vec![Fact { shape, value }])
+    }
+
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        let (x, y) = (node.input[0].as_str(), node.output[0].as_str());
+        let (Some(xf), Some(yf)) = (ir.fact(x), ir.fact(y)) else {
+            return;
+        };
+        let (kept, bad_x, bad_y) = reshape_axis_map(&xf.shape, &yf.shape);
+        for (a, b) in kept {
+            links.link((x, a), (y, b));
+        }
+        for a in bad_x {
+            links.freeze((x, a), "Reshape merges or splits this axis");
+        }
+        for b in bad_y {
+            links.freeze((y, b), "Reshape merges or splits this axis");
+        }
+    }
+
+    /// A constant target that spells out a pruned dim gets the new dim.
+    fn patch(&self, node: &mut NodeProto, ir: &Ir, new: ShapeOf) -> Result<Vec<ConstEdit>> {
+        let t = &node.input[1];
+        let is_literal = ir.is_initializer(t)
+            || ir
+                .producer
+                .get(t)
+                .map(|&p| ir.nodes()[p].op_type() == "Constant")
+                .unwrap_or(false);
+        let Some(old) = ir.fact(t).and_then(|f| f.value.as_ref()) else {
+            return Ok(vec![]);
+        };
+        if !is_literal {
+            return Ok(vec![]);
+        }
+        let mut target = old.to_i64_vec();
+        let out = new(&node.output[0]);
+        let mut changed = false;
+        for (b, v) in target.iter_mut().enumerate() {
+            if *v > 0 && out.get(b).map(|&d| d as i64 != *v).unwrap_or(false) {
+                *v = out[b] as i64;
+                changed = true;
+            }
+        }
+        Ok(if changed {
+            vec![ConstEdit {
+                input: 1,
+                value: Tensor::vec_i64(target),
+            }]
+        } else {
+            vec![]
+        })
+    }
+}
+
+fn perm_of(node: &NodeProto, rank: usize) -> Result<Vec<usize>> {
+    let perm: Vec<usize> = match attr_ints(node, "perm").filter(|p| !p.is_empty()) {
+        Some(p) => p
+            .iter()
+            .map(|&a| norm_axis(node, a, rank))
+            .collect::<Result<_>>()?,
+        None => (0..rank).rev().collect(),
+    };
+    if perm.len() != rank {
+        return Err(Error::node(
+            node,
+            format!("perm {perm:?} does not match rank {rank}"),
+        ));
+    }
+    Ok(perm)
+}
+
+impl OpRule for Transpose {
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = need(node, inputs, 0)?;
+        let perm = perm_of(node, x.rank())?;
+        let shape = perm.iter().map(|&p| x.shape[p]).collect();
+        let value = match &x.value {
+            Some(Tensor::I64(a)) if foldable(Some(x)) => Some(Tensor::I64(
+                a.view()
+                    .permuted_axes(IxDyn(&perm))
+                    .as_standard_layout()
+                    .into_owned(),
+            )),
+            Some(Tensor::F32(a)) if foldable(Some(x)) => Some(Tensor::F32(
+                a.view()
+                    .permuted_axes(IxDyn(&perm))
+                    .as_standard_layout()
+                    .into_owned(),
+            )),
+            _ => None,
+        };
+        Ok(vec![Fact { shape, value }])
+    }
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        let Some(xf) = ir.fact(&node.input[0]) else {
+            return;
+        };
+        let Ok(perm) = perm_of(node, xf.rank()) else {
+            return links.freeze_node(node, ir, "bad perm");
+        };
+        for (i, &p) in perm.iter().enumerate() {
+            links.link((&node.input[0], p), (&node.output[0], i));
+        }
+    }
+}
+
+/// Axes of a Squeeze/Unsqueeze: attribute before opset 13, second input after.
+fn squeeze_axes(node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Option<Vec<i64>>> {
+    if let Some(a) = attr_ints(node, "axes").filter(|a| !a.is_empty()) {
+        return Ok(Some(a));
+    }
+    match inputs.get(1).copied().flatten() {
+        Some(_) => Ok(Some(need_const(node, inputs, 1)?.to_i64_vec())),
+        None => Ok(None),
+    }
+}
+
+/// Output shape and, for each input axis, its output axis (None when squeezed).
+fn squeeze_map(
+    node: &NodeProto,
+    x: &[usize],
+    axes: Option<Vec<i64>>,
+) -> Result<(Vec<usize>, Vec<Option<usize>>)> {
+    if node.op_type() == "Squeeze" {
+        let axes: Vec<usize> = match axes {
+            Some(a) => a
+                .iter()
+                .map(|&a| norm_axis(node, a, x.len()))
+                .collect::<Result<_>>()?,
+            None => (0..x.len()).filter(|&i| x[i] == 1).collect(),
+        };
+        let mut shape = vec![];
+        let mut map = vec![];
+        for (i, &d) in x.iter().enumerate() {
+            if axes.contains(&i) {
+                if d != 1 {
+                    return Err(Error::node(
+                        node,
+                        format!("cannot squeeze axis {i} of size {d}"),
+                    ));
+                }
+                map.push(None);
+            } else {
+                map.push(Some(shape.len()));
+                shape.push(d);
+            }
+        }
+        Ok((shape, map))
+    } else {
+        let axes = axes.ok_or_else(|| Error::node(node, "Unsqueeze without axes"))?;
+        let r = x.len() + axes.len();
+        let axes: Vec<usize> = axes
+            .iter()
+            .map(|&a| norm_axis(node, a, r))
+            .collect::<Result<_>>()?;
+        let mut shape = vec![];
+        let mut map = vec![];
+        let mut k = 0;
+        for o in 0..r {
+            if axes.contains(&o) {
+                shape.push(1);
+            } else {
+                map.push(Some(o));
+                shape.push(x[k]);
+                k += 1;
+            }
+        }
+        Ok((shape, map))
+    }
+}
+
+impl OpRule for SqueezeUnsqueeze {
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = need(node, inputs, 0)?;
+        let (shape, _) = squeeze_map(node, &x.shape, squeeze_axes(node, inputs)?)?;
+        let value = match &x.value {
+            Some(v) if foldable(Some(x)) => Some(reshape_tensor(node, v, &shape)?),
+            _ => None,
+        };
+        Ok(vec![Fact { shape, value }])
+    }
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        let ins: Vec<Option<&Fact>> = node.input.iter().map(|n| ir.fact(n)).collect();
+        let Some(x) = ins[0] else { return };
+        let Ok(axes) = squeeze_axes(node, &ins) else {
+            return links.freeze_node(node, ir, "dynamic axes");
+        };
+        let Ok((_, map)) = squeeze_map(node, &x.shape, axes) else {
+            return links.freeze_node(node, ir, "bad axes");
+        };
+        for (a, o) in map.iter().enumerate() {
+            if let Some(o) = o {
+                links.link((&node.input[0], a), (&node.output[0], *o));
+            }
+        }
+    }
+}
+
+/// Per-axis (start, end, step) of a Slice, normalised and clamped (ONNX semantics).
+fn slice_params(
+    node: &NodeProto,
+    inputs: &[Option<&Fact>],
+    x: &[usize],
+) -> Result<Vec<(usize, i64, i64, i64)>> {
+    let (starts, ends, axes, steps) = if node.input.len() < 3 && attr_ints(node, "starts").is_some()
+    {
+        (
+            attr_ints(node, "starts").unwrap_or_default(),
+            attr_ints(node, "ends").unwrap_or_default(),
+            attr_ints(node, "axes"),
+            None,
+        )
+    } else {
+        let opt = |i: usize| -> Result<Option<Vec<i64>>> {
+            match inputs.get(i).copied().flatten() {
+                Some(_) => Ok(Some(need_const(node, inputs, i)?.to_i64_vec())),
+                None => Ok(None),
+            }
+        };
+        (
+            need_const(node, inputs, 1)?.to_i64_vec(),
+            need_const(node, inputs, 2)?.to_i64_vec(),
+            opt(3)?,
+            opt(4)?,
+        )
+    };
+    let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
+    let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
+    let mut out = vec![];
+    for k in 0..starts.len() {
+        let a = norm_axis(node, axes[k], x.len())?;
+        let d = x[a] as i64;
+        let step = steps[k];
+        if step == 0 {
+            return Err(Error::node(node, "Slice step 0"));
+        }
+        let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
+        let (s, e) = if step > 0 {
+            (norm(starts[k]).clamp(0, d), norm(ends[k]).clamp(0, d))
+        } else {
+            (
+                norm(starts[k]).clamp(0, d - 1),
+                norm(ends[k]).clamp(-1, d - 1),
+            )
+        };
+        out.push((a, s, e, step));
+    }
+    Ok(out)
+}
+
+impl OpRule for Slice {
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = need(node, inputs, 0)?;
+        let params = slice_params(node, inputs, &x.shape)?;
+        let mut shape = x.shape.clone();
+        let mut value = x.value.clone().filter(|_| foldable(Some(x)));
+        for &(a, s, e, step) in &params {
+            let n = if step > 0 {
+                ((e - s).max(0) as u64).div_ceil(step as u64) as i64
+            } else {
+                ((s - e).max(0) as u64).div_ceil((-step) as u64) as i64
+            };
+            shape[a] = n as usize;
+            if let Some(v) = value.as_mut() {
+                let idx: Vec<usize> = (0..n).map(|i| (s + i * step) as usize).collect();
+                *v = v.select(a, &idx);
+            }
+        }
+        Ok(vec![Fact { shape, value }])
+    }
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        let ins: Vec<Option<&Fact>> = node
+            .input
+            .iter()
+            .map(|n| if n.is_empty() { None } else { ir.fact(n) })
+            .collect();
+        let (Some(x), Some(y)) = (ins[0], ir.fact(&node.output[0])) else {
+            return;
+        };
+        let Ok(params) = slice_params(node, &ins, &x.shape) else {
+            return links.freeze_node(node, ir, "dynamic Slice");
+        };
+        for a in 0..x.rank() {
+            let full = params
+                .iter()
+                .find(|p| p.0 == a)
+                .map(|p| y.shape[a] == x.shape[a] && p.3 == 1)
+                .unwrap_or(true);
+            if full {
+                links.link((&node.input[0], a), (&node.output[0], a));
+            } else {
+                links.freeze((&node.input[0], a), "Slice along the axis");
+                links.freeze((&node.output[0], a), "Slice along the axis");
+            }
+        }
+    }
+}
+
+impl OpRule for Concat {
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let first = need(node, inputs, 0)?;
+        let axis = norm_axis(node, attr_i(node, "axis").unwrap_or(0), first.rank())?;
+        let mut shape = first.shape.clone();
+        shape[axis] = 0;
+        for f in inputs.iter().flatten() {
+            if f.rank() != first.rank() {
+                return Err(Error::node(node, "Concat inputs differ in rank"));
+            }
+            shape[axis] += f.shape[axis];
+        }
+        let mut value = None;
+        if inputs.iter().all(|f| foldable(*f)) {
+            let vals: Vec<&Tensor> = inputs
+                .iter()
+                .flatten()
+                .filter_map(|f| f.value.as_ref())
+                .collect();
+            if vals.iter().all(|v| matches!(v, Tensor::I64(_))) {
+                let views: Vec<_> = vals
+                    .iter()
+                    .filter_map(|v| v.as_i64())
+                    .map(|a| a.view())
+                    .collect();
+                value = ndarray::concatenate(Axis(axis), &views)
+                    .ok()
+                    .map(Tensor::I64);
+            } else if vals.iter().all(|v| matches!(v, Tensor::F32(_))) {
+                let views: Vec<_> = vals
+                    .iter()
+                    .filter_map(|v| v.as_f32())
+                    .map(|a| a.view())
+                    .collect();
+                value = ndarray::concatenate(Axis(axis), &views)
+                    .ok()
+                    .map(Tensor::F32);
+            }
+        }
+        Ok(vec![Fact { shape, value }])
+    }
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        let Some(y) = ir.fact(&node.output[0]) else {
+            return;
+        };
+        let Ok(axis) = norm_axis(node, attr_i(node, "axis").unwrap_or(0), y.rank()) else {
+            return;
+        };
+        for inp in node.input.iter().filter(|i| !i.is_empty()) {
+            for a in 0..y.rank() {
+                if a == axis {
+                    links.freeze(
+                        (inp, a),
+                        "Concat along the axis (offset maps not implemented)",
+                    );
+                } else {
+                    links.link((inp, a), (&node.output[0], a));
+                }
+            }
+        }
+        links.freeze(
+            (&node.output[0], axis),
+            "Concat along the axis (offset maps not implemented)",
+        );
+    }
+}
+
+fn pads_of(node: &NodeProto, inputs: &[Option<&Fact>], rank: usize) -> Result<Vec<i64>> {
+    let pads = match attr_ints(node, "pads").filter(|p| !p.is_empty()) {
+        Some(p) => p,
+        None => need_const(node, inputs, 1)?.to_i64_vec(),
+    };
+    let axes: Option<Vec<usize>> = match inputs.get(3).copied().flatten() {
+        Some(_) => Some(
+            need_const(node, inputs, 3)?
+                .to_i64_vec()
+                .iter()
+                .map(|&a| norm_axis(node, a, rank))
+                .collect::<Result<_>>()?,
+        ),
+        None => None,
+    };
+    let mut full = vec![0i64; 2 * rank];
+    match axes {
+        Some(ax) => {
+            for (k, &a) in ax.iter().enumerate() {
+                full[a] = pads[k];
+                full[rank + a] = pads[ax.len() + k];
+            }
+        }
+        None if pads.len() == 2 * rank => full = pads,
+        None => {
+            return Err(Error::node(
+                node,
+                format!("{} pads for rank {rank}", pads.len()),
+            ))
+        }
+    }
+    Ok(full)
+}
+
+impl OpRule for Pad {
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = need(node, inputs, 0)?;
+        let pads = pads_of(node, inputs, x.rank())?;
+        let r = x.rank();
+        let shape = (0..r)
+            .map(|a| {
+                let d = x.shape[a] as i64 + pads[a] + pads[r + a];
+                usize::try_from(d).map_err(|_| Error::node(node, "negative padded size"))
+            })
+            .collect::<Result<_>>()?;
+        Ok(vec![Fact::shape(shape)])
+    }
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        let ins: Vec<Option<&Fact>> = node
+            .input
+            .iter()
+            .map(|n| if n.is_empty() { None } else { ir.fact(n) })
+            .collect();
+        let Some(x) = ins[0] else { return };
+        let Ok(pads) = pads_of(node, &ins, x.rank()) else {
+            return links.freeze_node(node, ir, "dynamic pads");
+        };
+        let r = x.rank();
+        for a in 0..r {
+            if pads[a] == 0 && pads[r + a] == 0 {
+                links.link((&node.input[0], a), (&node.output[0], a));
+            } else {
+                links.freeze((&node.input[0], a), "Pad along the axis");
+                links.freeze((&node.output[0], a), "Pad along the axis");
+            }
+        }
+    }
+}
+
+impl OpRule for Expand {
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = need(node, inputs, 0)?;
+        let target: Vec<usize> = need_const(node, inputs, 1)?
+            .to_i64_vec()
+            .iter()
+            .map(|&d| d.max(0) as usize)
+            .collect();
+        let shape = super::broadcast(node, &[&x.shape, &target])?;
+        let value = match &x.value {
+            Some(Tensor::I64(a)) if shape.iter().product::<usize>() <= crate::ir::FOLD_LIMIT => a
+                .broadcast(IxDyn(&shape))
+                .map(|b| Tensor::I64(b.to_owned())),
+            _ => None,
+        };
+        Ok(vec![Fact { shape, value }])
+    }
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        let (Some(x), Some(y)) = (ir.fact(&node.input[0]), ir.fact(&node.output[0])) else {
+            return;
+        };
+        let off = y.rank() - x.rank();
+        for a in 0..x.rank() {
+            if x.shape[a] > 1 {
+                links.link((&node.input[0], a), (&node.output[0], off + a));
+            }
+        }
+        for b in 0..y.rank() {
+            if b < off || x.shape[b - off] == 1 && y.shape[b] > 1 {
+                links.freeze((&node.output[0], b), "Expand broadcasts this axis");
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! MatMul (numpy semantics) and Gemm.
+//!
+//! Channels: `A [..., M, K] @ B [..., K, N]` couples A's last axis with B's row axis (a
+//! contraction, so A is gated there) and B's column axis with Y's last axis. A constant B
+//! (a Linear layer) makes its column axis a channel source.
+use super::{broadcast, need, Links, OpRule, Read, ShapeOf};
+use crate::error::{Error, Result};
+use crate::ir::{Fact, Ir};
+use crate::onnx::{attr_i, NodeProto};
+
+pub struct MatMul;
+pub struct Gemm;
+
+impl OpRule for MatMul {
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let a = &need(node, inputs, 0)?.shape;
+        let b = &need(node, inputs, 1)?.shape;
+        if a.is_empty() || b.is_empty() {
+            return Err(Error::node(node, "MatMul of a scalar"));
+        }
+        let a2 = if a.len() == 1 {
+            vec![1, a[0]]
+        } else {
+            a.clone()
+        };
+        let b2 = if b.len() == 1 {
+            vec![b[0], 1]
+        } else {
+            b.clone()
+        };
+        let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+        let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
+        if k != k2 {
+            return Err(Error::node(
+                node,
+                format!("contraction sizes differ: {a:?} @ {b:?}"),
+            ));
+        }
+        let mut shape = broadcast(node, &[&a2[..a2.len() - 2], &b2[..b2.len() - 2]])?;
+        if a.len() > 1 {
+            shape.push(m);
+        }
+        if b.len() > 1 {
+            shape.push(n);
+        }
+        Ok(vec![Fact::shape(shape)])
+    }
+
+    /// ptflops (Linear / matmul): `numel(A) * N`.
+    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+        let a = shape(&node.input[0]);
+        let b = shape(&node.input[1]);
+        (a.iter().product::<usize>() * b.last().copied().unwrap_or(1)) as u64
+    }
+
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        let (a, b, y) = (
+            node.input[0].as_str(),
+            node.input[1].as_str(),
+            node.output[0].as_str(),
+        );
+        let (Some(af), Some(bf), Some(yf)) = (ir.fact(a), ir.fact(b), ir.fact(y)) else {
+            return;
+        };
+        if af.rank() < 2 || bf.rank() < 2 {
+            return links.freeze_node(node, ir, "MatMul with a 1-D operand");
+        }
+        let (ra, rb, ry) = (af.rank(), bf.rank(), yf.rank());
+        links.link((a, ra - 1), (b, rb - 2));
+        links.link((a, ra - 2), (y, ry - 2));
+        links.link((b, rb - 1), (y, ry - 1));
+        if ir.is_initializer(b) {
+            links.source((b, rb - 1));
+        }
+        for (f, name) in [(af, a), (bf, b)] {
+            let off = ry - f.rank();
+            for ax in 0..f.rank() - 2 {
+                if f.shape[ax] > 1 {
+                    links.link((name, ax), (y, off + ax));
+                }
+            }
+        }
+    }
+
+    fn read(&self, node: &NodeProto, ir: &Ir, input: usize, axis: usize) -> Read {
+        let r = ir.fact(&node.input[input]).map(|f| f.rank()).unwrap_or(0);
+        if (input == 0 && axis + 1 == r) || (input == 1 && axis + 2 == r) {
+            Read::Mix
+        } else {
+            Read::Pointwise
+        }
+    }
+}
+
+fn gemm_axes(node: &NodeProto) -> (usize, usize) {
+    // (A's contraction axis, B's output axis)
+    let ta = attr_i(node, "transA").unwrap_or(0) != 0;
+    let tb = attr_i(node, "transB").unwrap_or(0) != 0;
+    (if ta { 0 } else { 1 }, if tb { 0 } else { 1 })
+}
+
+impl OpRule for Gemm {
+    /// `Y [M, N] = alpha * A' B' + beta * C`.
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let a = &need(node, inputs, 0)?.shape;
+        let b = &need(node, inputs, 1)?.shape;
+        if a.len() != 2 || b.len() != 2 {
+            return Err(Error::node(node, "Gemm needs 2-D inputs"));
+        }
+        let (ka, nb) = gemm_axes(node);
+        if a[ka] != b[1 - nb] {
+            return Err(Error::node(
+                node,
+                format!("contraction sizes differ: {a:?} x {b:?}"),
+            ));
+        }
+        Ok(vec![Fact::shape(vec![a[1 - ka], b[nb]])])
+    }
+
+    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+        let y = shape(&node.output[0]);
+        let a = shape(&node.input[0]);
+        let (ka, _) = gemm_axes(node);
+        let bias = if node.input.len() > 2 && !node.input[2].is_empty() {
+            y[0] * y[1]
+        } else {
+            0
+        };
+        (y[0] * y[1] * a[ka] + bias) as u64
+    }
+
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        let (a, b, y) = (
+            node.input[0].as_str(),
+            node.input[1].as_str(),
+            node.output[0].as_str(),
+        );
+        let (ka, nb) = gemm_axes(node);
+        links.link((a, ka), (b, 1 - nb));
+        links.link((a, 1 - ka), (y, 0));
+        links.link((b, nb), (y, 1));
+        if ir.is_initializer(b) {
+            links.source((b, nb));
+        }
+        if let Some(c) = node.input.get(2).filter(|c| !c.is_empty()) {
+            if let Some(cf) = ir.fact(c) {
+                let off = 2 - cf.rank().min(2);
+                for ax in 0..cf.rank() {
+                    if cf.shape[ax] > 1 {
+                        links.link((c, ax), (y, off + ax));
+                    }
+                }
+            }
+        }
+    }
+
+    fn read(&self, node: &NodeProto, _ir: &Ir, input: usize, axis: usize) -> Read {
+        let (ka, nb) = gemm_axes(node);
+        if (input == 0 && axis == ka) || (input == 1 && axis == 1 - nb) {
+            Read::Mix
+        } else {
+            Read::Pointwise
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Per-op rules: everything the compiler knows about one ONNX op lives in its rule —
+//! shape inference and constant folding, ptflops-convention MACs, channel coupling, how a
+//! consumer reads a channel axis (which decides where gates go), and attribute/constant
+//! patching after slicing. Adding an op is adding one [`OpRule`] impl and one line in [`rule`].
+mod conv;
+mod elementwise;
+mod layout;
+mod matmul;
+mod reduce;
+mod shape;
+
+use crate::error::{Error, Result};
+use crate::ir::{Fact, Ir};
+use crate::onnx::{NodeProto, Tensor};
+
+/// A channel slot: one axis of one value (activation or initializer).
+pub type Slot = (String, usize);
+
+/// How a consumer reads one axis of one of its inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Each channel is used on its own (elementwise, depthwise): no gate needed.
+    Pointwise,
+    /// Channels are mixed (a Conv/MatMul contraction): the input must be gated.
+    Mix,
+    /// A mean across the axis (ReduceMean): gated, and rescaled so that the statistic is
+    /// taken over kept channels only: `mean = sum(g*x) / (sum(g) * rest)`.
+    Mean,
+}
+
+/// Channel coupling facts emitted by a rule; the group analysis unions them.
+#[derive(Default, Debug)]
+pub struct Links {
+    /// Pairs of slots that must keep the same channels (identity index map).
+    pub links: Vec<(Slot, Slot)>,
+    /// Slots that define channels (a producer's weight output axis): a union-find class
+    /// is a channel group only if it holds a source.
+    pub sources: Vec<Slot>,
+    /// Slots that must not change, with the reason.
+    pub frozen: Vec<(Slot, String)>,
+}
+
+impl Links {
+    pub fn link(&mut self, a: (&str, usize), b: (&str, usize)) {
+        self.links
+            .push(((a.0.to_string(), a.1), (b.0.to_string(), b.1)));
+    }
+    pub fn source(&mut self, s: (&str, usize)) {
+        self.sources.push((s.0.to_string(), s.1));
+    }
+    pub fn freeze(&mut self, s: (&str, usize), why: impl Into<String>) {
+        self.frozen.push(((s.0.to_string(), s.1), why.into()));
+    }
+    /// Freezes every axis of every input and output of `node`.
+    pub fn freeze_node(&mut self, node: &NodeProto, ir: &Ir, why: &str) {
+        for v in node
+            .input
+            .iter()
+            .chain(node.output.iter())
+            .filter(|v| !v.is_empty())
+        {
+            if let Some(f) = ir.fact(v) {
+                for ax in 0..f.rank() {
+                    self.freeze((v, ax), why);
+                }
+            }
+        }
+    }
+}
+
+/// A constant input rewritten by [`OpRule::patch`] (e.g. a Reshape target).
+pub struct ConstEdit {
+    pub input: usize,
+    pub value: Tensor,
+}
+
+/// Shape lookup after pruning: value name -> new shape.
+pub type ShapeOf<'a> = &'a dyn Fn(&str) -> Vec<usize>;
+
+pub trait OpRule: Sync {
+    /// Output facts from input facts (`None` for an omitted optional input). Folds the
+    /// outputs when all inputs are constant and small.
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>>;
+
+    /// MACs under ptflops conventions (ptflops 0.7.5 unless noted), from the shapes.
+    fn macs(&self, _node: &NodeProto, _shape: ShapeOf) -> u64 {
+        0
+    }
+
+    /// Channel coupling. The default freezes every axis of every input and output.
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        links.freeze_node(
+            node,
+            ir,
+            &format!("op {} has no channel rule", node.op_type()),
+        );
+    }
+
+    /// How input `input` is read along `axis` (only asked for axes in a channel group).
+    fn read(&self, _node: &NodeProto, _ir: &Ir, _input: usize, _axis: usize) -> Read {
+        Read::Pointwise
+    }
+
+    /// Attribute and constant-input patches once inputs have their pruned shapes.
+    fn patch(&self, _node: &mut NodeProto, _ir: &Ir, _new: ShapeOf) -> Result<Vec<ConstEdit>> {
+        Ok(vec![])
+    }
+}
+
+/// The rule for a node's op, or `None` when the op is unknown (or from another domain).
+pub fn rule(node: &NodeProto) -> Option<&'static dyn OpRule> {
+    let domain = node.domain();
+    if !(domain.is_empty() || domain == "ai.onnx") {
+        return None;
+    }
+    Some(match node.op_type() {
+        "Conv" => &conv::Conv,
+        "ConvTranspose" => &conv::ConvTranspose,
+        "Relu" | "Sigmoid" | "Tanh" | "Sqrt" | "Exp" | "Log" | "Neg" | "Abs" | "Erf"
+        | "Reciprocal" | "Floor" | "Ceil" | "Identity" | "Cast" | "LeakyRelu" | "Elu"
+        | "Softplus" | "HardSigmoid" | "Not" | "Sign" | "Round" | "Sin" | "Cos" => {
+            &elementwise::Unary
+        }
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Equal" | "Less" | "Greater"
+        | "And" | "Or" | "Where" | "PRelu" | "Clip" => &elementwise::Broadcast,
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2"
+        | "ReduceSumSquare" => &reduce::Reduce,
+        "Shape" => &shape::ShapeOp,
+        "Constant" => &shape::Constant,
+        "ConstantOfShape" => &shape::ConstantOfShape,
+        "Range" => &shape::Range,
+        "Gather" => &shape::Gather,
+        "Reshape" => &layout::Reshape,
+        "Transpose" => &layout::Transpose,
+        "Squeeze" | "Unsqueeze" => &layout::SqueezeUnsqueeze,
+        "Slice" => &layout::Slice,
+        "Concat" => &layout::Concat,
+        "Pad" => &layout::Pad,
+        "Expand" => &layout::Expand,
+        "MatMul" => &matmul::MatMul,
+        "Gemm" => &matmul::Gemm,
+        _ => return None,
+    })
+}
+
+// ---- helpers shared by the rules ----
+
+pub(crate) fn need<'a>(
+    node: &NodeProto,
+    inputs: &[Option<&'a Fact>],
+    i: usize,
+) -> Result<&'a Fact> {
+    inputs
+        .get(i)
+        .copied()
+        .flatten()
+        .ok_or_else(|| Error::node(node, format!("missing input {i}")))
+}
+
+pub(crate) fn need_const<'a>(
+    node: &NodeProto,
+    inputs: &[Option<&'a Fact>],
+    i: usize,
+) -> Result<&'a Tensor> {
+    need(node, inputs, i)?.value.as_ref().ok_or_else(|| {
+        Error::node(
+            node,
+            format!("input {i} must be a static constant (it depends on data)"),
+        )
+    })
+}
+
+/// Normalises a possibly negative axis against `rank`.
+pub(crate) fn norm_axis(node: &NodeProto, axis: i64, rank: usize) -> Result<usize> {
+    let a = if axis < 0 { axis + rank as i64 } else { axis };
+    if a < 0 || a as usize >= rank.max(1) {
+        return Err(Error::node(
+            node,
+            format!("axis {axis} out of range for rank {rank}"),
+        ));
+    }
+    Ok(a as usize)
+}
+
+/// Numpy-style broadcast of several shapes.
+pub(crate) fn broadcast(node: &NodeProto, shapes: &[&[usize]]) -> Result<Vec<usize>> {
+    let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut out = vec![1usize; rank];
+    for s in shapes {
+        let off = rank - s.len();
+        for (i, &d) in s.iter().enumerate() {
+            let o = &mut out[off + i];
+            if *o == 1 {
+                *o = d;
+            } else if d != 1 && d != *o {
+                return Err(Error::node(
+                    node,
+                    format!("shapes {shapes:?} do not broadcast"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// True when the fact is a small constant worth folding.
+pub(crate) fn foldable(f: Option<&Fact>) -> bool {
+    f.map(|f| f.value.is_some() && f.numel() <= crate::ir::FOLD_LIMIT)
+        .unwrap_or(true)
+}

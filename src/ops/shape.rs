@@ -1,0 +1,161 @@
+//! Shape-arithmetic ops: Shape, Constant, ConstantOfShape, Range, Gather. With static
+//! input shapes their outputs fold to constants, so shape subgraphs vanish from the later
+//! passes; a pruned model recomputes them at run time from the slimmer shapes.
+use super::{foldable, need, need_const, norm_axis, Links, OpRule};
+use crate::error::{Error, Result};
+use crate::ir::{Fact, Ir};
+use crate::onnx::{attr, attr_i, attr_t, tensor_from_proto, NodeProto, Tensor};
+use ndarray::{ArrayD, IxDyn};
+
+pub struct ShapeOp;
+pub struct Constant;
+pub struct ConstantOfShape;
+pub struct Range;
+pub struct Gather;
+
+impl OpRule for ShapeOp {
+    /// X of rank r -> int64 `[r]` (or the `[start, end)` part, opset 15).
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = need(node, inputs, 0)?;
+        let r = x.rank() as i64;
+        let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+        let start = clamp(attr_i(node, "start").unwrap_or(0));
+        let end = clamp(attr_i(node, "end").unwrap_or(r));
+        let dims: Vec<i64> = x.shape[start..end.max(start)]
+            .iter()
+            .map(|&d| d as i64)
+            .collect();
+        Ok(vec![Fact::konst(Tensor::vec_i64(dims))])
+    }
+    fn couple(&self, _node: &NodeProto, _ir: &Ir, _links: &mut Links) {}
+}
+
+impl OpRule for Constant {
+    fn infer(&self, node: &NodeProto, _inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        if let Some(t) = attr_t(node, "value") {
+            return Ok(vec![Fact::konst(tensor_from_proto(t)?)]);
+        }
+        if let Some(a) = attr(node, "value_int").and_then(|a| a.i) {
+            return Ok(vec![Fact::konst(Tensor::scalar_i64(a))]);
+        }
+        if let Some(a) = attr(node, "value_ints") {
+            return Ok(vec![Fact::konst(Tensor::vec_i64(a.ints.clone()))]);
+        }
+        if let Some(f) = attr(node, "value_float").and_then(|a| a.f) {
+            return Ok(vec![Fact::konst(Tensor::F32(ArrayD::from_elem(
+                IxDyn(&[]),
+                f,
+            )))]);
+        }
+        if let Some(a) = attr(node, "value_floats") {
+            let v = a.floats.clone();
+            return Ok(vec![Fact::konst(Tensor::F32(
+                ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("1-D"),
+            ))]);
+        }
+        Err(Error::node(
+            node,
+            "Constant without a supported value attribute",
+        ))
+    }
+    fn couple(&self, _node: &NodeProto, _ir: &Ir, _links: &mut Links) {}
+}
+
+impl OpRule for ConstantOfShape {
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let shape: Vec<usize> = need_const(node, inputs, 0)?
+            .to_i64_vec()
+            .iter()
+            .map(|&d| d.max(0) as usize)
+            .collect();
+        let fill = match attr_t(node, "value") {
+            Some(t) => tensor_from_proto(t)?,
+            None => Tensor::F32(ArrayD::from_elem(IxDyn(&[1]), 0.0)),
+        };
+        let n: usize = shape.iter().product();
+        let value = (n <= crate::ir::FOLD_LIMIT).then(|| match &fill {
+            Tensor::F32(a) => Tensor::F32(ArrayD::from_elem(
+                IxDyn(&shape),
+                a.iter().next().copied().unwrap_or(0.0),
+            )),
+            Tensor::I64(a) => Tensor::I64(ArrayD::from_elem(
+                IxDyn(&shape),
+                a.iter().next().copied().unwrap_or(0),
+            )),
+        });
+        Ok(vec![Fact { shape, value }])
+    }
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        links.freeze_node(node, ir, "ConstantOfShape output");
+    }
+}
+
+impl OpRule for Range {
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let s = need_const(node, inputs, 0)?.to_i64_vec();
+        let l = need_const(node, inputs, 1)?.to_i64_vec();
+        let d = need_const(node, inputs, 2)?.to_i64_vec();
+        let (start, limit, delta) = (s[0], l[0], d[0]);
+        if delta == 0 {
+            return Err(Error::node(node, "Range with delta 0"));
+        }
+        let n = ((limit - start) as f64 / delta as f64).ceil().max(0.0) as i64;
+        Ok(vec![Fact::konst(Tensor::vec_i64(
+            (0..n).map(|i| start + i * delta).collect(),
+        ))])
+    }
+}
+
+impl OpRule for Gather {
+    /// data `[d0..d(r-1)]`, indices `I` -> `d[..axis] ++ I ++ d[axis+1..]`.
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let data = need(node, inputs, 0)?;
+        let idx = need(node, inputs, 1)?;
+        let axis = norm_axis(node, attr_i(node, "axis").unwrap_or(0), data.rank())?;
+        let mut shape = data.shape[..axis].to_vec();
+        shape.extend(&idx.shape);
+        shape.extend(&data.shape[axis + 1..]);
+        let mut value = None;
+        if foldable(Some(data)) && foldable(Some(idx)) {
+            if let (Some(d), Some(i)) = (&data.value, &idx.value) {
+                let n = data.shape[axis] as i64;
+                let flat: Vec<usize> = i
+                    .to_i64_vec()
+                    .iter()
+                    .map(|&k| (if k < 0 { k + n } else { k }).clamp(0, n - 1) as usize)
+                    .collect();
+                let picked = d.select(axis, &flat);
+                value = Some(match picked {
+                    Tensor::I64(a) => Tensor::I64(
+                        a.into_shape_with_order(IxDyn(&shape))
+                            .map_err(|e| Error::node(node, e.to_string()))?,
+                    ),
+                    Tensor::F32(a) => Tensor::F32(
+                        a.into_shape_with_order(IxDyn(&shape))
+                            .map_err(|e| Error::node(node, e.to_string()))?,
+                    ),
+                });
+            }
+        }
+        Ok(vec![Fact { shape, value }])
+    }
+
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        let (Some(d), Some(i)) = (ir.fact(&node.input[0]), ir.fact(&node.input[1])) else {
+            return;
+        };
+        let Ok(axis) = norm_axis(node, attr_i(node, "axis").unwrap_or(0), d.rank()) else {
+            return;
+        };
+        let (x, y) = (node.input[0].as_str(), node.output[0].as_str());
+        for a in 0..d.rank() {
+            if a < axis {
+                links.link((x, a), (y, a));
+            } else if a > axis {
+                links.link((x, a), (y, a - 1 + i.rank()));
+            } else {
+                links.freeze((x, a), "Gather along the axis");
+            }
+        }
+    }
+}

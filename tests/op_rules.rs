@@ -1,0 +1,166 @@
+//! Channel-group and shape rules, op by op, on small graphs built in code.
+mod common;
+use common::G;
+use sepprune::analysis::analyze_groups;
+use sepprune::ir::Ir;
+use sepprune::onnx::{int_attr, ints_attr};
+
+fn groups_of(m: sepprune::onnx::ModelProto, samples: usize) -> (Ir, sepprune::analysis::Groups) {
+    let ir = Ir::new(m, samples).unwrap();
+    let g = analyze_groups(&ir).unwrap();
+    (ir, g)
+}
+
+#[test]
+fn conv_prelu_conv_forms_one_group_with_every_per_channel_tensor() {
+    let mut g = G::new(&[1, 4, -1]);
+    let h = g.conv("x", 4, 8, 3, 1, 1);
+    let slope = g.weight("slope", &[8, 1]);
+    let p = g.node("PRelu", &[&h, &slope], vec![]);
+    let y = g.conv(&p, 8, 4, 1, 1, 0);
+    let (_, gs) = groups_of(g.output(&y, &[1, 4, -1]), 50);
+    let prunable: Vec<_> = gs.prunable().collect();
+    assert_eq!(prunable.len(), 1);
+    let grp = prunable[0];
+    assert_eq!(grp.size, 8);
+    let params: Vec<(&str, usize)> = grp.params.iter().map(|(v, a)| (v.as_str(), *a)).collect();
+    assert_eq!(params, vec![("b0", 0), ("slope", 0), ("w0", 0), ("w2", 1)]);
+    // the output conv's channels reach the graph output: frozen, with the reason
+    let out_group = gs
+        .groups
+        .iter()
+        .find(|g| g.size == 4 && g.params.iter().any(|p| p.0 == "w2"))
+        .unwrap();
+    assert!(out_group
+        .frozen
+        .as_deref()
+        .unwrap()
+        .contains("graph output"));
+}
+
+#[test]
+fn depthwise_conv_couples_input_and_output_and_grouped_conv_freezes() {
+    let mut g = G::new(&[1, 2, -1]);
+    let a = g.conv("x", 2, 6, 1, 1, 0);
+    let d = g.conv(&a, 6, 6, 3, 6, 1); // depthwise
+    let gr = g.conv(&d, 6, 6, 3, 2, 1); // grouped, not depthwise
+    let y = g.conv(&gr, 6, 2, 1, 1, 0);
+    let (_, gs) = groups_of(g.output(&y, &[1, 2, -1]), 40);
+    let first = gs.of("w0", 0).unwrap();
+    assert!(
+        first.params.contains(&("w1".into(), 0)),
+        "depthwise weight joins the group"
+    );
+    assert!(first.frozen.as_deref().unwrap().contains("grouped Conv"));
+}
+
+#[test]
+fn residual_add_couples_both_branches() {
+    let mut g = G::new(&[1, 3, -1]);
+    let a = g.conv("x", 3, 5, 1, 1, 0);
+    let b = g.conv(&a, 5, 5, 3, 1, 1);
+    let s = g.node("Add", &[&a, &b], vec![]);
+    let r = g.node("Relu", &[&s], vec![]);
+    let y = g.conv(&r, 5, 1, 1, 1, 0);
+    let (_, gs) = groups_of(g.output(&y, &[1, 1, -1]), 30);
+    let ga = gs.of("w0", 0).unwrap().id;
+    assert_eq!(
+        gs.of("w1", 0).unwrap().id,
+        ga,
+        "residual add joins both producers"
+    );
+    assert_eq!(gs.of("w1", 1).unwrap().id, ga, "the residual consumer too");
+    assert_eq!(
+        gs.of("w4", 1).unwrap().id,
+        ga,
+        "and the consumer after the add"
+    );
+    assert!(gs.of("w0", 0).unwrap().frozen.is_none());
+}
+
+#[test]
+fn decomposed_global_layer_norm_is_a_member_not_a_blocker() {
+    let mut g = G::new(&[1, 2, -1]);
+    let h = g.conv("x", 2, 6, 1, 1, 0);
+    let m = g.node(
+        "ReduceMean",
+        &[&h],
+        vec![ints_attr("axes", &[1, 2]), int_attr("keepdims", 1)],
+    );
+    let c = g.node("Sub", &[&h, &m], vec![]);
+    let sq = g.node("Mul", &[&c, &c], vec![]);
+    let v = g.node(
+        "ReduceMean",
+        &[&sq],
+        vec![ints_attr("axes", &[1, 2]), int_attr("keepdims", 1)],
+    );
+    let eps = g.const_f("eps", &[], vec![1e-8]);
+    let ve = g.node("Add", &[&v, &eps], vec![]);
+    let sd = g.node("Sqrt", &[&ve], vec![]);
+    let n = g.node("Div", &[&c, &sd], vec![]);
+    let t = g.node("Transpose", &[&n], vec![ints_attr("perm", &[0, 2, 1])]);
+    let gamma = g.weight("gamma", &[6]);
+    let gm = g.node("Mul", &[&gamma, &t], vec![]);
+    let t2 = g.node("Transpose", &[&gm], vec![ints_attr("perm", &[0, 2, 1])]);
+    let y = g.conv(&t2, 6, 2, 1, 1, 0);
+    let (_, gs) = groups_of(g.output(&y, &[1, 2, -1]), 30);
+    let grp = gs.of("w0", 0).unwrap();
+    assert!(grp.frozen.is_none(), "{:?}", grp.frozen);
+    assert!(grp.params.contains(&("gamma".into(), 0)));
+    assert!(grp.params.contains(&("w13".into(), 1)) || grp.params.iter().any(|p| p.1 == 1));
+}
+
+#[test]
+fn unknown_op_is_reported_with_node_and_op() {
+    let mut g = G::new(&[1, 2, -1]);
+    let h = g.conv("x", 2, 6, 1, 1, 0);
+    let u = g.node("LpNormalization", &[&h], vec![]);
+    let y = g.conv(&u, 6, 2, 1, 1, 0);
+    let model = g.output(&y, &[1, 2, -1]);
+    // LpNormalization has no shape rule: shape inference reports the node and op
+    let err = Ir::new(model, 30).err().unwrap().to_string();
+    assert!(
+        err.contains("LpNormalization") && err.contains("n1_LpNormalization"),
+        "{err}"
+    );
+}
+
+#[test]
+fn reshape_keeping_the_axis_links_and_merging_freezes() {
+    let mut g = G::new(&[1, 2, -1]);
+    let h = g.conv("x", 2, 6, 1, 1, 0);
+    let shp = g.const_i("shp", vec![1, 1, 6, -1]);
+    let r = g.node("Reshape", &[&h, &shp], vec![]);
+    let shp2 = g.const_i("shp2", vec![1, 6, -1]);
+    let r2 = g.node("Reshape", &[&r, &shp2], vec![]);
+    let a = g.conv(&r2, 6, 4, 1, 1, 0);
+    let flat = g.const_i("flat", vec![1, -1]);
+    let f = g.node("Reshape", &[&a, &flat], vec![]);
+    let (_, gs) = groups_of(g.output(&f, &[1, -1]), 20);
+    assert!(gs.of("w0", 0).unwrap().frozen.is_none());
+    assert_eq!(gs.of(&r, 2).unwrap().id, gs.of("w0", 0).unwrap().id);
+    assert!(gs
+        .of("w3", 0)
+        .unwrap()
+        .frozen
+        .as_deref()
+        .unwrap()
+        .contains("merges"));
+}
+
+#[test]
+fn shape_subgraphs_fold_to_constants() {
+    let mut g = G::new(&[1, 2, -1]);
+    let h = g.conv("x", 2, 6, 1, 1, 0);
+    let s = g.node("Shape", &[&h], vec![]);
+    let st = g.const_i("st", vec![-1]);
+    let en = g.const_i("en", vec![i64::MAX]);
+    let sl = g.node("Slice", &[&s, &st, &en], vec![]);
+    let m1 = g.const_i("m1", vec![-1, 3]);
+    let tgt = g.node("Concat", &[&m1, &sl], vec![int_attr("axis", 0)]);
+    let r = g.node("Reshape", &[&h, &tgt], vec![]);
+    let ir = Ir::new(g.output(&r, &[-1, 3, -1]), 25).unwrap();
+    let v = ir.fact(&tgt).unwrap().value.clone().unwrap().to_i64_vec();
+    assert_eq!(v, vec![-1, 3, 25]);
+    assert_eq!(ir.fact(&r).unwrap().shape, vec![2, 3, 25]);
+}
