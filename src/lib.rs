@@ -10,5 +10,6 @@ pub mod inspect;
 pub mod ir;
 pub mod onnx;
 pub mod ops;
+pub mod prune;
 
 pub use error::{Error, Result};

@@ -1,7 +1,8 @@
 //! The `sepprune` command line.
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use sepprune::{inspect, ir::Ir, onnx};
+use sepprune::prune::{self, Criterion, Masks, Scope};
+use sepprune::{analysis, inspect, ir::Ir, onnx};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -33,6 +34,36 @@ enum Cmd {
         #[arg(long)]
         nodes: bool,
     },
+    /// Physically remove channels: by a MACs budget (`--ratio`) or from a masks file.
+    Prune {
+        model: PathBuf,
+        /// Output ONNX file (written atomically).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Share of the scope's MACs to remove, in [0, 1).
+        #[arg(long, conflicts_with = "masks", required_unless_present = "masks")]
+        ratio: Option<f64>,
+        /// Kept channel indices per group (format: see `src/prune/masks.rs`).
+        #[arg(long)]
+        masks: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Criterion::L1)]
+        criterion: Criterion,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = Scope::Separator)]
+        scope: Scope,
+        /// Keep channel counts multiples of K.
+        #[arg(long, default_value_t = 1)]
+        round_to: usize,
+        /// Also write the masks used here.
+        #[arg(long)]
+        save_masks: Option<PathBuf>,
+        /// Allow OUT to be the input file.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn load_ir(path: &PathBuf, seconds: f64, rate: u32) -> Result<Ir> {
@@ -57,6 +88,57 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", inspect::render(&report, nodes));
+            }
+        }
+        Cmd::Prune {
+            model,
+            output,
+            ratio,
+            masks,
+            criterion,
+            seed,
+            scope,
+            round_to,
+            save_masks,
+            force,
+            json,
+        } => {
+            let t0 = std::time::Instant::now();
+            let ir = load_ir(&model, 1.0, 16000)?;
+            let groups = analysis::analyze_groups(&ir)?;
+            let masks = match (ratio, masks) {
+                (Some(r), _) => {
+                    prune::masks_for_ratio(&ir, &groups, r, criterion, seed, scope, round_to)?.masks
+                }
+                (None, Some(p)) => Masks::read(&p)?,
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let slim = prune::slim(&ir, &groups, &masks)
+                .with_context(|| format!("{}: slicing failed", model.display()))?;
+            let slim_ir = Ir::new(slim.clone(), ir.samples)?;
+            onnx::save(&slim, &output, Some(&model), force)?;
+            if let Some(p) = save_masks {
+                masks.write(&p)?;
+            }
+            let (a, b) = (analysis::profile(&ir), analysis::profile(&slim_ir));
+            let sep = |p: &analysis::Profile| p.regions[&analysis::Region::Separator].macs;
+            let summary = serde_json::json!({
+                "input": model, "output": output,
+                "params": [a.params, b.params], "macs": [a.macs, b.macs],
+                "separator_macs": [sep(&a), sep(&b)],
+                "macs_ratio": b.macs as f64 / a.macs as f64,
+                "separator_macs_ratio": sep(&b) as f64 / sep(&a) as f64,
+                "groups_pruned": masks.groups.len(),
+                "seconds": t0.elapsed().as_secs_f64(),
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "{} -> {}: params {} -> {}, MACs {} -> {} ({:.3}x), separator MACs kept {:.1}%, {} groups pruned, {:.2} s",
+                    model.display(), output.display(), a.params, b.params, a.macs, b.macs,
+                    a.macs as f64 / b.macs as f64, 100.0 * sep(&b) as f64 / sep(&a) as f64, masks.groups.len(), t0.elapsed().as_secs_f64()
+                );
             }
         }
     }

@@ -23,6 +23,9 @@ pub struct Group {
     pub params: Vec<Slot>,
     /// Names of the nodes that read or write a member.
     pub nodes: Vec<String>,
+    /// Indices (in `graph.node`) of those nodes.
+    #[serde(skip)]
+    pub node_index: Vec<usize>,
     /// Why the group cannot be pruned: "node 'X' (Op): reason".
     pub frozen: Option<String>,
 }
@@ -139,6 +142,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             members: vec![],
             params: vec![],
             nodes: vec![],
+            node_index: vec![],
             frozen: None,
         });
     }
@@ -161,6 +165,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
         if let Some(&g) = root_group.get(&uf.find(s)) {
             if seen.insert((g, ni)) {
                 groups[g].nodes.push(ir.nodes()[ni].name().to_string());
+                groups[g].node_index.push(ni);
             }
         }
     }

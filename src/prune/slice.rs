@@ -1,0 +1,134 @@
+//! Physical slimming: every initializer member of a masked group is sliced along its axis,
+//! each op patches its attributes and constants ([`crate::ops::OpRule::patch`]), value_info
+//! dims are updated, and the result is re-inferred and checked against the expected shapes.
+use super::Masks;
+use crate::analysis::Groups;
+use crate::error::{Error, Result};
+use crate::ir::Ir;
+use crate::onnx::{self, pb::tensor_shape_proto::dimension::Value as Dim, ModelProto};
+use crate::ops;
+use std::collections::HashMap;
+
+/// Shape of `value` once `masks` are applied (its own shape for untouched values).
+pub fn pruned_shape(
+    ir: &Ir,
+    groups: &Groups,
+    keep_count: &HashMap<usize, usize>,
+    value: &str,
+) -> Vec<usize> {
+    let mut s = ir.fact(value).map(|f| f.shape.clone()).unwrap_or_default();
+    for (a, d) in s.iter_mut().enumerate() {
+        if let Some(g) = groups.of(value, a) {
+            if let Some(&k) = keep_count.get(&g.id) {
+                *d = k;
+            }
+        }
+    }
+    s
+}
+
+/// The slimmed model: a copy of `ir.model` with masked channels removed.
+///
+/// Errors: [`Error::Masks`] for invalid masks; [`Error::Node`] when the slimmed graph does
+/// not infer to the expected shapes (nothing is written by the caller in that case).
+pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<ModelProto> {
+    masks.validate(groups)?;
+    let keep_count: HashMap<usize, usize> = masks
+        .groups
+        .iter()
+        .map(|(&g, m)| (g, m.keep.len()))
+        .collect();
+    let new_shape = |v: &str| pruned_shape(ir, groups, &keep_count, v);
+    let mut model = ir.model.clone();
+    let graph = model.graph.as_mut().expect("ir has a graph");
+
+    // 1. slice initializers
+    let mut cuts: HashMap<&str, Vec<(usize, &[usize])>> = HashMap::new();
+    for g in &groups.groups {
+        if let Some(keep) = masks.keep(g.id).filter(|k| k.len() < g.size) {
+            for (v, a) in &g.params {
+                cuts.entry(v.as_str()).or_default().push((*a, keep));
+            }
+        }
+    }
+    for (name, list) in &cuts {
+        let i = ir.init_index[*name];
+        let mut t = ir.initializer(name)?;
+        for &(axis, keep) in list {
+            t = t.select(axis, keep);
+        }
+        graph.initializer[i] = onnx::tensor_to_proto(&t, &graph.initializer[i]);
+    }
+
+    // 2. per-op patches
+    let mut extra = vec![];
+    for ni in 0..graph.node.len() {
+        if ir.is_folded(&ir.nodes()[ni]) {
+            continue;
+        }
+        let Some(rule) = ops::rule(&graph.node[ni]) else {
+            continue;
+        };
+        let edits = rule.patch(&mut graph.node[ni], ir, &new_shape)?;
+        for e in edits {
+            let old = graph.node[ni].input[e.input].clone();
+            let single = ir
+                .consumers
+                .get(&old)
+                .map(|c| c.len() == 1)
+                .unwrap_or(false);
+            match ir.init_index.get(&old) {
+                Some(&i) if single => {
+                    graph.initializer[i] = onnx::tensor_to_proto(&e.value, &graph.initializer[i])
+                }
+                _ => {
+                    let name = format!("{old}.sepprune.{ni}");
+                    let like = onnx::TensorProto {
+                        name: Some(name.clone()),
+                        data_type: Some(7),
+                        ..Default::default()
+                    };
+                    extra.push(onnx::tensor_to_proto(&e.value, &like));
+                    graph.node[ni].input[e.input] = name;
+                }
+            }
+        }
+    }
+    graph.initializer.extend(extra);
+
+    // 3. value_info dims
+    for vi in graph.value_info.iter_mut().chain(graph.output.iter_mut()) {
+        let want = new_shape(vi.name());
+        if let Some(onnx::pb::type_proto::Value::TensorType(tt)) =
+            vi.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            if let Some(shape) = tt.shape.as_mut() {
+                for (a, d) in shape.dim.iter_mut().enumerate() {
+                    if let (Some(Dim::DimValue(v)), Some(&w)) = (d.value.as_mut(), want.get(a)) {
+                        *v = w as i64;
+                    }
+                }
+            }
+        }
+    }
+
+    // 4. validate by re-inference
+    let check = Ir::new(model.clone(), ir.samples)?;
+    for node in check.nodes() {
+        for o in node
+            .output
+            .iter()
+            .filter(|o| !o.is_empty() && !check.is_const(o))
+        {
+            let got = &check.fact(o).expect("inferred").shape;
+            let want = new_shape(o);
+            if *got != want {
+                return Err(Error::node(
+                    node,
+                    format!("slimmed output '{o}' infers to {got:?}, expected {want:?}"),
+                ));
+            }
+        }
+    }
+    Ok(model)
+}
