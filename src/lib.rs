@@ -6,10 +6,13 @@
 //! [`audio`] reads data and scores SI-SDR.
 pub mod analysis;
 pub mod error;
+pub mod gates;
 pub mod inspect;
 pub mod ir;
 pub mod onnx;
 pub mod ops;
 pub mod prune;
+pub mod runtime;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -2,7 +2,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sepprune::prune::{self, Criterion, Masks, Scope};
-use sepprune::{analysis, inspect, ir::Ir, onnx};
+use sepprune::{analysis, gates, inspect, ir::Ir, onnx, verify};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -63,7 +63,48 @@ enum Cmd {
         force: bool,
         #[arg(long)]
         json: bool,
+        /// Skip the tract verification of the output.
+        #[arg(long)]
+        no_verify: bool,
     },
+    /// Write the gate graph: one gate vector per prunable channel group.
+    Gate {
+        model: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Gate values from a masks file (default: all ones).
+        #[arg(long)]
+        masks: Option<PathBuf>,
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+    },
+    /// Verify: gate graph (all ones) == original; slim(mask) == gated(mask) for random masks.
+    Check {
+        model: PathBuf,
+        /// Also check these masks.
+        #[arg(long)]
+        masks: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        trials: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print_check(r: &verify::CheckReport) {
+    for t in &r.trials {
+        println!(
+            "{} {:<55} kept {:>5.1}%  rel. error {:.2e}",
+            if t.passed { "PASS" } else { "FAIL" },
+            t.name,
+            100.0 * t.kept_channels,
+            t.rel_err
+        );
+    }
 }
 
 fn load_ir(path: &PathBuf, seconds: f64, rate: u32) -> Result<Ir> {
@@ -90,6 +131,39 @@ fn main() -> Result<()> {
                 print!("{}", inspect::render(&report, nodes));
             }
         }
+        Cmd::Gate {
+            model,
+            output,
+            masks,
+            seconds,
+        } => {
+            let ir = load_ir(&model, seconds, 16000)?;
+            let groups = analysis::analyze_groups(&ir)?;
+            let masks = masks.map(|p| Masks::read(&p)).transpose()?;
+            let g = gates::gate_graph(&ir, &groups, masks.as_ref())?;
+            onnx::save(&g, &output, Some(&model), false)?;
+            println!("{}: {} gates", output.display(), groups.prunable().count());
+        }
+        Cmd::Check {
+            model,
+            masks,
+            trials,
+            seed,
+            seconds,
+            json,
+        } => {
+            let ir = load_ir(&model, seconds, 16000)?;
+            let groups = analysis::analyze_groups(&ir)?;
+            let masks = masks.map(|p| Masks::read(&p)).transpose()?;
+            let x = verify::test_signal(ir.samples, 16000.0);
+            let r = verify::check(&ir, &groups, masks.as_ref(), trials, seed, &x)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_check(&r);
+            }
+            anyhow::ensure!(r.passed, "verification failed");
+        }
         Cmd::Prune {
             model,
             output,
@@ -102,6 +176,7 @@ fn main() -> Result<()> {
             save_masks,
             force,
             json,
+            no_verify,
         } => {
             let t0 = std::time::Instant::now();
             let ir = load_ir(&model, 1.0, 16000)?;
@@ -116,6 +191,18 @@ fn main() -> Result<()> {
             let slim = prune::slim(&ir, &groups, &masks)
                 .with_context(|| format!("{}: slicing failed", model.display()))?;
             let slim_ir = Ir::new(slim.clone(), ir.samples)?;
+            let slice_seconds = t0.elapsed().as_secs_f64();
+            let check = if no_verify {
+                None
+            } else {
+                let x = verify::test_signal(ir.samples, 16000.0);
+                let r = verify::check(&ir, &groups, Some(&masks), 1, seed, &x)?;
+                if !json {
+                    print_check(&r);
+                }
+                anyhow::ensure!(r.passed, "verification failed: nothing written");
+                Some(r)
+            };
             onnx::save(&slim, &output, Some(&model), force)?;
             if let Some(p) = save_masks {
                 masks.write(&p)?;
@@ -129,15 +216,17 @@ fn main() -> Result<()> {
                 "macs_ratio": b.macs as f64 / a.macs as f64,
                 "separator_macs_ratio": sep(&b) as f64 / sep(&a) as f64,
                 "groups_pruned": masks.groups.len(),
+                "slice_seconds": slice_seconds,
                 "seconds": t0.elapsed().as_secs_f64(),
+                "check": check,
             });
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
                 println!(
-                    "{} -> {}: params {} -> {}, MACs {} -> {} ({:.3}x), separator MACs kept {:.1}%, {} groups pruned, {:.2} s",
+                    "{} -> {}: params {} -> {}, MACs {} -> {} ({:.3}x), separator MACs kept {:.1}%, {} groups pruned, sliced in {:.2} s",
                     model.display(), output.display(), a.params, b.params, a.macs, b.macs,
-                    a.macs as f64 / b.macs as f64, 100.0 * sep(&b) as f64 / sep(&a) as f64, masks.groups.len(), t0.elapsed().as_secs_f64()
+                    a.macs as f64 / b.macs as f64, 100.0 * sep(&b) as f64 / sep(&a) as f64, masks.groups.len(), slice_seconds
                 );
             }
         }

@@ -1,0 +1,206 @@
+//! The gate graph: one gate vector `g` (shape `[C]`, an initializer named
+//! `sepprune.gate.<group id>`) per prunable channel group, multiplied onto the group's
+//! activations wherever a consumer reads across channels (Conv/ConvTranspose/MatMul
+//! inputs: [`Read::Mix`]), and channel means taken over kept channels only
+//! ([`Read::Mean`]): `mean = ReduceMean(g*x) * C / sum(g)`, i.e.
+//! `sum(g*x) / (sum(g) * rest)` (DESIGN.md, "Gate graph, exact by construction").
+//!
+//! Per-channel ops in between (PRelu, depthwise conv, norm affine) may make a removed
+//! channel non-zero again, so gating only at the producer would not be exact; gating at
+//! every mixing read is. For a binary `g`, the gate graph computes the same function as
+//! the slimmed model with the same mask.
+use crate::analysis::Groups;
+use crate::error::Result;
+use crate::ir::Ir;
+use crate::onnx::{self, int_attr, ModelProto, NodeProto, Tensor, TensorProto};
+use crate::ops::{self, Read};
+use crate::prune::Masks;
+use ndarray::{ArrayD, IxDyn};
+use std::collections::{HashMap, HashSet};
+
+fn f32_init(name: &str, dims: &[usize], v: Vec<f32>) -> TensorProto {
+    let t = Tensor::F32(ArrayD::from_shape_vec(IxDyn(dims), v).expect("dims match"));
+    onnx::tensor_to_proto(
+        &t,
+        &TensorProto {
+            name: Some(name.into()),
+            data_type: Some(1),
+            ..Default::default()
+        },
+    )
+}
+
+fn node(
+    op: &str,
+    name: String,
+    inputs: Vec<String>,
+    output: String,
+    attrs: Vec<onnx::AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        name: Some(name),
+        op_type: Some(op.into()),
+        input: inputs,
+        output: vec![output],
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+/// Name of a group's gate initializer.
+pub fn gate_name(group: usize) -> String {
+    format!("sepprune.gate.{group}")
+}
+
+/// Builds the gate graph. Gates hold `masks` (1 = kept) or all ones when `masks` is None.
+pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<ModelProto> {
+    if let Some(m) = masks {
+        m.validate(groups)?;
+    }
+    let mut model = ir.model.clone();
+    let graph = model.graph.as_mut().expect("ir has a graph");
+    let mut inits: Vec<TensorProto> = vec![];
+    let mut made: HashSet<String> = HashSet::new();
+    let mut new_nodes: Vec<NodeProto> = Vec::with_capacity(graph.node.len() * 2);
+    let mut gated_of: HashMap<String, String> = HashMap::new();
+    let gate_vec = |id: usize, size: usize| -> Vec<f32> {
+        match masks.and_then(|m| m.keep(id)) {
+            Some(keep) => {
+                let mut v = vec![0f32; size];
+                for &k in keep {
+                    v[k] = 1.0;
+                }
+                v
+            }
+            None => vec![1f32; size],
+        }
+    };
+    for g in groups.prunable() {
+        inits.push(f32_init(
+            &gate_name(g.id),
+            &[g.size],
+            gate_vec(g.id, g.size),
+        ));
+    }
+    for (ni, n) in graph.node.iter().enumerate() {
+        let mut n = n.clone();
+        let mut means: Vec<usize> = vec![];
+        if !ir.is_folded(&n) {
+            if let Some(rule) = ops::rule(&n) {
+                for i in 0..n.input.len() {
+                    let v = n.input[i].clone();
+                    if v.is_empty() || ir.is_const(&v) {
+                        continue;
+                    }
+                    let rank = ir.fact(&v).map(|f| f.rank()).unwrap_or(0);
+                    let mut reads = vec![];
+                    for a in 0..rank {
+                        let Some(g) = groups.of(&v, a).filter(|g| g.frozen.is_none()) else {
+                            continue;
+                        };
+                        match rule.read(&n, ir, i, a) {
+                            Read::Pointwise => {}
+                            r => reads.push((a, g.id, g.size, r)),
+                        }
+                    }
+                    if reads.is_empty() {
+                        continue;
+                    }
+                    let key = format!("{v}|{:?}", reads.iter().map(|r| r.0).collect::<Vec<_>>());
+                    if let Some(gv) = gated_of.get(&key) {
+                        n.input[i] = gv.clone();
+                    } else {
+                        let mut cur = v.clone();
+                        for &(a, id, size, _) in &reads {
+                            let shape_name = format!("sepprune.gate.{id}.shape.r{rank}a{a}");
+                            if made.insert(shape_name.clone()) {
+                                let mut dims = vec![size as i64];
+                                dims.extend(std::iter::repeat_n(1, rank - a - 1));
+                                let like = TensorProto {
+                                    name: Some(shape_name.clone()),
+                                    data_type: Some(7),
+                                    ..Default::default()
+                                };
+                                inits.push(onnx::tensor_to_proto(&Tensor::vec_i64(dims), &like));
+                            }
+                            let bg = format!("sepprune.gate.{id}.r{rank}a{a}");
+                            if made.insert(bg.clone()) {
+                                new_nodes.push(node(
+                                    "Reshape",
+                                    format!("{bg}.reshape"),
+                                    vec![gate_name(id), shape_name],
+                                    bg.clone(),
+                                    vec![],
+                                ));
+                            }
+                            let out = format!("{cur}.gate{id}");
+                            new_nodes.push(node(
+                                "Mul",
+                                format!("{out}.mul"),
+                                vec![cur.clone(), bg],
+                                out.clone(),
+                                vec![],
+                            ));
+                            cur = out;
+                        }
+                        gated_of.insert(key, cur.clone());
+                        n.input[i] = cur;
+                    }
+                    means.extend(reads.iter().filter(|r| r.3 == Read::Mean).map(|r| r.1));
+                }
+            }
+        }
+        if means.is_empty() {
+            new_nodes.push(n);
+            continue;
+        }
+        // y = ReduceMean(g*x) * prod_groups(C / sum(g))
+        let y = n.output[0].clone();
+        let pre = format!("{y}.sepprune.premean");
+        n.output[0] = pre.clone();
+        new_nodes.push(n);
+        let mut cur = pre;
+        for id in means {
+            let size = groups.groups[id].size;
+            let scale = format!("sepprune.gate.{id}.mean_scale");
+            if made.insert(scale.clone()) {
+                let sum = format!("sepprune.gate.{id}.sum");
+                let c = format!("sepprune.gate.{id}.count");
+                inits.push(f32_init(&c, &[], vec![size as f32]));
+                new_nodes.push(node(
+                    "ReduceSum",
+                    format!("{sum}.node"),
+                    vec![gate_name(id)],
+                    sum.clone(),
+                    vec![int_attr("keepdims", 0)],
+                ));
+                new_nodes.push(node(
+                    "Div",
+                    format!("{scale}.node"),
+                    vec![c, sum],
+                    scale.clone(),
+                    vec![],
+                ));
+            }
+            let out = format!("{cur}.s{id}");
+            new_nodes.push(node(
+                "Mul",
+                format!("{y}.sepprune.rescale{id}.{ni}"),
+                vec![cur, scale],
+                out.clone(),
+                vec![],
+            ));
+            cur = out;
+        }
+        new_nodes.push(node(
+            "Identity",
+            format!("{y}.sepprune.mean"),
+            vec![cur],
+            y,
+            vec![],
+        ));
+    }
+    graph.node = new_nodes;
+    graph.initializer.extend(inits);
+    Ok(model)
+}

@@ -1,0 +1,41 @@
+//! tract-onnx runner: one optimized plan per (model, input shape).
+use crate::error::{Error, Result};
+use crate::onnx::{self, ModelProto};
+use tract_onnx::prelude::*;
+
+pub struct TractModel {
+    plan: std::sync::Arc<TypedSimplePlan>,
+    shape: Vec<usize>,
+}
+
+impl TractModel {
+    /// Optimizes `model` for a single f32 input of `shape` (e.g. `[1, 1, T]`).
+    pub fn new(model: &ModelProto, shape: &[usize]) -> Result<TractModel> {
+        let bytes = onnx::encode(model);
+        let err = |e: TractError| Error::Runtime(format!("tract: {e:#}"));
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut bytes.as_slice())
+            .map_err(err)?
+            .with_input_fact(0, f32::fact(shape).into())
+            .map_err(err)?
+            .into_optimized()
+            .map_err(err)?
+            .into_runnable()
+            .map_err(err)?;
+        Ok(TractModel {
+            plan,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// Runs on `x` (row-major, `shape` elements); returns the first output, flattened.
+    pub fn run(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let err = |e: TractError| Error::Runtime(format!("tract: {e:#}"));
+        let t =
+            tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(&self.shape), x.to_vec())
+                .map_err(|e| Error::Runtime(e.to_string()))?;
+        let out = self.plan.run(tvec!(Tensor::from(t).into())).map_err(err)?;
+        let v = out[0].to_plain_array_view::<f32>().map_err(err)?;
+        Ok(v.iter().copied().collect())
+    }
+}
