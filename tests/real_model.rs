@@ -34,3 +34,68 @@ fn real_model_round_trips_byte_for_byte() {
     let m = onnx::load(&path).unwrap();
     assert_eq!(onnx::encode(&m).len(), bytes.len());
 }
+
+fn ort_check(args: &[&str]) -> serde_json::Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ort_check.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 is needed for ground-truth checks");
+    assert!(
+        out.status.success(),
+        "ort_check.py failed (is `pip install onnx onnxruntime==1.31.1` done?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+}
+
+#[test]
+fn prune_half_the_separator_is_exact_checker_valid_and_runs_in_ort_at_several_lengths() {
+    use sepprune::analysis::analyze_groups;
+    use sepprune::prune::{masks_for_ratio, slim, Criterion, Scope};
+    let ir = Ir::new(onnx::load(&common::real_model()).unwrap(), 16000).unwrap();
+    let gs = analyze_groups(&ir).unwrap();
+    let b = masks_for_ratio(&ir, &gs, 0.5, Criterion::L1, 0, Scope::Separator, 1).unwrap();
+    let kept = b.scope_macs.1 as f64 / b.scope_macs.0 as f64;
+    assert!((kept - 0.5).abs() < 0.05, "separator MACs kept {kept}");
+    let slim_model = slim(&ir, &gs, &b.masks).unwrap();
+    // central property in tract on real speech
+    let speech = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/speech/spk1_snt1.wav");
+    assert!(
+        speech.exists(),
+        "MISSING ../shared/data/speech/spk1_snt1.wav"
+    );
+    let mut x = hound::WavReader::open(&speech)
+        .unwrap()
+        .samples::<i16>()
+        .map(|s| s.unwrap() as f32 / 32768.0)
+        .collect::<Vec<_>>();
+    x.resize(16000, 0.0);
+    let r = sepprune::verify::check(&ir, &gs, Some(&b.masks), 1, 0, &x).unwrap();
+    for t in &r.trials {
+        assert!(t.passed, "{}: {}", t.name, t.rel_err);
+    }
+    // ground truth: onnx.checker(full_check) and ORT at 0.5 s, 1 s, 3.7 s against the gate graph
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("slim.onnx");
+    let gp = dir.path().join("gated.onnx");
+    onnx::write_atomic(&p, &onnx::encode(&slim_model)).unwrap();
+    let gated = sepprune::gates::gate_graph(&ir, &gs, Some(&b.masks)).unwrap();
+    onnx::write_atomic(&gp, &onnx::encode(&gated)).unwrap();
+    let v = ort_check(&[
+        p.to_str().unwrap(),
+        gp.to_str().unwrap(),
+        "8000",
+        "16000",
+        "59200",
+    ]);
+    assert_eq!(v["checker"], true);
+    for (n, e) in v["runs"].as_object().unwrap() {
+        assert!(
+            e.as_f64().unwrap() <= 1e-4,
+            "ORT, {n} samples: slim vs gated rel err {e}"
+        );
+    }
+}

@@ -147,3 +147,104 @@ impl G {
         }
     }
 }
+
+/// Global layer norm as PyTorch exports it: ReduceMean/Sub/Mul/ReduceMean/Add/Sqrt/Div,
+/// then Transpose, Mul gamma, Add beta, Transpose back.
+pub fn gln(g: &mut G, x: &str, c: i64) -> String {
+    use sepprune::onnx::{int_attr, ints_attr};
+    let i = g.nodes.len();
+    let m = g.node(
+        "ReduceMean",
+        &[x],
+        vec![ints_attr("axes", &[1, 2]), int_attr("keepdims", 1)],
+    );
+    let d = g.node("Sub", &[x, &m], vec![]);
+    let sq = g.node("Mul", &[&d, &d], vec![]);
+    let v = g.node(
+        "ReduceMean",
+        &[&sq],
+        vec![ints_attr("axes", &[1, 2]), int_attr("keepdims", 1)],
+    );
+    let eps = g.const_f(&format!("eps{i}"), &[], vec![1e-8]);
+    let ve = g.node("Add", &[&v, &eps], vec![]);
+    let sd = g.node("Sqrt", &[&ve], vec![]);
+    let n = g.node("Div", &[&d, &sd], vec![]);
+    let t = g.node("Transpose", &[&n], vec![ints_attr("perm", &[0, 2, 1])]);
+    let gamma = g.weight(&format!("gamma{i}"), &[c]);
+    let beta = g.weight(&format!("beta{i}"), &[c]);
+    let gm = g.node("Mul", &[&gamma, &t], vec![]);
+    let gb = g.node("Add", &[&gm, &beta], vec![]);
+    g.node("Transpose", &[&gb], vec![ints_attr("perm", &[0, 2, 1])])
+}
+
+/// A small Conv-TasNet: encoder, gLN, bottleneck, two TCN blocks (1x1 conv, PRelu, gLN,
+/// dilated depthwise conv, PRelu, gLN, residual and skip convs), mask, decoder.
+pub fn tiny_tasnet() -> ModelProto {
+    use sepprune::onnx::{int_attr, ints_attr};
+    let (n, b, h) = (16, 6, 12);
+    let mut g = G::new(&[1, 1, -1]);
+    let ew = g.weight("enc", &[n, 1, 8]);
+    let e = g.node(
+        "Conv",
+        &["x", &ew],
+        vec![ints_attr("kernel_shape", &[8]), ints_attr("strides", &[4])],
+    );
+    let ln = gln(&mut g, &e, n);
+    let mut res = g.conv(&ln, n, b, 1, 1, 0);
+    let mut skip: Option<String> = None;
+    for (blk, dil) in [(0, 1), (1, 2)] {
+        let a = g.conv(&res, b, h, 1, 1, 0);
+        let s1 = g.weight(&format!("slope{blk}a"), &[1]);
+        let p = g.node("PRelu", &[&a, &s1], vec![]);
+        let l1 = gln(&mut g, &p, h);
+        let i = g.nodes.len();
+        let dw = g.weight(&format!("dw{i}"), &[h, 1, 3]);
+        let db = g.weight(&format!("db{i}"), &[h]);
+        let d = g.node(
+            "Conv",
+            &[&l1, &dw, &db],
+            vec![
+                ints_attr("kernel_shape", &[3]),
+                int_attr("group", h),
+                ints_attr("dilations", &[dil]),
+                ints_attr("pads", &[dil, dil]),
+            ],
+        );
+        let s2 = g.weight(&format!("slope{blk}b"), &[h, 1]);
+        let p2 = g.node("PRelu", &[&d, &s2], vec![]);
+        let l2 = gln(&mut g, &p2, h);
+        let r = g.conv(&l2, h, b, 1, 1, 0);
+        let sk = g.conv(&l2, h, b, 1, 1, 0);
+        res = g.node("Add", &[&res, &r], vec![]);
+        skip = Some(match skip {
+            None => sk,
+            Some(prev) => g.node("Add", &[&prev, &sk], vec![]),
+        });
+    }
+    let sl = g.weight("mslope", &[1]);
+    let mp = g.node("PRelu", &[&skip.unwrap(), &sl], vec![]);
+    let mc = g.conv(&mp, b, n, 1, 1, 0);
+    let shp = g.const_i("mshape", vec![1, 1, n, -1]);
+    let m4 = g.node("Reshape", &[&mc, &shp], vec![]);
+    let mr = g.node("Relu", &[&m4], vec![]);
+    let ax = g.const_i("ax1", vec![1]);
+    let eu = g.node("Unsqueeze", &[&e, &ax], vec![]);
+    let masked = g.node("Mul", &[&mr, &eu], vec![]);
+    // dynamic target [-1, N, T] from Shape, as PyTorch exports it
+    let shp3 = {
+        let s = g.node("Shape", &[&masked], vec![]);
+        let st = g.const_i("st2", vec![-2]);
+        let en = g.const_i("en2", vec![i64::MAX]);
+        let tail = g.node("Slice", &[&s, &st, &en], vec![]);
+        let m1 = g.const_i("m1", vec![-1]);
+        g.node("Concat", &[&m1, &tail], vec![int_attr("axis", 0)])
+    };
+    let d3 = g.node("Reshape", &[&masked, &shp3], vec![]);
+    let dw = g.weight("dec", &[n, 1, 8]);
+    let y = g.node(
+        "ConvTranspose",
+        &[&d3, &dw],
+        vec![ints_attr("kernel_shape", &[8]), ints_attr("strides", &[4])],
+    );
+    g.output(&y, &[1, 1, -1])
+}
