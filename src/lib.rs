@@ -5,7 +5,9 @@
 //! [`prune`] (masks, slicing) -> ONNX bytes; [`runtime`] runs models in ORT and tract;
 //! [`audio`] reads data and scores SI-SDR.
 pub mod analysis;
+pub mod audio;
 pub mod error;
+pub mod eval;
 pub mod gates;
 pub mod inspect;
 pub mod ir;

@@ -78,6 +78,18 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
     },
+    /// Build an enhancement set (mix/, s1/) from speech and noise directories.
+    Mix(MixArgs),
+    /// SI-SDR, SI-SDRi and SDRi on a LibriMix-style directory (mix/, s1/, s2/ ...), in tract.
+    Eval {
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 16000)]
+        rate: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify: gate graph (all ones) == original; slim(mask) == gated(mask) for random masks.
     Check {
         model: PathBuf,
@@ -93,6 +105,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct MixArgs {
+    /// Directory of clean speech WAVs.
+    #[arg(long)]
+    speech: PathBuf,
+    /// Directory of noise WAVs.
+    #[arg(long)]
+    noise: PathBuf,
+    #[arg(short, long)]
+    output: PathBuf,
+    /// SNRs in dB, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,5")]
+    snr: Vec<f64>,
+    #[arg(long, default_value_t = 16000)]
+    rate: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 fn print_check(r: &verify::CheckReport) {
@@ -129,6 +160,33 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", inspect::render(&report, nodes));
+            }
+        }
+        Cmd::Mix(a) => {
+            let n = sepprune::audio::dataset::build_enhancement(
+                &a.speech, &a.noise, &a.output, &a.snr, a.rate, a.seed,
+            )?;
+            println!("{}: {n} mixtures", a.output.display());
+        }
+        Cmd::Eval {
+            model,
+            data,
+            rate,
+            json,
+        } => {
+            let m = onnx::load(&model)?;
+            let r = sepprune::eval::eval(&m, &data, rate)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{}: {} mixtures, SI-SDR {:.2} dB, SI-SDRi {:.2} dB, SDRi {:.2} dB",
+                    model.display(),
+                    r.examples,
+                    r.si_sdr,
+                    r.si_sdri,
+                    r.sdri
+                );
             }
         }
         Cmd::Gate {

@@ -1,0 +1,124 @@
+//! LibriMix-style directories: `DIR/mix/*.wav` with references `DIR/s1/*.wav`,
+//! `DIR/s2/*.wav`, ... matched by file name; and a builder for enhancement sets.
+use super::wav;
+use crate::error::{Error, Result};
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+
+pub struct Example {
+    pub name: String,
+    pub mix: Vec<f32>,
+    /// References s1, s2, ... (empty when the directory has none).
+    pub sources: Vec<Vec<f32>>,
+}
+
+fn wavs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .map(|e| e.eq_ignore_ascii_case("wav"))
+                .unwrap_or(false)
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Loads every mixture of `dir` with its references, at `rate` Hz.
+///
+/// Errors: [`Error::Io`] when `dir/mix` is missing; [`Error::Audio`] when a reference of a
+/// mixture is missing or has another length.
+pub fn load(dir: &Path, rate: u32) -> Result<Vec<Example>> {
+    let mix_dir = dir.join("mix");
+    let mut src_dirs = vec![];
+    for k in 1.. {
+        let d = dir.join(format!("s{k}"));
+        if !d.is_dir() {
+            break;
+        }
+        src_dirs.push(d);
+    }
+    let mut out = vec![];
+    for p in wavs(&mix_dir)? {
+        let name = p.file_name().expect("file").to_string_lossy().into_owned();
+        let mix = wav::read_at(&p, rate)?;
+        let mut sources = vec![];
+        for d in &src_dirs {
+            let sp = d.join(&name);
+            if !sp.exists() {
+                return Err(Error::Audio {
+                    path: sp,
+                    msg: format!("reference for mixture {name} is missing"),
+                });
+            }
+            let s = wav::read_at(&sp, rate)?;
+            if s.len() != mix.len() {
+                return Err(Error::Audio {
+                    path: sp,
+                    msg: format!("{} samples, the mixture has {}", s.len(), mix.len()),
+                });
+            }
+            sources.push(s);
+        }
+        out.push(Example { name, mix, sources });
+    }
+    if out.is_empty() {
+        return Err(Error::Audio {
+            path: mix_dir,
+            msg: "no .wav mixtures".into(),
+        });
+    }
+    Ok(out)
+}
+
+fn energy(x: &[f32]) -> f64 {
+    x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64
+}
+
+/// Builds an enhancement set: every speech file mixed with noise at every SNR (dB).
+/// Noise files are used in turn, from a random offset (seeded), looped when shorter.
+/// Writes `out/mix/NAME_snrX.wav` and the clean reference `out/s1/NAME_snrX.wav`.
+pub fn build_enhancement(
+    speech: &Path,
+    noise: &Path,
+    out: &Path,
+    snrs: &[f64],
+    rate: u32,
+    seed: u64,
+) -> Result<usize> {
+    let noises: Vec<Vec<f32>> = wavs(noise)?
+        .iter()
+        .map(|p| wav::read_at(p, rate))
+        .collect::<Result<_>>()?;
+    if noises.is_empty() {
+        return Err(Error::Audio {
+            path: noise.into(),
+            msg: "no noise .wav files".into(),
+        });
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut count = 0;
+    for (i, p) in wavs(speech)?.iter().enumerate() {
+        let s = wav::read_at(p, rate)?;
+        let stem = p.file_stem().expect("file").to_string_lossy().into_owned();
+        for &snr in snrs {
+            let nz = &noises[(i + count) % noises.len()];
+            let off = rng.random_range(0..nz.len().max(1));
+            let n: Vec<f32> = (0..s.len()).map(|t| nz[(off + t) % nz.len()]).collect();
+            let gain =
+                (energy(&s) / (energy(&n).max(1e-12) * 10f64.powf(snr / 10.0))).sqrt() as f32;
+            let mut mix: Vec<f32> = s.iter().zip(&n).map(|(&a, &b)| a + gain * b).collect();
+            let peak = mix.iter().chain(&s).fold(0f32, |m, &v| m.max(v.abs()));
+            let norm = if peak > 0.99 { 0.99 / peak } else { 1.0 };
+            mix.iter_mut().for_each(|v| *v *= norm);
+            let clean: Vec<f32> = s.iter().map(|&v| v * norm).collect();
+            let name = format!("{stem}_snr{snr}.wav");
+            wav::write(&out.join("mix").join(&name), &mix, rate)?;
+            wav::write(&out.join("s1").join(&name), &clean, rate)?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}

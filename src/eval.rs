@@ -1,0 +1,50 @@
+//! `eval`: a model's SI-SDR, SI-SDRi and SDRi on a LibriMix-style directory (tract).
+use crate::audio::{dataset, metrics};
+use crate::error::{Error, Result};
+use crate::onnx::ModelProto;
+use crate::runtime::tract::TractModel;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    pub examples: usize,
+    pub si_sdr: f64,
+    pub si_sdri: f64,
+    pub sdri: f64,
+    pub per_example: Vec<(String, metrics::Scores)>,
+}
+
+/// Runs `model` (input `[1, 1, T]`, output `[1, n_src, T]` or `[1, T]`) on every mixture.
+pub fn eval(model: &ModelProto, data: &Path, rate: u32) -> Result<EvalReport> {
+    let examples = dataset::load(data, rate)?;
+    let mut plans: HashMap<usize, TractModel> = HashMap::new();
+    let mut per = vec![];
+    for ex in &examples {
+        if ex.sources.is_empty() {
+            return Err(Error::Audio {
+                path: data.into(),
+                msg: "eval needs references (s1/, s2/ ...)".into(),
+            });
+        }
+        let t = ex.mix.len();
+        if !plans.contains_key(&t) {
+            plans.insert(t, TractModel::new(model, &[1, 1, t])?);
+        }
+        let y = plans[&t].run(&ex.mix)?;
+        let n_src = (y.len() / t).max(1);
+        let est: Vec<Vec<f32>> = (0..n_src)
+            .map(|k| y[k * t..((k + 1) * t).min(y.len())].to_vec())
+            .collect();
+        per.push((ex.name.clone(), metrics::score(&est, &ex.sources, &ex.mix)));
+    }
+    let n = per.len() as f64;
+    Ok(EvalReport {
+        examples: per.len(),
+        si_sdr: per.iter().map(|p| p.1.si_sdr).sum::<f64>() / n,
+        si_sdri: per.iter().map(|p| p.1.si_sdri).sum::<f64>() / n,
+        sdri: per.iter().map(|p| p.1.sdri).sum::<f64>() / n,
+        per_example: per,
+    })
+}
