@@ -6,6 +6,7 @@
 //! [`audio`] reads data and scores SI-SDR.
 pub mod analysis;
 pub mod audio;
+pub mod bench;
 pub mod error;
 pub mod eval;
 pub mod gates;

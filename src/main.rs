@@ -90,6 +90,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Latency across runtimes (interleaved runs), beside the MACs ratio. Ratios are to the first model.
+    Bench {
+        models: Vec<PathBuf>,
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        seconds: Vec<f64>,
+        #[arg(long, value_delimiter = ',', value_enum, default_value = "ort,tract")]
+        runtime: Vec<sepprune::bench::Runtime>,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify: gate graph (all ones) == original; slim(mask) == gated(mask) for random masks.
     Check {
         model: PathBuf,
@@ -187,6 +203,28 @@ fn main() -> Result<()> {
                     r.si_sdri,
                     r.sdri
                 );
+            }
+        }
+        Cmd::Bench {
+            models,
+            seconds,
+            runtime,
+            threads,
+            warmup,
+            runs,
+            json,
+        } => {
+            anyhow::ensure!(!models.is_empty(), "give at least one model");
+            let ms: Vec<(String, onnx::ModelProto)> = models
+                .iter()
+                .map(|p| Ok((p.display().to_string(), onnx::load(p)?)))
+                .collect::<Result<_>>()?;
+            let rows =
+                sepprune::bench::bench(&ms, &seconds, &runtime, 16000, threads, warmup, runs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", sepprune::bench::markdown(&rows));
             }
         }
         Cmd::Gate {

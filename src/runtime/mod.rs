@@ -1,4 +1,5 @@
 //! Runtimes: tract (pure Rust, always available) and ONNX Runtime (`ort`, load-dynamic).
+pub mod ort;
 pub mod tract;
 
 /// Relative error `max|a - b| / max|a|` (0 when both are empty).
