@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod ir;
 pub mod onnx;
 pub mod ops;
+pub mod pipeline;
 pub mod prune;
 pub mod runtime;
 pub mod verify;

@@ -106,6 +106,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The whole pipeline: inspect, prune, verify, eval, bench, and a report beside OUT.
+    Compress {
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Share of the separator's MACs to keep.
+        #[arg(long, default_value_t = 0.5)]
+        target_macs: f64,
+        #[arg(long, value_enum, default_value_t = Criterion::L1)]
+        criterion: Criterion,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_delimiter = ',', value_enum, default_value = "ort,tract")]
+        runtime: Vec<sepprune::bench::Runtime>,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// Verify: gate graph (all ones) == original; slim(mask) == gated(mask) for random masks.
     Check {
         model: PathBuf,
@@ -226,6 +245,27 @@ fn main() -> Result<()> {
             } else {
                 print!("{}", sepprune::bench::markdown(&rows));
             }
+        }
+        Cmd::Compress {
+            model,
+            data,
+            output,
+            target_macs,
+            criterion,
+            seed,
+            runtime,
+            runs,
+        } => {
+            let o = sepprune::pipeline::Options {
+                target_macs,
+                criterion,
+                seed,
+                runtimes: runtime,
+                bench_runs: runs,
+            };
+            let dir = sepprune::pipeline::compress(&model, &data, &output, &o)?;
+            print!("{}", std::fs::read_to_string(dir.join("report.md"))?);
+            println!("\nreport: {}", dir.display());
         }
         Cmd::Gate {
             model,

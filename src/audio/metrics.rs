@@ -19,6 +19,15 @@ fn zero_mean(x: &[f32]) -> Vec<f32> {
 const EPS: f64 = 1e-10;
 
 /// SI-SDR in dB of `est` against `reference` (same length).
+///
+/// ```
+/// use sepprune::audio::metrics::si_sdr;
+/// let s: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.05).sin()).collect();
+/// let scaled: Vec<f32> = s.iter().map(|v| 0.5 * v).collect();
+/// assert!(si_sdr(&scaled, &s) > 80.0); // scale-invariant
+/// let noisy: Vec<f32> = s.iter().enumerate().map(|(i, v)| v + if i % 2 == 0 { 0.1 } else { -0.1 }).collect();
+/// assert!((si_sdr(&noisy, &s) - 17.0).abs() < 0.5); // 10 log10(0.5 / 0.01)
+/// ```
 pub fn si_sdr(est: &[f32], reference: &[f32]) -> f64 {
     let n = est.len().min(reference.len());
     let (e, s) = (zero_mean(&est[..n]), zero_mean(&reference[..n]));
