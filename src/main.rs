@@ -55,6 +55,9 @@ enum Cmd {
         /// Keep channel counts multiples of K.
         #[arg(long, default_value_t = 1)]
         round_to: usize,
+        /// Group ids (from `inspect`) to keep whole; the budget comes from the others.
+        #[arg(long, value_delimiter = ',')]
+        keep_groups: Vec<usize>,
         /// Also write the masks used here.
         #[arg(long)]
         save_masks: Option<PathBuf>,
@@ -313,13 +316,24 @@ fn main() -> Result<()> {
             force,
             json,
             no_verify,
+            keep_groups,
         } => {
             let t0 = std::time::Instant::now();
             let ir = load_ir(&model, 1.0, 16000)?;
             let groups = analysis::analyze_groups(&ir)?;
             let masks = match (ratio, masks) {
                 (Some(r), _) => {
-                    prune::masks_for_ratio(&ir, &groups, r, criterion, seed, scope, round_to)?.masks
+                    prune::masks_for_ratio(
+                        &ir,
+                        &groups,
+                        r,
+                        criterion,
+                        seed,
+                        scope,
+                        round_to,
+                        &keep_groups,
+                    )?
+                    .masks
                 }
                 (None, Some(p)) => Masks::read(&p)?,
                 (None, None) => unreachable!("clap requires one"),

@@ -36,6 +36,7 @@ pub fn compress(model_path: &Path, data: &Path, out: &Path, o: &Options) -> Resu
         o.seed,
         Scope::Separator,
         1,
+        &[],
     )?;
     let slim_model = slim(&ir, &groups, &b.masks)?;
     let x = verify::test_signal(ir.samples, 16000.0);

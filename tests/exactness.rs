@@ -65,7 +65,8 @@ fn ratio_budget_reaches_the_requested_separator_macs() {
     let ir = tiny(1000);
     let gs = analyze_groups(&ir).unwrap();
     for ratio in [0.25, 0.5, 0.7] {
-        let b = masks_for_ratio(&ir, &gs, ratio, Criterion::L1, 0, Scope::Separator, 1).unwrap();
+        let b =
+            masks_for_ratio(&ir, &gs, ratio, Criterion::L1, 0, Scope::Separator, 1, &[]).unwrap();
         let kept = b.scope_macs.1 as f64 / b.scope_macs.0 as f64;
         assert!(
             (kept - (1.0 - ratio)).abs() < 0.08,
@@ -108,4 +109,35 @@ proptest! {
         let b = TractModel::new(&gates::gate_graph(&ir, &gs, Some(&m)).unwrap(), &[1, 1, 600]).unwrap().run(&x).unwrap();
         prop_assert!(rel_err(&b, &a) <= verify::TOL_MASKED, "rel err {}", rel_err(&b, &a));
     }
+}
+
+#[test]
+fn kept_groups_stay_whole_and_the_budget_comes_from_the_rest() {
+    let ir = tiny(1000);
+    let gs = analyze_groups(&ir).unwrap();
+    let narrow: Vec<usize> = gs
+        .prunable()
+        .filter(|g| g.size == 6)
+        .map(|g| g.id)
+        .collect();
+    let b = masks_for_ratio(
+        &ir,
+        &gs,
+        0.3,
+        Criterion::L2,
+        0,
+        Scope::Separator,
+        1,
+        &narrow,
+    )
+    .unwrap();
+    for id in &narrow {
+        assert!(b.masks.keep(*id).is_none(), "group {id} was pruned");
+    }
+    let kept = b.scope_macs.1 as f64 / b.scope_macs.0 as f64;
+    assert!((kept - 0.7).abs() < 0.08, "kept {kept}");
+    let err = masks_for_ratio(&ir, &gs, 0.3, Criterion::L2, 0, Scope::Separator, 1, &[999])
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("999"));
 }

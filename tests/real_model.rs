@@ -56,7 +56,7 @@ fn prune_half_the_separator_is_exact_checker_valid_and_runs_in_ort_at_several_le
     use sepprune::prune::{masks_for_ratio, slim, Criterion, Scope};
     let ir = Ir::new(onnx::load(&common::real_model()).unwrap(), 16000).unwrap();
     let gs = analyze_groups(&ir).unwrap();
-    let b = masks_for_ratio(&ir, &gs, 0.5, Criterion::L1, 0, Scope::Separator, 1).unwrap();
+    let b = masks_for_ratio(&ir, &gs, 0.5, Criterion::L1, 0, Scope::Separator, 1, &[]).unwrap();
     let kept = b.scope_macs.1 as f64 / b.scope_macs.0 as f64;
     assert!((kept - 0.5).abs() < 0.05, "separator MACs kept {kept}");
     let slim_model = slim(&ir, &gs, &b.masks).unwrap();

@@ -3,7 +3,7 @@
 //! Channels: Conv weight `[Cout, Cin/g, k...]`; ConvTranspose weight `[Cin, Cout/g, k...]`
 //! (the output channel axis is weight axis 1). Depthwise (`g == Cin == Cout`, one filter
 //! per channel) couples input and output channels; other grouped convs are frozen.
-use super::{need, ConstEdit, Links, OpRule, Read, ShapeOf};
+use super::{has_input, need, ConstEdit, Links, OpRule, Read, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_i, attr_ints, attr_s, set_attr_i, NodeProto};
@@ -70,21 +70,9 @@ fn geometry(node: &NodeProto, x: &[usize], kernel: &[usize], transpose: bool) ->
     })
 }
 
-/// True for a depthwise conv: one input and one output channel per group.
-fn depthwise(w: &[usize], group: usize, transpose: bool) -> bool {
-    let (cin_per_group, cout) = if transpose {
-        (1, w[1] * group)
-    } else {
-        (w[1], w[0])
-    };
-    group > 1
-        && cin_per_group == 1
-        && (if transpose {
-            w[0] == group
-        } else {
-            cout == group
-        })
-        && (if transpose { w[1] == 1 } else { true })
+/// True for a depthwise Conv: weight `[C, 1, k...]` with `group == C` (one filter per channel).
+fn depthwise(w: &[usize], group: usize) -> bool {
+    group > 1 && w[1] == 1 && w[0] == group
 }
 
 impl OpRule for Conv {
@@ -135,7 +123,7 @@ impl OpRule for Conv {
         let y = shape(&node.output[0]);
         let positions: usize = y[0] * y[2..].iter().product::<usize>();
         let per: usize = w.iter().product();
-        let bias = if node.input.len() > 2 && !node.input[2].is_empty() {
+        let bias = if has_input(node, 2) {
             w[0] * positions
         } else {
             0
@@ -163,7 +151,7 @@ impl OpRule for Conv {
         if group == 1 {
             links.source((w, 0));
             links.link((x, 1), (w, 1));
-        } else if depthwise(ws, group, false) {
+        } else if depthwise(ws, group) {
             links.source((w, 0));
             links.link((x, 1), (y, 1));
         } else {
@@ -176,7 +164,7 @@ impl OpRule for Conv {
     fn read(&self, node: &NodeProto, ir: &Ir, input: usize, axis: usize) -> Read {
         let ws = &ir.fact(&node.input[1]).expect("inferred").shape;
         let group = attr_i(node, "group").unwrap_or(1).max(1) as usize;
-        if input == 0 && axis == 1 && !depthwise(ws, group, false) {
+        if input == 0 && axis == 1 && !depthwise(ws, group) {
             Read::Mix
         } else {
             Read::Pointwise
@@ -249,7 +237,7 @@ impl OpRule for ConvTranspose {
         let group = attr_i(node, "group").unwrap_or(1).max(1) as usize;
         let positions: usize = x[0] * x[2..].iter().product::<usize>();
         let per: usize = w.iter().product();
-        let bias = if node.input.len() > 2 && !node.input[2].is_empty() {
+        let bias = if has_input(node, 2) {
             w[1] * group * positions
         } else {
             0

@@ -410,12 +410,7 @@ impl OpRule for Slice {
                 .find(|p| p.0 == a)
                 .map(|p| y.shape[a] == x.shape[a] && p.3 == 1)
                 .unwrap_or(true);
-            if full {
-                links.link((&node.input[0], a), (&node.output[0], a));
-            } else {
-                links.freeze((&node.input[0], a), "Slice along the axis");
-                links.freeze((&node.output[0], a), "Slice along the axis");
-            }
+            links.pass_or_freeze(node, a, full, "Slice along the axis");
         }
     }
 }
@@ -546,12 +541,12 @@ impl OpRule for Pad {
         };
         let r = x.rank();
         for a in 0..r {
-            if pads[a] == 0 && pads[r + a] == 0 {
-                links.link((&node.input[0], a), (&node.output[0], a));
-            } else {
-                links.freeze((&node.input[0], a), "Pad along the axis");
-                links.freeze((&node.output[0], a), "Pad along the axis");
-            }
+            links.pass_or_freeze(
+                node,
+                a,
+                pads[a] == 0 && pads[r + a] == 0,
+                "Pad along the axis",
+            );
         }
     }
 }

@@ -51,6 +51,15 @@ impl Links {
     pub fn freeze(&mut self, s: (&str, usize), why: impl Into<String>) {
         self.frozen.push(((s.0.to_string(), s.1), why.into()));
     }
+    /// Axis `a` of input 0 passes to axis `a` of output 0 when `pass`, else both are frozen.
+    pub fn pass_or_freeze(&mut self, node: &NodeProto, a: usize, pass: bool, why: &str) {
+        if pass {
+            self.link((&node.input[0], a), (&node.output[0], a));
+        } else {
+            self.freeze((&node.input[0], a), why);
+            self.freeze((&node.output[0], a), why);
+        }
+    }
     /// Freezes every axis of every input and output of `node`.
     pub fn freeze_node(&mut self, node: &NodeProto, ir: &Ir, why: &str) {
         for v in node
@@ -201,6 +210,11 @@ pub(crate) fn broadcast(node: &NodeProto, shapes: &[&[usize]]) -> Result<Vec<usi
         }
     }
     Ok(out)
+}
+
+/// True when optional input `i` is present.
+pub(crate) fn has_input(node: &NodeProto, i: usize) -> bool {
+    node.input.get(i).map(|v| !v.is_empty()).unwrap_or(false)
 }
 
 /// True when the fact is a small constant worth folding.

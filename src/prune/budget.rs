@@ -61,9 +61,13 @@ pub struct Budgeted {
     pub total_macs: (u64, u64),
 }
 
-/// Masks that remove `ratio` of the scope's MACs.
+/// Masks that remove `ratio` of the scope's MACs. `keep_whole`: group ids that stay
+/// unpruned (e.g. a narrow bottleneck that speeds up less than its MACs); the budget is then
+/// met by the other groups in scope.
 ///
-/// Errors: [`Error::Masks`] when the ratio is outside [0, 1) or no group is prunable in scope.
+/// Errors: [`Error::Masks`] when the ratio is outside [0, 1), a kept group does not exist,
+/// or no group is prunable in scope.
+#[allow(clippy::too_many_arguments)]
 pub fn masks_for_ratio(
     ir: &Ir,
     groups: &Groups,
@@ -72,6 +76,7 @@ pub fn masks_for_ratio(
     seed: u64,
     scope: Scope,
     round_to: usize,
+    keep_whole: &[usize],
 ) -> Result<Budgeted> {
     if !(0.0..1.0).contains(&ratio) {
         return Err(Error::Masks(format!("ratio {ratio} must be in [0, 1)")));
@@ -80,9 +85,15 @@ pub fn masks_for_ratio(
     let base = node_macs(ir, &shape);
     let regions = find_regions(ir, &base);
     let in_scope = |ni: usize| scope == Scope::All || regions[ni] == Region::Separator;
+    if let Some(&bad) = keep_whole.iter().find(|&&g| g >= groups.groups.len()) {
+        return Err(Error::Masks(format!(
+            "group {bad} does not exist ({} groups)",
+            groups.groups.len()
+        )));
+    }
     let cands: Vec<_> = groups
         .prunable()
-        .filter(|g| g.node_index.iter().all(|&n| in_scope(n)))
+        .filter(|g| !keep_whole.contains(&g.id) && g.node_index.iter().all(|&n| in_scope(n)))
         .collect();
     if cands.is_empty() {
         return Err(Error::Masks("no prunable channel group in scope".into()));
