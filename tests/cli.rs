@@ -1,0 +1,83 @@
+//! The command line as a build pipeline sees it: JSON keys, clear errors, nothing written on
+//! failure, no overwriting of the input.
+mod common;
+use std::process::Command;
+
+fn sepprune() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sepprune"))
+}
+
+#[test]
+fn inspect_json_has_the_documented_keys() {
+    let out = sepprune()
+        .args(["inspect", "--json"])
+        .arg(common::real_model())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["params", "macs", "regions", "groups", "separator_coverage"] {
+        assert!(v.get(k).is_some(), "missing key {k}");
+    }
+    assert_eq!(v["groups"].as_array().unwrap().len(), 27);
+}
+
+#[test]
+fn bad_masks_fail_clearly_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let masks = dir.path().join("m.json");
+    std::fs::write(
+        &masks,
+        r#"{"format":"sepprune-masks/1","groups":{"500":{"size":8,"keep":[0]}}}"#,
+    )
+    .unwrap();
+    let out_path = dir.path().join("slim.onnx");
+    let out = sepprune()
+        .arg("prune")
+        .arg(common::real_model())
+        .arg("-o")
+        .arg(&out_path)
+        .arg("--masks")
+        .arg(&masks)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("group 500 does not exist"), "{err}");
+    assert!(!out_path.exists(), "a failed prune wrote its output");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "stray temporary files"
+    );
+}
+
+#[test]
+fn prune_refuses_to_overwrite_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("model.onnx");
+    std::fs::copy(common::real_model(), &copy).unwrap();
+    let before = std::fs::read(&copy).unwrap();
+    let out = sepprune()
+        .arg("prune")
+        .arg(&copy)
+        .arg("-o")
+        .arg(&copy)
+        .args(["--ratio", "0.3", "--no-verify"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+    assert_eq!(std::fs::read(&copy).unwrap(), before);
+}
+
+#[test]
+fn a_file_that_is_not_onnx_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.onnx");
+    std::fs::write(&bad, b"not a protobuf at all \xff\xff\xff").unwrap();
+    let out = sepprune().arg("inspect").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.onnx"), "{err}");
+}
