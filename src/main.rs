@@ -340,7 +340,7 @@ fn main() -> Result<()> {
             };
             let slim = prune::slim(&ir, &groups, &masks)
                 .with_context(|| format!("{}: slicing failed", model.display()))?;
-            let slim_ir = Ir::new(slim.clone(), ir.samples)?;
+            let slim_ir = slim;
             let slice_seconds = t0.elapsed().as_secs_f64();
             let check = if no_verify {
                 None
@@ -353,7 +353,7 @@ fn main() -> Result<()> {
                 anyhow::ensure!(r.passed, "verification failed: nothing written");
                 Some(r)
             };
-            onnx::save(&slim, &output, Some(&model), force)?;
+            onnx::save(&slim_ir.model, &output, Some(&model), force)?;
             if let Some(p) = save_masks {
                 masks.write(&p)?;
             }

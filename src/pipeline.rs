@@ -38,14 +38,15 @@ pub fn compress(model_path: &Path, data: &Path, out: &Path, o: &Options) -> Resu
         1,
         &[],
     )?;
-    let slim_model = slim(&ir, &groups, &b.masks)?;
+    let slim_ir = slim(&ir, &groups, &b.masks)?;
+    let slim_model = &slim_ir.model;
     let x = verify::test_signal(ir.samples, 16000.0);
     let check = verify::check(&ir, &groups, Some(&b.masks), 2, o.seed, &x)?;
     if !check.passed {
         return Err(Error::Other("verification failed: nothing written".into()));
     }
     let before = eval::eval(&ir.model, data, 16000)?;
-    let after = eval::eval(&slim_model, data, 16000)?;
+    let after = eval::eval(slim_model, data, 16000)?;
     let rows = bench::bench(
         &[
             ("original".into(), ir.model.clone()),
@@ -58,8 +59,8 @@ pub fn compress(model_path: &Path, data: &Path, out: &Path, o: &Options) -> Resu
         3,
         o.bench_runs,
     )?;
-    let (pa, pb) = (profile(&ir), profile(&Ir::new(slim_model.clone(), 16000)?));
-    onnx::save(&slim_model, out, Some(model_path), false)?;
+    let (pa, pb) = (profile(&ir), profile(&slim_ir));
+    onnx::save(slim_model, out, Some(model_path), false)?;
     let dir = PathBuf::from(format!("{}.report", out.display()));
     b.masks.write(&dir.join("masks.json"))?;
     let sep = |p: &crate::analysis::Profile| p.regions[&Region::Separator].macs;

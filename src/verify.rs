@@ -94,7 +94,7 @@ pub fn check(
         ));
     }
     for (name, m) in cases {
-        let a = run(&slim(ir, groups, &m)?)?;
+        let a = run(&slim(ir, groups, &m)?.model)?;
         let b = run(&gate_graph(ir, groups, Some(&m))?)?;
         let e = rel_err(&b, &a);
         out.push(Trial {

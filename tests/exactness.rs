@@ -105,7 +105,7 @@ proptest! {
         let gs = analyze_groups(&ir).unwrap();
         let m = verify::random_masks(&gs, seed);
         let x = verify::test_signal(600, 16000.0);
-        let a = TractModel::new(&slim(&ir, &gs, &m).unwrap(), &[1, 1, 600]).unwrap().run(&x).unwrap();
+        let a = TractModel::new(&slim(&ir, &gs, &m).unwrap().model, &[1, 1, 600]).unwrap().run(&x).unwrap();
         let b = TractModel::new(&gates::gate_graph(&ir, &gs, Some(&m)).unwrap(), &[1, 1, 600]).unwrap().run(&x).unwrap();
         prop_assert!(rel_err(&b, &a) <= verify::TOL_MASKED, "rel err {}", rel_err(&b, &a));
     }

@@ -59,7 +59,7 @@ fn prune_half_the_separator_is_exact_checker_valid_and_runs_in_ort_at_several_le
     let b = masks_for_ratio(&ir, &gs, 0.5, Criterion::L1, 0, Scope::Separator, 1, &[]).unwrap();
     let kept = b.scope_macs.1 as f64 / b.scope_macs.0 as f64;
     assert!((kept - 0.5).abs() < 0.05, "separator MACs kept {kept}");
-    let slim_model = slim(&ir, &gs, &b.masks).unwrap();
+    let slim_model = slim(&ir, &gs, &b.masks).unwrap().model;
     // central property in tract on real speech
     let speech = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/speech/spk1_snt1.wav");

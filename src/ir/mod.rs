@@ -222,3 +222,13 @@ fn input_shape(inp: &onnx::ValueInfoProto, samples: usize) -> Result<Vec<usize>>
         })
         .collect())
 }
+
+impl std::fmt::Debug for Ir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ir")
+            .field("samples", &self.samples)
+            .field("nodes", &self.nodes().len())
+            .field("initializers", &self.init_index.len())
+            .finish()
+    }
+}

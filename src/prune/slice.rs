@@ -5,7 +5,7 @@ use super::Masks;
 use crate::analysis::Groups;
 use crate::error::{Error, Result};
 use crate::ir::Ir;
-use crate::onnx::{self, pb::tensor_shape_proto::dimension::Value as Dim, ModelProto};
+use crate::onnx::{self, pb::tensor_shape_proto::dimension::Value as Dim};
 use crate::ops;
 use std::collections::HashMap;
 
@@ -27,11 +27,12 @@ pub fn pruned_shape(
     s
 }
 
-/// The slimmed model: a copy of `ir.model` with masked channels removed.
+/// The slimmed model (a copy of `ir.model` with masked channels removed), already
+/// re-inferred and checked at `ir.samples`.
 ///
 /// Errors: [`Error::Masks`] for invalid masks; [`Error::Node`] when the slimmed graph does
 /// not infer to the expected shapes (nothing is written by the caller in that case).
-pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<ModelProto> {
+pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
     masks.validate(groups)?;
     let keep_count: HashMap<usize, usize> = masks
         .groups
@@ -113,7 +114,7 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<ModelProto> {
     }
 
     // 4. validate by re-inference
-    let check = Ir::new(model.clone(), ir.samples)?;
+    let check = Ir::new(model, ir.samples)?;
     for node in check.nodes() {
         for o in node
             .output
@@ -130,5 +131,5 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<ModelProto> {
             }
         }
     }
-    Ok(model)
+    Ok(check)
 }
