@@ -182,6 +182,18 @@ fn load_ir(path: &PathBuf, seconds: f64, rate: u32) -> Result<Ir> {
     Ir::new(model, samples).with_context(|| format!("{}: shape inference failed", path.display()))
 }
 
+/// A model at `seconds`, its channel groups, and masks read from `masks` when given.
+fn load_analyzed(
+    model: &PathBuf,
+    seconds: f64,
+    masks: Option<PathBuf>,
+) -> Result<(Ir, analysis::Groups, Option<Masks>)> {
+    let ir = load_ir(model, seconds, 16000)?;
+    let groups = analysis::analyze_groups(&ir)?;
+    let masks = masks.map(|p| Masks::read(&p)).transpose()?;
+    Ok((ir, groups, masks))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -276,9 +288,7 @@ fn main() -> Result<()> {
             masks,
             seconds,
         } => {
-            let ir = load_ir(&model, seconds, 16000)?;
-            let groups = analysis::analyze_groups(&ir)?;
-            let masks = masks.map(|p| Masks::read(&p)).transpose()?;
+            let (ir, groups, masks) = load_analyzed(&model, seconds, masks)?;
             let g = gates::gate_graph(&ir, &groups, masks.as_ref())?;
             onnx::save(&g, &output, Some(&model), false)?;
             println!("{}: {} gates", output.display(), groups.prunable().count());
@@ -291,9 +301,7 @@ fn main() -> Result<()> {
             seconds,
             json,
         } => {
-            let ir = load_ir(&model, seconds, 16000)?;
-            let groups = analysis::analyze_groups(&ir)?;
-            let masks = masks.map(|p| Masks::read(&p)).transpose()?;
+            let (ir, groups, masks) = load_analyzed(&model, seconds, masks)?;
             let x = verify::test_signal(ir.samples, 16000.0);
             let r = verify::check(&ir, &groups, masks.as_ref(), trials, seed, &x)?;
             if json {

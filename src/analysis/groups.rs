@@ -33,8 +33,9 @@ pub struct Group {
 #[derive(Clone, Debug, Serialize)]
 pub struct Groups {
     pub groups: Vec<Group>,
+    /// Value name -> (axis, group index) of each of its axes that is in a group.
     #[serde(skip)]
-    pub slot_group: HashMap<Slot, usize>,
+    pub by_value: HashMap<String, Vec<(usize, usize)>>,
 }
 
 impl Groups {
@@ -43,9 +44,11 @@ impl Groups {
     }
     /// Group of a slot, when that slot belongs to one.
     pub fn of(&self, value: &str, axis: usize) -> Option<&Group> {
-        self.slot_group
-            .get(&(value.to_string(), axis))
-            .map(|&g| &self.groups[g])
+        self.by_value
+            .get(value)?
+            .iter()
+            .find(|(a, _)| *a == axis)
+            .map(|&(_, g)| &self.groups[g])
     }
 }
 
@@ -146,7 +149,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             frozen: None,
         });
     }
-    let mut slot_group = HashMap::new();
+    let mut by_value: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
     for (i, s) in slots.iter().enumerate() {
         if let Some(&g) = root_group.get(&uf.find(i)) {
             let grp = &mut groups[g];
@@ -157,7 +160,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             if grp.frozen.is_none() {
                 grp.frozen = frozen.get(&i).cloned();
             }
-            slot_group.insert(s.clone(), g);
+            by_value.entry(s.0.clone()).or_default().push((s.1, g));
         }
     }
     let mut seen = std::collections::HashSet::new();
@@ -173,5 +176,5 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
         g.members.sort();
         g.params.sort();
     }
-    Ok(Groups { groups, slot_group })
+    Ok(Groups { groups, by_value })
 }
