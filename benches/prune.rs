@@ -4,7 +4,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use sepprune::analysis::analyze_groups;
 use sepprune::ir::Ir;
 use sepprune::onnx;
-use sepprune::prune::{masks_for_ratio, slim, Criterion as Crit, Scope};
+use sepprune::prune::{masks_for_ratio, slim, Budget};
 use std::path::PathBuf;
 
 fn passes(c: &mut Criterion) {
@@ -23,11 +23,9 @@ fn passes(c: &mut Criterion) {
     c.bench_function("groups", |b| b.iter(|| analyze_groups(&ir).unwrap()));
     let gs = analyze_groups(&ir).unwrap();
     c.bench_function("masks ratio 0.5", |b| {
-        b.iter(|| masks_for_ratio(&ir, &gs, 0.5, Crit::L1, 0, Scope::Separator, 1, &[]).unwrap())
+        b.iter(|| masks_for_ratio(&ir, &gs, &Budget::new(0.5)).unwrap())
     });
-    let m = masks_for_ratio(&ir, &gs, 0.5, Crit::L1, 0, Scope::Separator, 1, &[])
-        .unwrap()
-        .masks;
+    let m = masks_for_ratio(&ir, &gs, &Budget::new(0.5)).unwrap().masks;
     c.bench_function("slim", |b| b.iter(|| slim(&ir, &gs, &m).unwrap()));
 }
 

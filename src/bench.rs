@@ -5,16 +5,10 @@ use crate::analysis::profile;
 use crate::error::Result;
 use crate::ir::Ir;
 use crate::onnx::ModelProto;
-use crate::runtime::{ort::OrtModel, tract::TractModel};
+use crate::runtime::Runner;
+pub use crate::runtime::Runtime;
 use serde::Serialize;
 use std::time::Instant;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Runtime {
-    Ort,
-    Tract,
-}
 
 #[derive(Debug, Serialize)]
 pub struct Row {
@@ -31,20 +25,6 @@ pub struct Row {
     pub speedup: f64,
     /// MACs reduction over the first model (its MACs / these MACs): the ideal speed-up.
     pub macs_speedup: f64,
-}
-
-enum Runner {
-    Ort(OrtModel),
-    Tract(TractModel),
-}
-
-impl Runner {
-    fn run(&mut self, x: &[f32]) -> Result<Vec<f32>> {
-        match self {
-            Runner::Ort(m) => m.run(x),
-            Runner::Tract(m) => m.run(x),
-        }
-    }
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -75,12 +55,7 @@ pub fn bench(
         for &rt in runtimes {
             let mut runners: Vec<Runner> = models
                 .iter()
-                .map(|(_, m)| -> Result<Runner> {
-                    Ok(match rt {
-                        Runtime::Ort => Runner::Ort(OrtModel::new(m, &shape, threads)?),
-                        Runtime::Tract => Runner::Tract(TractModel::new(m, &shape)?),
-                    })
-                })
+                .map(|(_, m)| -> Result<Runner> { Runner::new(rt, m, &shape, threads) })
                 .collect::<Result<_>>()?;
             for r in runners.iter_mut() {
                 for _ in 0..warmup {

@@ -16,6 +16,8 @@ pub struct GroupReport {
     /// Regions of the nodes touching the group.
     pub regions: Vec<Region>,
     pub frozen: Option<String>,
+    /// A residual or skip stream (kept whole by budgets unless `--prune-residual`).
+    pub residual: bool,
 }
 
 #[derive(Serialize)]
@@ -67,6 +69,7 @@ pub fn inspect(ir: &Ir) -> Result<(Report, Groups)> {
                 macs_share: macs as f64 / prof.macs.max(1) as f64,
                 regions,
                 frozen: g.frozen.clone(),
+                residual: g.residual,
             }
         })
         .collect();
@@ -182,6 +185,7 @@ pub fn render(r: &Report, per_node: bool) -> String {
             regions.join(","),
             match &g.frozen {
                 Some(why) => format!("FROZEN: {why}"),
+                None if g.residual => format!("prunable, residual stream (from {first})"),
                 None => format!("prunable (from {first})"),
             }
         );

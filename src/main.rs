@@ -58,6 +58,9 @@ enum Cmd {
         /// Group ids (from `inspect`) to keep whole; the budget comes from the others.
         #[arg(long, value_delimiter = ',')]
         keep_groups: Vec<usize>,
+        /// Also prune residual and skip streams (kept whole by default; `inspect` marks them).
+        #[arg(long)]
+        prune_residual: bool,
         /// Also write the masks used here.
         #[arg(long)]
         save_masks: Option<PathBuf>,
@@ -66,9 +69,15 @@ enum Cmd {
         force: bool,
         #[arg(long)]
         json: bool,
-        /// Skip the tract verification of the output.
+        /// Skip the verification of the output.
         #[arg(long)]
         no_verify: bool,
+        /// Runtime of the verification (default: ORT when its library loads, else tract).
+        #[arg(long, value_enum)]
+        verify_runtime: Option<sepprune::runtime::Runtime>,
+        /// Length of the verification signal, in seconds at 16 kHz.
+        #[arg(long, default_value_t = 0.25)]
+        verify_seconds: f64,
     },
     /// Write the gate graph: one gate vector per prunable channel group.
     Gate {
@@ -99,7 +108,7 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "1,4")]
         seconds: Vec<f64>,
         #[arg(long, value_delimiter = ',', value_enum, default_value = "ort,tract")]
-        runtime: Vec<sepprune::bench::Runtime>,
+        runtime: Vec<sepprune::runtime::Runtime>,
         #[arg(long, default_value_t = 1)]
         threads: usize,
         #[arg(long, default_value_t = 5)]
@@ -124,7 +133,7 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long, value_delimiter = ',', value_enum, default_value = "ort,tract")]
-        runtime: Vec<sepprune::bench::Runtime>,
+        runtime: Vec<sepprune::runtime::Runtime>,
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
@@ -140,6 +149,9 @@ enum Cmd {
         seed: u64,
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
+        /// Runtimes to check in (default: tract, and ORT when its library loads).
+        #[arg(long, value_delimiter = ',', value_enum)]
+        runtime: Vec<sepprune::runtime::Runtime>,
         #[arg(long)]
         json: bool,
     },
@@ -299,17 +311,42 @@ fn main() -> Result<()> {
             trials,
             seed,
             seconds,
+            runtime,
             json,
         } => {
+            use sepprune::runtime::{ort, Runtime};
             let (ir, groups, masks) = load_analyzed(&model, seconds, masks)?;
             let x = verify::test_signal(ir.samples, 16000.0);
-            let r = verify::check(&ir, &groups, masks.as_ref(), trials, seed, &x)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+            let runtimes = if runtime.is_empty() {
+                let mut r = vec![Runtime::Tract];
+                if ort::available() {
+                    r.push(Runtime::Ort);
+                }
+                r
             } else {
-                print_check(&r);
+                runtime
+            };
+            let mut reports = vec![];
+            for rt in runtimes {
+                let r = verify::check(
+                    &ir,
+                    &groups,
+                    masks.as_ref().map(|m| (m, None)),
+                    trials,
+                    seed,
+                    &x,
+                    rt,
+                )?;
+                if !json {
+                    println!("{}:", rt.name());
+                    print_check(&r);
+                }
+                reports.push(r);
             }
-            anyhow::ensure!(r.passed, "verification failed");
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            }
+            anyhow::ensure!(reports.iter().all(|r| r.passed), "verification failed");
         }
         Cmd::Prune {
             model,
@@ -324,24 +361,30 @@ fn main() -> Result<()> {
             force,
             json,
             no_verify,
+            verify_runtime,
+            verify_seconds,
             keep_groups,
+            prune_residual,
         } => {
             let t0 = std::time::Instant::now();
+            let rt = verify_runtime.unwrap_or(sepprune::runtime::Runtime::Ort);
+            // load the ORT library while slicing (it takes a Python lookup and a dlopen)
+            let ort_ready = (!no_verify && rt == sepprune::runtime::Runtime::Ort)
+                .then(|| std::thread::spawn(sepprune::runtime::ort::available));
             let ir = load_ir(&model, 1.0, 16000)?;
             let groups = analysis::analyze_groups(&ir)?;
             let masks = match (ratio, masks) {
                 (Some(r), _) => {
-                    prune::masks_for_ratio(
-                        &ir,
-                        &groups,
-                        r,
+                    let budget = prune::Budget {
+                        ratio: r,
                         criterion,
                         seed,
                         scope,
                         round_to,
-                        &keep_groups,
-                    )?
-                    .masks
+                        keep_groups,
+                        prune_residual,
+                    };
+                    prune::masks_for_ratio(&ir, &groups, &budget)?.masks
                 }
                 (None, Some(p)) => Masks::read(&p)?,
                 (None, None) => unreachable!("clap requires one"),
@@ -353,8 +396,25 @@ fn main() -> Result<()> {
             let check = if no_verify {
                 None
             } else {
-                let x = verify::test_signal(ir.samples, 16000.0);
-                let r = verify::check(&ir, &groups, Some(&masks), 1, seed, &x)?;
+                let n = (verify_seconds * 16000.0).round().max(1.0) as usize;
+                let x = verify::test_signal(n, 16000.0);
+                let ort_ok = ort_ready
+                    .map(|h| h.join().unwrap_or(false))
+                    .unwrap_or(false);
+                let rt = match verify_runtime {
+                    Some(rt) => rt,
+                    None if ort_ok => sepprune::runtime::Runtime::Ort,
+                    None => sepprune::runtime::Runtime::Tract,
+                };
+                let r = verify::check(
+                    &ir,
+                    &groups,
+                    Some((&masks, Some(&slim_ir.model))),
+                    0,
+                    seed,
+                    &x,
+                    rt,
+                )?;
                 if !json {
                     print_check(&r);
                 }

@@ -5,7 +5,7 @@ use crate::bench::{self, Runtime};
 use crate::error::{Error, Result};
 use crate::ir::Ir;
 use crate::onnx;
-use crate::prune::{masks_for_ratio, slim, Criterion, Scope};
+use crate::prune::{masks_for_ratio, slim, Budget, Criterion};
 use crate::{eval, verify};
 use std::path::{Path, PathBuf};
 
@@ -31,17 +31,24 @@ pub fn compress(model_path: &Path, data: &Path, out: &Path, o: &Options) -> Resu
     let b = masks_for_ratio(
         &ir,
         &groups,
-        1.0 - o.target_macs,
-        o.criterion,
-        o.seed,
-        Scope::Separator,
-        1,
-        &[],
+        &Budget {
+            criterion: o.criterion,
+            seed: o.seed,
+            ..Budget::new(1.0 - o.target_macs)
+        },
     )?;
     let slim_ir = slim(&ir, &groups, &b.masks)?;
     let slim_model = &slim_ir.model;
     let x = verify::test_signal(ir.samples, 16000.0);
-    let check = verify::check(&ir, &groups, Some(&b.masks), 2, o.seed, &x)?;
+    let check = verify::check(
+        &ir,
+        &groups,
+        Some((&b.masks, Some(slim_model))),
+        2,
+        o.seed,
+        &x,
+        Runtime::preferred(),
+    )?;
     if !check.passed {
         return Err(Error::Other("verification failed: nothing written".into()));
     }

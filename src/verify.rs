@@ -3,13 +3,15 @@
 //! 2. for binary masks, the slimmed model equals the gate graph under the same mask
 //!    (rel. error <= 1e-4): the chosen masks and `trials` random masks.
 //!
-//! Relative error is `max|a - b| / max|a|` over the first output.
+//! Relative error is `max|a - b| / max|a|` over the first output. Checks run in ORT or tract
+//! (`sepprune check --runtime`); `prune` uses ORT when its library loads, else tract.
 use crate::analysis::Groups;
 use crate::error::{Error, Result};
 use crate::gates::gate_graph;
 use crate::ir::Ir;
+use crate::onnx::ModelProto;
 use crate::prune::{slim, Masks};
-use crate::runtime::{rel_err, tract::TractModel};
+use crate::runtime::{rel_err, Runner, Runtime};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -53,35 +55,52 @@ fn kept_share(groups: &Groups, m: &Masks) -> f64 {
     k as f64 / t.max(1) as f64
 }
 
-/// Runs the checks in tract on input `x` (the model's input shape at `ir.samples`).
+/// One model to build and run: the original, a gate graph or a slimmed model.
+enum Job<'a> {
+    Original,
+    Gated(Option<&'a Masks>),
+    Slim(&'a Masks),
+    Given(&'a ModelProto),
+}
+
+/// Runs the checks in `runtime` on input `x` (the model's input, of any length: the time
+/// axis is the one inferred at `ir.samples`):
+/// all-ones gates against the original, then `masks` (when given) and `trials` random masks
+/// (seeds `seed`, `seed + 1`, ...), slim against gated. `slimmed`: the slimmed model of
+/// `masks` when the caller has it (the very model it writes), else it is sliced here. The
+/// models are built and run in parallel over the available cores (ORT sessions get one
+/// intra-op thread each).
+///
+/// Errors: a model that cannot be built (slicing, gate graph) or run in `runtime`.
 pub fn check(
     ir: &Ir,
     groups: &Groups,
-    masks: Option<&Masks>,
+    masks: Option<(&Masks, Option<&ModelProto>)>,
     trials: usize,
     seed: u64,
     x: &[f32],
+    runtime: Runtime,
 ) -> Result<CheckReport> {
     let input = ir
         .graph_inputs()
         .first()
         .cloned()
         .ok_or_else(|| Error::Other("model has no input".into()))?;
-    let shape = ir.fact(&input).expect("input fact").shape.clone();
-    let run =
-        |m: &crate::onnx::ModelProto| -> Result<Vec<f32>> { TractModel::new(m, &shape)?.run(x) };
-    let original = run(&ir.model)?;
-    let mut out = vec![];
-    let ones = run(&gate_graph(ir, groups, None)?)?;
-    let e = rel_err(&original, &ones);
-    out.push(Trial {
-        name: "gate graph, all ones vs original".into(),
-        kept_channels: 1.0,
-        rel_err: e,
-        passed: e <= TOL_IDENTITY,
-    });
+    // the input shape at `ir.samples`, with the time axis set to the signal's length
+    let mut shape = ir.fact(&input).expect("input fact").shape.clone();
+    let n: usize = shape.iter().product();
+    if let Some(t) = shape.iter().rposition(|&d| d == ir.samples) {
+        shape[t] = x.len() * ir.samples / n.max(1);
+    }
+    if shape.iter().product::<usize>() != x.len() {
+        return Err(Error::Other(format!(
+            "check signal of {} samples does not fit input '{input}' {:?}",
+            x.len(),
+            ir.fact(&input).expect("input fact").shape
+        )));
+    }
     let mut cases: Vec<(String, Masks)> = vec![];
-    if let Some(m) = masks {
+    if let Some((m, _)) = masks {
         cases.push(("slim vs gate graph, given masks".into(), m.clone()));
     }
     for t in 0..trials {
@@ -93,9 +112,42 @@ pub fn check(
             random_masks(groups, seed + t as u64),
         ));
     }
+    let mut jobs = vec![Job::Original, Job::Gated(None)];
+    for (i, (_, m)) in cases.iter().enumerate() {
+        jobs.push(match masks {
+            Some((_, Some(model))) if i == 0 => Job::Given(model),
+            _ => Job::Slim(m),
+        });
+        jobs.push(Job::Gated(Some(m)));
+    }
+    let run = |job: &Job| -> Result<Vec<f32>> {
+        let owned;
+        let model = match job {
+            Job::Original => &ir.model,
+            Job::Given(m) => *m,
+            Job::Gated(m) => {
+                owned = gate_graph(ir, groups, *m)?;
+                &owned
+            }
+            Job::Slim(m) => {
+                owned = slim(ir, groups, m)?.model;
+                &owned
+            }
+        };
+        Runner::new(runtime, model, &shape, 1)?.run(x)
+    };
+    let mut outs = parallel_map(&jobs, run).into_iter();
+    let mut next = || outs.next().expect("one output per job");
+    let (original, ones) = (next()?, next()?);
+    let e = rel_err(&original, &ones);
+    let mut out = vec![Trial {
+        name: "gate graph, all ones vs original".into(),
+        kept_channels: 1.0,
+        rel_err: e,
+        passed: e <= TOL_IDENTITY,
+    }];
     for (name, m) in cases {
-        let a = run(&slim(ir, groups, &m)?.model)?;
-        let b = run(&gate_graph(ir, groups, Some(&m))?)?;
+        let (a, b) = (next()?, next()?);
         let e = rel_err(&b, &a);
         out.push(Trial {
             name,
@@ -106,11 +158,40 @@ pub fn check(
     }
     let passed = out.iter().all(|t| t.passed);
     Ok(CheckReport {
-        runtime: "tract".into(),
+        runtime: runtime.name().into(),
         samples: ir.samples,
         trials: out,
         passed,
     })
+}
+
+/// `f` over `items` on up to `available_parallelism` threads, results in input order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(items.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<R>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                *slots[i].lock().expect("no panics while held") = Some(r);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .expect("no panics while held")
+                .expect("every item ran")
+        })
+        .collect()
 }
 
 /// A deterministic test signal (harmonics plus noise), for checks without audio.

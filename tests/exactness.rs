@@ -4,7 +4,7 @@ mod common;
 use proptest::prelude::*;
 use sepprune::analysis::analyze_groups;
 use sepprune::ir::Ir;
-use sepprune::prune::{masks_for_ratio, slim, Criterion, Scope};
+use sepprune::prune::{masks_for_ratio, slim, Budget, Criterion};
 use sepprune::runtime::{rel_err, tract::TractModel};
 use sepprune::{gates, verify};
 
@@ -28,7 +28,16 @@ fn tiny_tasnet_slim_equals_gated_for_random_masks_at_several_lengths() {
         let ir = tiny(samples);
         let gs = analyze_groups(&ir).unwrap();
         let x = verify::test_signal(samples, 16000.0);
-        let r = verify::check(&ir, &gs, None, 4, samples as u64, &x).unwrap();
+        let r = verify::check(
+            &ir,
+            &gs,
+            None,
+            4,
+            samples as u64,
+            &x,
+            sepprune::runtime::Runtime::Tract,
+        )
+        .unwrap();
         for t in &r.trials {
             assert!(
                 t.passed,
@@ -65,8 +74,7 @@ fn ratio_budget_reaches_the_requested_separator_macs() {
     let ir = tiny(1000);
     let gs = analyze_groups(&ir).unwrap();
     for ratio in [0.25, 0.5, 0.7] {
-        let b =
-            masks_for_ratio(&ir, &gs, ratio, Criterion::L1, 0, Scope::Separator, 1, &[]).unwrap();
+        let b = masks_for_ratio(&ir, &gs, &Budget::new(ratio)).unwrap();
         let kept = b.scope_macs.1 as f64 / b.scope_macs.0 as f64;
         assert!(
             (kept - (1.0 - ratio)).abs() < 0.08,
@@ -123,12 +131,12 @@ fn kept_groups_stay_whole_and_the_budget_comes_from_the_rest() {
     let b = masks_for_ratio(
         &ir,
         &gs,
-        0.3,
-        Criterion::L2,
-        0,
-        Scope::Separator,
-        1,
-        &narrow,
+        &Budget {
+            criterion: Criterion::L2,
+            keep_groups: narrow.clone(),
+            prune_residual: true,
+            ..Budget::new(0.3)
+        },
     )
     .unwrap();
     for id in &narrow {
@@ -136,8 +144,54 @@ fn kept_groups_stay_whole_and_the_budget_comes_from_the_rest() {
     }
     let kept = b.scope_macs.1 as f64 / b.scope_macs.0 as f64;
     assert!((kept - 0.7).abs() < 0.08, "kept {kept}");
-    let err = masks_for_ratio(&ir, &gs, 0.3, Criterion::L2, 0, Scope::Separator, 1, &[999])
-        .err()
-        .unwrap();
+    let err = masks_for_ratio(
+        &ir,
+        &gs,
+        &Budget {
+            keep_groups: vec![999],
+            ..Budget::new(0.3)
+        },
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("999"));
+}
+
+#[test]
+fn residual_and_skip_streams_are_marked_and_kept_whole_by_default() {
+    let ir = tiny(1000);
+    let gs = analyze_groups(&ir).unwrap();
+    // the residual stream `res` (B channels) and the skip sum (B channels)
+    let residual: Vec<usize> = gs.prunable().filter(|g| g.residual).map(|g| g.id).collect();
+    assert_eq!(
+        residual.len(),
+        2,
+        "{:?}",
+        gs.groups
+            .iter()
+            .map(|g| (g.id, g.size, g.residual))
+            .collect::<Vec<_>>()
+    );
+    // hidden groups (each feeds one conv pair, never summed) are not residual
+    assert!(gs.prunable().any(|g| !g.residual));
+    let b = masks_for_ratio(&ir, &gs, &Budget::new(0.4)).unwrap();
+    for id in &residual {
+        assert!(
+            b.masks.keep(*id).is_none(),
+            "residual group {id} was pruned"
+        );
+    }
+    let kept = b.scope_macs.1 as f64 / b.scope_macs.0 as f64;
+    assert!((kept - 0.6).abs() < 0.08, "kept {kept}");
+    let all = masks_for_ratio(
+        &ir,
+        &gs,
+        &Budget {
+            prune_residual: true,
+            ..Budget::new(0.4)
+        },
+    )
+    .unwrap();
+    assert!(residual.iter().any(|id| all.masks.keep(*id).is_some()));
+    slim(&ir, &gs, &b.masks).unwrap();
 }

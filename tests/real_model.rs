@@ -53,10 +53,10 @@ fn ort_check(args: &[&str]) -> serde_json::Value {
 #[test]
 fn prune_half_the_separator_is_exact_checker_valid_and_runs_in_ort_at_several_lengths() {
     use sepprune::analysis::analyze_groups;
-    use sepprune::prune::{masks_for_ratio, slim, Criterion, Scope};
+    use sepprune::prune::{masks_for_ratio, slim, Budget};
     let ir = Ir::new(onnx::load(&common::real_model()).unwrap(), 16000).unwrap();
     let gs = analyze_groups(&ir).unwrap();
-    let b = masks_for_ratio(&ir, &gs, 0.5, Criterion::L1, 0, Scope::Separator, 1, &[]).unwrap();
+    let b = masks_for_ratio(&ir, &gs, &Budget::new(0.5)).unwrap();
     let kept = b.scope_macs.1 as f64 / b.scope_macs.0 as f64;
     assert!((kept - 0.5).abs() < 0.05, "separator MACs kept {kept}");
     let slim_model = slim(&ir, &gs, &b.masks).unwrap().model;
@@ -73,7 +73,16 @@ fn prune_half_the_separator_is_exact_checker_valid_and_runs_in_ort_at_several_le
         .map(|s| s.unwrap() as f32 / 32768.0)
         .collect::<Vec<_>>();
     x.resize(16000, 0.0);
-    let r = sepprune::verify::check(&ir, &gs, Some(&b.masks), 1, 0, &x).unwrap();
+    let r = sepprune::verify::check(
+        &ir,
+        &gs,
+        Some((&b.masks, Some(&slim_model))),
+        1,
+        0,
+        &x,
+        sepprune::runtime::Runtime::Tract,
+    )
+    .unwrap();
     for t in &r.trials {
         assert!(t.passed, "{}: {}", t.name, t.rel_err);
     }

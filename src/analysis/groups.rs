@@ -28,6 +28,11 @@ pub struct Group {
     pub node_index: Vec<usize>,
     /// Why the group cannot be pruned: "node 'X' (Op): reason".
     pub frozen: Option<String>,
+    /// A residual or skip stream: some node sums two computed values that both carry the
+    /// group's channels in full (e.g. `x + block(x)`). Budgets keep such streams whole by
+    /// default, as in channel pruning of residual networks (He et al. 2017, ThiNet): they
+    /// feed every block, so pruning them costs much quality and little latency.
+    pub residual: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -147,6 +152,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             nodes: vec![],
             node_index: vec![],
             frozen: None,
+            residual: false,
         });
     }
     let mut by_value: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
@@ -176,5 +182,40 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
         g.members.sort();
         g.params.sort();
     }
-    Ok(Groups { groups, by_value })
+    let mut gs = Groups { groups, by_value };
+    mark_residual(ir, &mut gs);
+    Ok(gs)
+}
+
+/// Sets [`Group::residual`] for groups summed with another branch of themselves.
+fn mark_residual(ir: &Ir, gs: &mut Groups) {
+    let mut residual = vec![];
+    for node in ir.nodes() {
+        if ir.is_folded(node) || !ops::rule(node).is_some_and(|r| r.sums_branches(node)) {
+            continue;
+        }
+        let mut count: HashMap<usize, usize> = HashMap::new();
+        for v in node
+            .input
+            .iter()
+            .filter(|v| !v.is_empty() && !ir.is_const(v))
+        {
+            let shape = ir.fact(v).map(|f| f.shape.as_slice()).unwrap_or(&[]);
+            let full: std::collections::HashSet<usize> = gs
+                .by_value
+                .get(v.as_str())
+                .into_iter()
+                .flatten()
+                .filter(|&&(ax, g)| shape.get(ax) == Some(&gs.groups[g].size))
+                .map(|&(_, g)| g)
+                .collect();
+            for g in full {
+                *count.entry(g).or_default() += 1;
+            }
+        }
+        residual.extend(count.into_iter().filter(|&(_, n)| n >= 2).map(|(g, _)| g));
+    }
+    for g in residual {
+        gs.groups[g].residual = true;
+    }
 }

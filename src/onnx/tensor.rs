@@ -1,7 +1,7 @@
 //! Dense tensors (ndarray) and their conversion from and to `TensorProto`.
 use super::TensorProto;
 use crate::error::{Error, Result};
-use ndarray::{ArrayD, Axis, IxDyn};
+use ndarray::{ArrayD, IxDyn};
 
 /// ONNX `TensorProto.DataType` codes the tool reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,10 +53,12 @@ impl Tensor {
         }
     }
     /// Keeps only `indices` along `axis` (in the given order).
+    ///
+    /// Panics when `axis` is out of range or an index is out of bounds.
     pub fn select(&self, axis: usize, indices: &[usize]) -> Tensor {
         match self {
-            Tensor::F32(a) => Tensor::F32(a.select(Axis(axis), indices)),
-            Tensor::I64(a) => Tensor::I64(a.select(Axis(axis), indices)),
+            Tensor::F32(a) => Tensor::F32(select_runs(a, axis, indices)),
+            Tensor::I64(a) => Tensor::I64(select_runs(a, axis, indices)),
         }
     }
     pub fn scalar_i64(v: i64) -> Tensor {
@@ -66,6 +68,24 @@ impl Tensor {
         let n = v.len();
         Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[n]), v).expect("1-D shape matches length"))
     }
+}
+
+/// `a.select(Axis(axis), indices)` by copying contiguous runs: in row-major order the
+/// tensor is `outer` blocks of `dim` runs of `inner` elements.
+fn select_runs<T: Copy>(a: &ArrayD<T>, axis: usize, indices: &[usize]) -> ArrayD<T> {
+    let a = a.as_standard_layout();
+    let data = a.as_slice().expect("standard layout");
+    let dim = a.shape()[axis];
+    let inner: usize = a.shape()[axis + 1..].iter().product();
+    let mut out = Vec::with_capacity(data.len() / dim.max(1) * indices.len());
+    for block in data.chunks(dim * inner).filter(|b| !b.is_empty()) {
+        for &i in indices {
+            out.extend_from_slice(&block[i * inner..(i + 1) * inner]);
+        }
+    }
+    let mut shape = a.shape().to_vec();
+    shape[axis] = indices.len();
+    ArrayD::from_shape_vec(IxDyn(&shape), out).expect("selected length matches shape")
 }
 
 fn dims_of(t: &TensorProto) -> Result<Vec<usize>> {
@@ -152,6 +172,14 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
     Ok(out)
 }
 
+/// The elements in row-major order (a copy only when `a` is not in standard layout).
+fn row_major<T: Copy>(a: &ArrayD<T>) -> std::borrow::Cow<'_, [T]> {
+    match a.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(a.as_standard_layout().iter().copied().collect()),
+    }
+}
+
 /// Encodes a tensor as `raw_data` of the given ONNX type, keeping `like`'s name and doc string.
 pub fn tensor_to_proto(t: &Tensor, like: &TensorProto) -> TensorProto {
     let shape = t.shape();
@@ -160,13 +188,19 @@ pub fn tensor_to_proto(t: &Tensor, like: &TensorProto) -> TensorProto {
         Tensor::I64(_) => 7,
     });
     let raw: Vec<u8> = match (t, dt) {
-        (Tensor::F32(a), 11) => a.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect(),
-        (Tensor::F32(a), _) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        (Tensor::I64(a), 6) => a.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect(),
+        (Tensor::F32(a), 11) => row_major(a)
+            .iter()
+            .flat_map(|&v| (v as f64).to_le_bytes())
+            .collect(),
+        (Tensor::F32(a), _) => row_major(a).iter().flat_map(|v| v.to_le_bytes()).collect(),
+        (Tensor::I64(a), 6) => row_major(a)
+            .iter()
+            .flat_map(|&v| (v as i32).to_le_bytes())
+            .collect(),
         (Tensor::I64(a), 9) | (Tensor::I64(a), 2) | (Tensor::I64(a), 3) => {
-            a.iter().map(|&v| v as u8).collect()
+            row_major(a).iter().map(|&v| v as u8).collect()
         }
-        (Tensor::I64(a), _) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        (Tensor::I64(a), _) => row_major(a).iter().flat_map(|v| v.to_le_bytes()).collect(),
     };
     TensorProto {
         name: like.name.clone(),
@@ -175,5 +209,31 @@ pub fn tensor_to_proto(t: &Tensor, like: &TensorProto) -> TensorProto {
         dims: shape.iter().map(|&d| d as i64).collect(),
         raw_data: Some(raw),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Axis;
+
+    #[test]
+    fn select_matches_ndarray_on_every_axis() {
+        let a = ArrayD::from_shape_fn(IxDyn(&[3, 4, 5]), |i| {
+            (i[0] * 100 + i[1] * 10 + i[2]) as f32
+        });
+        let t = Tensor::F32(a.clone());
+        for axis in 0..3 {
+            let idx: Vec<usize> = (0..a.shape()[axis]).rev().step_by(2).collect();
+            assert_eq!(
+                t.select(axis, &idx),
+                Tensor::F32(a.select(Axis(axis), &idx))
+            );
+            // a transposed (non-standard) view selects the same
+            let tt = Tensor::F32(a.t().to_owned().into_dyn());
+            let at = a.t().to_owned();
+            let ax = 2 - axis;
+            assert_eq!(tt.select(ax, &idx), Tensor::F32(at.select(Axis(ax), &idx)));
+        }
     }
 }

@@ -73,6 +73,10 @@ impl OpRule for Unary {
     fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
         link_through(node, ir, links);
     }
+
+    fn sums_branches(&self, node: &NodeProto) -> bool {
+        node.op_type() == "Add"
+    }
 }
 
 fn fold_i64(op: &str, a: &ArrayD<i64>, b: &ArrayD<i64>) -> Option<ArrayD<i64>> {
@@ -207,5 +211,9 @@ impl OpRule for Broadcast {
 
     fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
         link_through(node, ir, links);
+    }
+
+    fn sums_branches(&self, node: &NodeProto) -> bool {
+        node.op_type() == "Add"
     }
 }

@@ -110,6 +110,12 @@ pub trait OpRule: Sync {
         Read::Pointwise
     }
 
+    /// Whether the op adds its inputs elementwise (`Add`, `Sum`): when two of them are
+    /// computed values of one channel group, that group is a residual or skip stream.
+    fn sums_branches(&self, _node: &NodeProto) -> bool {
+        false
+    }
+
     /// Attribute and constant-input patches once inputs have their pruned shapes.
     fn patch(&self, _node: &mut NodeProto, _ir: &Ir, _new: ShapeOf) -> Result<Vec<ConstEdit>> {
         Ok(vec![])

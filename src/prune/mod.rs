@@ -3,6 +3,6 @@ mod budget;
 mod masks;
 mod slice;
 
-pub use budget::{masks_for_ratio, Budgeted, Criterion, Scope};
+pub use budget::{masks_for_ratio, Budget, Budgeted, Criterion, Scope};
 pub use masks::Masks;
 pub use slice::{pruned_shape, slim};

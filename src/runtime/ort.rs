@@ -14,7 +14,7 @@ fn find_library() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let out = std::process::Command::new("python3")
-        .args(["-c", "import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'))"])
+        .args(["-c", "import importlib.util as u, os; s = u.find_spec('onnxruntime'); print(os.path.join(list(s.submodule_search_locations)[0], 'capi'))"])
         .output();
     if let Ok(o) = out {
         let dir = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
@@ -50,6 +50,11 @@ fn env() -> Result<&'static ort::environment::Environment> {
     })
     .as_ref()
     .map_err(|e| Error::Runtime(e.clone()))
+}
+
+/// Whether the ONNX Runtime library can be found and loaded.
+pub fn available() -> bool {
+    env().is_ok()
 }
 
 pub struct OrtModel {
