@@ -12,6 +12,7 @@ pub mod eval;
 pub mod gates;
 pub mod inspect;
 pub mod ir;
+pub mod learn;
 pub mod onnx;
 pub mod ops;
 pub mod pipeline;

@@ -138,6 +138,51 @@ enum Cmd {
         runs: usize,
     },
     /// Verify: gate graph (all ones) == original; slim(mask) == gated(mask) for random masks.
+    /// Learn channel masks with the SepPrune Gumbel learner (Candle, CPU) on a data set.
+    Learn {
+        model: PathBuf,
+        /// LibriMix-style directory (mix/, s1/, ...).
+        #[arg(long)]
+        data: PathBuf,
+        /// Masks file to write (for `prune --masks`).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Share of the separator's MACs to keep in the final masks (scores ranked under this
+        /// budget). Without it, the paper's rule: keep channels with sigmoid(score) > eps.
+        #[arg(long)]
+        target_macs: Option<f64>,
+        #[arg(long, default_value_t = 0.7)]
+        eps: f64,
+        #[arg(long, default_value_t = 1.0)]
+        tau: f64,
+        #[arg(long, default_value_t = 500)]
+        iters: usize,
+        #[arg(long, default_value_t = 0.1)]
+        lr: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Initial score of every channel.
+        #[arg(long, default_value_t = 3.0)]
+        init: f64,
+        #[arg(long, value_enum, default_value_t = sepprune::learn::loss::Loss::SiSdr)]
+        loss: sepprune::learn::loss::Loss,
+        /// Targets are the original model's outputs (no references needed).
+        #[arg(long)]
+        teacher: bool,
+        /// Crop length in seconds.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 2)]
+        crops_per_file: usize,
+        /// Scores checkpoint (resumed when present).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Also learn residual and skip streams.
+        #[arg(long)]
+        prune_residual: bool,
+        #[arg(long)]
+        json: bool,
+    },
     Check {
         model: PathBuf,
         /// Also check these masks.
@@ -304,6 +349,74 @@ fn main() -> Result<()> {
             let g = gates::gate_graph(&ir, &groups, masks.as_ref())?;
             onnx::save(&g, &output, Some(&model), false)?;
             println!("{}: {} gates", output.display(), groups.prunable().count());
+        }
+        Cmd::Learn {
+            model,
+            data,
+            output,
+            target_macs,
+            eps,
+            tau,
+            iters,
+            lr,
+            seed,
+            init,
+            loss,
+            teacher,
+            seconds,
+            crops_per_file,
+            checkpoint,
+            prune_residual,
+            json,
+        } => {
+            use sepprune::learn::{gumbel::GumbelConfig, run};
+            let t0 = std::time::Instant::now();
+            let m = onnx::load(&model)?;
+            if let Some(t) = target_macs {
+                anyhow::ensure!(t > 0.0 && t <= 1.0, "--target-macs {t} must be in (0, 1]");
+            }
+            let o = run::LearnOptions {
+                cfg: GumbelConfig {
+                    eps,
+                    tau,
+                    lr,
+                    iters,
+                    seed,
+                    init,
+                    loss,
+                },
+                samples: (seconds * 16000.0).round().max(1.0) as usize,
+                crops_per_file,
+                teacher,
+                budget: prune::Budget {
+                    prune_residual,
+                    ..prune::Budget::new(target_macs.map(|t| 1.0 - t).unwrap_or(0.0))
+                },
+                checkpoint,
+                progress: !json,
+            };
+            let r = run::learn(&m, &data, &o)
+                .with_context(|| format!("learning masks for {}", model.display()))?;
+            r.budgeted.masks.write(&output)?;
+            let b = &r.budgeted;
+            let tail = r.losses.len().saturating_sub(25);
+            let last = r.losses[tail..].iter().sum::<f64>() / (r.losses.len() - tail).max(1) as f64;
+            let summary = serde_json::json!({
+                "masks": output, "steps": r.scores.step, "seconds": t0.elapsed().as_secs_f64(),
+                "final_loss_mean_last_25": last,
+                "separator_macs": [b.scope_macs.0, b.scope_macs.1],
+                "separator_macs_kept": b.scope_macs.1 as f64 / b.scope_macs.0 as f64,
+                "groups_pruned": b.masks.groups.len(),
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "{}: {} steps in {:.0} s, loss (last 25) {:.2} dB, separator MACs kept {:.1}%, {} groups pruned",
+                    output.display(), r.scores.step, t0.elapsed().as_secs_f64(), last,
+                    100.0 * b.scope_macs.1 as f64 / b.scope_macs.0 as f64, b.masks.groups.len()
+                );
+            }
         }
         Cmd::Check {
             model,

@@ -3,10 +3,11 @@
 //! Channels: Conv weight `[Cout, Cin/g, k...]`; ConvTranspose weight `[Cin, Cout/g, k...]`
 //! (the output channel axis is weight axis 1). Depthwise (`g == Cin == Cout`, one filter
 //! per channel) couples input and output channels; other grouped convs are frozen.
-use super::{has_input, need, ConstEdit, Links, OpRule, Read, ShapeOf};
+use super::{ce, cin, has_input, in_shape, need, ConstEdit, Links, OpRule, Read, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_i, attr_ints, attr_s, set_attr_i, NodeProto};
+use candle_core::Tensor as CTensor;
 
 pub struct Conv;
 pub struct ConvTranspose;
@@ -171,6 +172,60 @@ impl OpRule for Conv {
         }
     }
 
+    /// 1-D and 2-D. Pads are applied with `pad_with_zeros` (ONNX pads may be asymmetric).
+    /// Depthwise 1-D convs with stride 1 run as K shifted multiply-adds (candle runs a grouped
+    /// conv as one GEMM per group, slow forward and backward); other convs use candle's conv.
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let e = ce(node);
+        let (xs, w) = (cin(node, x, 0)?, cin(node, x, 1)?);
+        let (xsh, wsh) = (in_shape(node, ir, 0)?, in_shape(node, ir, 1)?);
+        let g = geometry(node, &xsh, &wsh[2..], false)?;
+        let nd = wsh.len() - 2;
+        let mut xp = xs.clone();
+        for i in 0..nd {
+            if g.pads[i] + g.pads[nd + i] > 0 {
+                xp = xp
+                    .pad_with_zeros(2 + i, g.pads[i], g.pads[nd + i])
+                    .map_err(&e)?;
+            }
+        }
+        let y =
+            match nd {
+                1 if depthwise(&wsh, g.group) && g.strides[0] == 1 => {
+                    // y[:, c, t] = sum_k w[c, 0, k] * xp[:, c, t + k*dil]
+                    let (k, dil) = (wsh[2], g.dilations[0]);
+                    let len = xp.dim(2).map_err(&e)? - dil * (k - 1);
+                    let mut acc: Option<CTensor> = None;
+                    for j in 0..k {
+                        let wk = w
+                            .narrow(2, j, 1)
+                            .and_then(|t| t.reshape((1, wsh[0], 1)))
+                            .map_err(&e)?; // [1, C, 1]
+                        let term = xp
+                            .narrow(2, j * dil, len)
+                            .and_then(|t| t.broadcast_mul(&wk))
+                            .map_err(&e)?;
+                        acc = Some(match acc {
+                            None => term,
+                            Some(a) => (a + term).map_err(&e)?,
+                        });
+                    }
+                    acc.expect("kernel has at least one tap")
+                }
+                1 => xp
+                    .conv1d(w, 0, g.strides[0], g.dilations[0], g.group)
+                    .map_err(&e)?,
+                2 if g.strides[0] == g.strides[1] && g.dilations[0] == g.dilations[1] => xp
+                    .conv2d(w, 0, g.strides[0], g.dilations[0], g.group)
+                    .map_err(&e)?,
+                _ => return Err(Error::node(
+                    node,
+                    "Candle lowering covers 1-D convs and 2-D convs with equal strides/dilations",
+                )),
+            };
+        Ok(vec![add_bias(node, y, x.get(2).and_then(|b| b.as_ref()))?])
+    }
+
     /// Depthwise: `group` follows the (pruned) channel count.
     fn patch(&self, node: &mut NodeProto, _ir: &Ir, new: ShapeOf) -> Result<Vec<ConstEdit>> {
         let x = new(&node.input[0]);
@@ -277,4 +332,46 @@ impl OpRule for ConvTranspose {
             Read::Pointwise
         }
     }
+
+    /// 1-D, group 1: through `conv_transpose2d` on `[N, C, 1, T]` with no padding, then
+    /// cropped by the pads and extended by `output_padding` (candle's `conv_transpose1d` has
+    /// no backward and a wrong CPU forward for batch > 1; NOTES.md).
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let e = ce(node);
+        let (xs, w) = (cin(node, x, 0)?, cin(node, x, 1)?);
+        let (xsh, wsh) = (in_shape(node, ir, 0)?, in_shape(node, ir, 1)?);
+        let g = geometry(node, &xsh, &wsh[2..], true)?;
+        if wsh.len() != 3 || g.group != 1 {
+            return Err(Error::node(
+                node,
+                "Candle lowering covers 1-D ConvTranspose with group 1",
+            ));
+        }
+        let out_pad = attr_ints(node, "output_padding")
+            .filter(|v| !v.is_empty())
+            .map(|v| v[0] as usize)
+            .unwrap_or(0);
+        let full = xs
+            .unsqueeze(2)
+            .and_then(|t| t.conv_transpose2d(&w.unsqueeze(2)?, 0, 0, g.strides[0], g.dilations[0]))
+            .and_then(|t| t.squeeze(2))
+            .map_err(&e)?;
+        // output_padding extends the full output at the end; the pads crop both ends
+        let full = full.pad_with_zeros(2, 0, out_pad).map_err(&e)?;
+        let len = full.dim(2).map_err(&e)?;
+        let (a, b) = (g.pads[0], g.pads[1]);
+        let y = full.narrow(2, a, len - a - b).map_err(&e)?;
+        Ok(vec![add_bias(node, y, x.get(2).and_then(|b| b.as_ref()))?])
+    }
+}
+
+/// `y + b` with `b` `[C]` broadcast over `y` `[N, C, *S]`.
+fn add_bias(node: &NodeProto, y: CTensor, b: Option<&CTensor>) -> Result<CTensor> {
+    let Some(b) = b else { return Ok(y) };
+    let e = ce(node);
+    let mut shape = vec![1usize; y.rank()];
+    shape[1] = b.elem_count();
+    b.reshape(shape)
+        .and_then(|b| y.broadcast_add(&b))
+        .map_err(e)
 }

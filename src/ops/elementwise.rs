@@ -5,10 +5,11 @@
 //! is coupled to the output axis it aligns with (numpy right alignment). A per-channel
 //! constant (a norm's gamma/beta, a PRelu slope vector) is therefore a group member and is
 //! sliced with it; broadcast axes (size 1) are not.
-use super::{broadcast, foldable, need, Links, OpRule, ShapeOf};
+use super::{broadcast, ce, cin, foldable, need, Links, OpRule, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_i, NodeProto, Tensor};
+use candle_core::Tensor as CTensor;
 use ndarray::{ArrayD, Zip};
 
 pub struct Unary;
@@ -74,8 +75,39 @@ impl OpRule for Unary {
         link_through(node, ir, links);
     }
 
-    fn sums_branches(&self, node: &NodeProto) -> bool {
-        node.op_type() == "Add"
+    fn lower(&self, node: &NodeProto, _ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let e = ce(node);
+        let t = cin(node, x, 0)?;
+        let y = match node.op_type() {
+            "Identity" => Ok(t.clone()),
+            "Cast" if matches!(attr_i(node, "to"), Some(1 | 10 | 11 | 16)) => Ok(t.clone()),
+            "Relu" => t.relu(),
+            "Sigmoid" => candle_nn::ops::sigmoid(t),
+            "Tanh" => t.tanh(),
+            "Sqrt" => t.sqrt(),
+            "Exp" => t.exp(),
+            "Log" => t.log(),
+            "Neg" => t.neg(),
+            "Abs" => t.abs(),
+            "Erf" => t.erf(),
+            "Reciprocal" => t.recip(),
+            "Sin" => t.sin(),
+            "Cos" => t.cos(),
+            // log(1 + exp(x))
+            "Softplus" => t.exp().and_then(|v| v + 1.0).and_then(|v| v.log()),
+            "LeakyRelu" => {
+                let alpha = crate::onnx::attr_f(node, "alpha").unwrap_or(0.01) as f64;
+                // relu(x) + alpha * (x - relu(x))
+                t.relu().and_then(|r| {
+                    let neg = (t - &r)?;
+                    r + (neg * alpha)?
+                })
+            }
+            op => {
+                return Err(Error::node(node, format!("op {op} has no Candle lowering")));
+            }
+        };
+        Ok(vec![y.map_err(e)?])
     }
 }
 
@@ -215,5 +247,68 @@ impl OpRule for Broadcast {
 
     fn sums_branches(&self, node: &NodeProto) -> bool {
         node.op_type() == "Add"
+    }
+
+    /// Numpy broadcasting (candle's `broadcast_*` align shapes on the right).
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let e = ce(node);
+        let a = cin(node, x, 0)?;
+        let y = match node.op_type() {
+            "Add" => a.broadcast_add(cin(node, x, 1)?),
+            "Sub" => a.broadcast_sub(cin(node, x, 1)?),
+            "Mul" => a.broadcast_mul(cin(node, x, 1)?),
+            "Div" => a.broadcast_div(cin(node, x, 1)?),
+            "Max" => a.broadcast_maximum(cin(node, x, 1)?),
+            "Min" => a.broadcast_minimum(cin(node, x, 1)?),
+            // relu(x) + slope * (x - relu(x))
+            "PRelu" => {
+                let slope = cin(node, x, 1)?;
+                a.relu().and_then(|r| {
+                    let neg = (a - &r)?;
+                    r.broadcast_add(&neg.broadcast_mul(slope)?)
+                })
+            }
+            "Pow" => {
+                let p = ir
+                    .fact(&node.input[1])
+                    .and_then(|f| f.value.as_ref())
+                    .filter(|v| v.len() == 1)
+                    .map(|v| match v {
+                        Tensor::F32(t) => t.iter().next().copied().unwrap_or(1.0) as f64,
+                        Tensor::I64(t) => t.iter().next().copied().unwrap_or(1) as f64,
+                    })
+                    .ok_or_else(|| {
+                        Error::node(
+                            node,
+                            "Candle lowering of Pow needs a constant scalar exponent",
+                        )
+                    })?;
+                if p == 2.0 {
+                    a.sqr()
+                } else if p == 1.0 {
+                    Ok(a.clone())
+                } else if p == 0.5 {
+                    a.sqrt()
+                } else {
+                    a.powf(p)
+                }
+            }
+            "Clip" => {
+                let lo = x.get(1).and_then(|t| t.as_ref());
+                let hi = x.get(2).and_then(|t| t.as_ref());
+                let mut y = a.clone();
+                if let Some(lo) = lo {
+                    y = y.broadcast_maximum(lo).map_err(&e)?;
+                }
+                if let Some(hi) = hi {
+                    y = y.broadcast_minimum(hi).map_err(&e)?;
+                }
+                Ok(y)
+            }
+            op => {
+                return Err(Error::node(node, format!("op {op} has no Candle lowering")));
+            }
+        };
+        Ok(vec![y.map_err(e)?])
     }
 }

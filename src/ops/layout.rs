@@ -4,10 +4,14 @@
 //! it when the axis survives as one dim of the same size (unit dims added or removed).
 //! A Reshape that merges or splits a channel axis, a Slice or Concat along it, and a Pad of
 //! it freeze the axis (offset and factorised maps are not implemented yet).
-use super::{foldable, need, need_const, norm_axis, ConstEdit, Links, OpRule, ShapeOf};
+use super::{
+    ce, cin, foldable, in_shape, need, need_const, norm_axis, out_shape, ConstEdit, Links, OpRule,
+    ShapeOf,
+};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_i, attr_ints, NodeProto, Tensor};
+use candle_core::Tensor as CTensor;
 use ndarray::{Axis, IxDyn};
 
 pub struct Reshape;
@@ -174,6 +178,14 @@ impl OpRule for Reshape {
             vec![]
         })
     }
+
+    /// To the inferred output shape.
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let y = cin(node, x, 0)?
+            .reshape(out_shape(node, ir, 0)?)
+            .map_err(ce(node))?;
+        Ok(vec![y])
+    }
 }
 
 fn perm_of(node: &NodeProto, rank: usize) -> Result<Vec<usize>> {
@@ -225,6 +237,12 @@ impl OpRule for Transpose {
         for (i, &p) in perm.iter().enumerate() {
             links.link((&node.input[0], p), (&node.output[0], i));
         }
+    }
+
+    fn lower(&self, node: &NodeProto, _ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let t = cin(node, x, 0)?;
+        let perm = perm_of(node, t.rank())?;
+        Ok(vec![t.permute(perm).map_err(ce(node))?])
     }
 }
 
@@ -317,6 +335,14 @@ impl OpRule for SqueezeUnsqueeze {
                 links.link((&node.input[0], a), (&node.output[0], *o));
             }
         }
+    }
+
+    /// To the inferred output shape.
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let y = cin(node, x, 0)?
+            .reshape(out_shape(node, ir, 0)?)
+            .map_err(ce(node))?;
+        Ok(vec![y])
     }
 }
 
@@ -413,6 +439,29 @@ impl OpRule for Slice {
             links.pass_or_freeze(node, a, full, "Slice along the axis");
         }
     }
+
+    /// Unit steps (`narrow`); other steps gather their indices.
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let e = ce(node);
+        let ins: Vec<Option<&Fact>> = node
+            .input
+            .iter()
+            .map(|n| if n.is_empty() { None } else { ir.fact(n) })
+            .collect();
+        let params = slice_params(node, &ins, &in_shape(node, ir, 0)?)?;
+        let out = out_shape(node, ir, 0)?;
+        let mut t = cin(node, x, 0)?.clone();
+        for &(a, s, _, step) in &params {
+            t = if step == 1 {
+                t.narrow(a, s as usize, out[a])
+            } else {
+                let idx: Vec<u32> = (0..out[a] as i64).map(|i| (s + i * step) as u32).collect();
+                CTensor::new(idx, t.device()).and_then(|idx| t.index_select(&idx, a))
+            }
+            .map_err(&e)?;
+        }
+        Ok(vec![t])
+    }
 }
 
 impl OpRule for Concat {
@@ -479,6 +528,13 @@ impl OpRule for Concat {
             (&node.output[0], axis),
             "Concat along the axis (offset maps not implemented)",
         );
+    }
+
+    fn lower(&self, node: &NodeProto, _ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let parts: Vec<&CTensor> = x.iter().flatten().collect();
+        let rank = parts.first().map(|t| t.rank()).unwrap_or(1);
+        let axis = norm_axis(node, attr_i(node, "axis").unwrap_or(0), rank)?;
+        Ok(vec![CTensor::cat(&parts, axis).map_err(ce(node))?])
     }
 }
 
@@ -549,6 +605,54 @@ impl OpRule for Pad {
             );
         }
     }
+
+    /// Constant mode with value 0; negative pads crop.
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let e = ce(node);
+        let mode = crate::onnx::attr_s(node, "mode").unwrap_or_else(|| "constant".into());
+        let nonzero = node
+            .input
+            .get(2)
+            .filter(|v| !v.is_empty())
+            .and_then(|v| ir.fact(v))
+            .and_then(|f| f.value.as_ref())
+            .map(|v| match v {
+                Tensor::F32(a) => a.iter().any(|&x| x != 0.0),
+                Tensor::I64(a) => a.iter().any(|&x| x != 0),
+            })
+            .unwrap_or(false);
+        if mode != "constant" || nonzero {
+            return Err(Error::node(
+                node,
+                "Candle lowering covers constant zero Pad only",
+            ));
+        }
+        let ins: Vec<Option<&Fact>> = node
+            .input
+            .iter()
+            .map(|n| if n.is_empty() { None } else { ir.fact(n) })
+            .collect();
+        let mut t = cin(node, x, 0)?.clone();
+        let r = t.rank();
+        let pads = pads_of(node, &ins, r)?;
+        for a in 0..r {
+            let (b, en) = (pads[a], pads[r + a]);
+            if b < 0 || en < 0 {
+                let len = t.dim(a).map_err(&e)? as i64;
+                let start = (-b).max(0);
+                let stop = len - (-en).max(0);
+                t = t
+                    .narrow(a, start as usize, (stop - start) as usize)
+                    .map_err(&e)?;
+            }
+            if b > 0 || en > 0 {
+                t = t
+                    .pad_with_zeros(a, b.max(0) as usize, en.max(0) as usize)
+                    .map_err(&e)?;
+            }
+        }
+        Ok(vec![t])
+    }
 }
 
 impl OpRule for Expand {
@@ -583,5 +687,13 @@ impl OpRule for Expand {
                 links.freeze((&node.output[0], b), "Expand broadcasts this axis");
             }
         }
+    }
+
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let y = cin(node, x, 0)?
+            .broadcast_as(out_shape(node, ir, 0)?)
+            .and_then(|t| t.contiguous())
+            .map_err(ce(node))?;
+        Ok(vec![y])
     }
 }

@@ -3,10 +3,11 @@
 //! Channels: `A [..., M, K] @ B [..., K, N]` couples A's last axis with B's row axis (a
 //! contraction, so A is gated there) and B's column axis with Y's last axis. A constant B
 //! (a Linear layer) makes its column axis a channel source.
-use super::{broadcast, need, Links, OpRule, Read, ShapeOf};
+use super::{broadcast, ce, cin, need, out_shape, Links, OpRule, Read, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_i, NodeProto};
+use candle_core::Tensor as CTensor;
 
 pub struct MatMul;
 pub struct Gemm;
@@ -90,6 +91,31 @@ impl OpRule for MatMul {
             Read::Pointwise
         }
     }
+
+    /// Numpy matmul (1-D operands promoted, batch dims broadcast).
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let e = ce(node);
+        let (a, b) = (cin(node, x, 0)?, cin(node, x, 1)?);
+        let a2 = if a.rank() == 1 {
+            a.unsqueeze(0).map_err(&e)?
+        } else {
+            a.clone()
+        };
+        let b2 = if b.rank() == 1 {
+            b.unsqueeze(1).map_err(&e)?
+        } else {
+            b.clone()
+        };
+        let y = a2
+            .broadcast_matmul(&b2)
+            .and_then(|y| {
+                y.reshape(
+                    out_shape(node, ir, 0).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+                )
+            })
+            .map_err(&e)?;
+        Ok(vec![y])
+    }
 }
 
 fn gemm_axes(node: &NodeProto) -> (usize, usize) {
@@ -161,5 +187,29 @@ impl OpRule for Gemm {
         } else {
             Read::Pointwise
         }
+    }
+
+    fn lower(&self, node: &NodeProto, _ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let e = ce(node);
+        let (ka, nb) = gemm_axes(node);
+        let a = cin(node, x, 0)?;
+        let b = cin(node, x, 1)?;
+        let a = if ka == 0 {
+            a.t().map_err(&e)?
+        } else {
+            a.clone()
+        };
+        let b = if nb == 0 {
+            b.t().map_err(&e)?
+        } else {
+            b.clone()
+        };
+        let alpha = crate::onnx::attr_f(node, "alpha").unwrap_or(1.0) as f64;
+        let beta = crate::onnx::attr_f(node, "beta").unwrap_or(1.0) as f64;
+        let mut y = a.matmul(&b).and_then(|y| y * alpha).map_err(&e)?;
+        if let Some(c) = x.get(2).and_then(|c| c.as_ref()) {
+            y = (c * beta).and_then(|c| y.broadcast_add(&c)).map_err(&e)?;
+        }
+        Ok(vec![y])
     }
 }

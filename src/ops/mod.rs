@@ -12,6 +12,7 @@ mod shape;
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{NodeProto, Tensor};
+use candle_core::Tensor as CTensor;
 
 /// A channel slot: one axis of one value (activation or initializer).
 pub type Slot = (String, usize);
@@ -116,6 +117,19 @@ pub trait OpRule: Sync {
         false
     }
 
+    /// Candle lowering, for the mask learner and fine-tuning: the outputs from the inputs
+    /// (`None` for an omitted optional input), in the shapes the IR inferred for them. Folded
+    /// constants (shapes, axes) are read from the IR's facts. Must be differentiable in every
+    /// float input.
+    ///
+    /// Errors: [`Error::Node`] for an op or attribute combination without a lowering.
+    fn lower(&self, node: &NodeProto, _ir: &Ir, _x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        Err(Error::node(
+            node,
+            format!("op {} has no Candle lowering", node.op_type()),
+        ))
+    }
+
     /// Attribute and constant-input patches once inputs have their pruned shapes.
     fn patch(&self, _node: &mut NodeProto, _ir: &Ir, _new: ShapeOf) -> Result<Vec<ConstEdit>> {
         Ok(vec![])
@@ -159,6 +173,36 @@ pub fn rule(node: &NodeProto) -> Option<&'static dyn OpRule> {
 }
 
 // ---- helpers shared by the rules ----
+
+/// Maps a Candle error to an error naming the node.
+pub(crate) fn ce(node: &NodeProto) -> impl Fn(candle_core::Error) -> Error + '_ {
+    move |e| Error::node(node, format!("candle: {e}"))
+}
+
+/// Candle input `i` of a lowering.
+pub(crate) fn cin<'a>(node: &NodeProto, x: &'a [Option<CTensor>], i: usize) -> Result<&'a CTensor> {
+    x.get(i)
+        .and_then(|t| t.as_ref())
+        .ok_or_else(|| Error::node(node, format!("missing input {i}")))
+}
+
+/// The inferred shape of output `i` (lowerings reshape to it).
+pub(crate) fn out_shape(node: &NodeProto, ir: &Ir, i: usize) -> Result<Vec<usize>> {
+    node.output
+        .get(i)
+        .and_then(|o| ir.fact(o))
+        .map(|f| f.shape.clone())
+        .ok_or_else(|| Error::node(node, format!("output {i} has no inferred shape")))
+}
+
+/// The inferred shape of input `i`.
+pub(crate) fn in_shape(node: &NodeProto, ir: &Ir, i: usize) -> Result<Vec<usize>> {
+    node.input
+        .get(i)
+        .and_then(|o| ir.fact(o))
+        .map(|f| f.shape.clone())
+        .ok_or_else(|| Error::node(node, format!("input {i} has no inferred shape")))
+}
 
 pub(crate) fn need<'a>(
     node: &NodeProto,

@@ -5,10 +5,11 @@
 //! Conv-TasNet: `ReduceMean(axes=[1,2])`) is a statistic over channels: the gate graph
 //! takes it over kept channels only ([`Read::Mean`]). Max/Min/Prod across a channel axis
 //! cannot be gated exactly and freeze it.
-use super::{need, norm_axis, Links, OpRule, Read};
+use super::{ce, cin, need, norm_axis, out_shape, Links, OpRule, Read};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_i, attr_ints, NodeProto};
+use candle_core::Tensor as CTensor;
 
 pub struct Reduce;
 
@@ -105,5 +106,44 @@ impl OpRule for Reduce {
             }
             _ => Read::Pointwise,
         }
+    }
+
+    /// ReduceMean, ReduceSum, ReduceSumSquare, ReduceL2, ReduceMax/Min (one axis at a time).
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let e = ce(node);
+        let t = cin(node, x, 0)?;
+        let (axes, _) =
+            axes_in_ir(node, ir).ok_or_else(|| Error::node(node, "unreadable reduction axes"))?;
+        let count: usize = axes.iter().map(|&a| t.dims()[a]).product();
+        // one axis at a time on a contiguous copy (candle 0.11 mis-reduces several axes of
+        // a permuted view)
+        let sum = |v: &CTensor| -> candle_core::Result<CTensor> {
+            let mut v = v.contiguous()?;
+            for &a in axes.iter().rev() {
+                v = v.sum_keepdim(a)?;
+            }
+            Ok(v)
+        };
+        let y = match node.op_type() {
+            "ReduceSum" => sum(t),
+            "ReduceMean" => sum(t).and_then(|s| s / count as f64),
+            "ReduceSumSquare" => t.sqr().and_then(|v| sum(&v)),
+            "ReduceL2" => t.sqr().and_then(|v| sum(&v)).and_then(|v| v.sqrt()),
+            "ReduceMax" | "ReduceMin" => {
+                let mut v = t.clone();
+                for &a in &axes {
+                    v = if node.op_type() == "ReduceMax" {
+                        v.max_keepdim(a)
+                    } else {
+                        v.min_keepdim(a)
+                    }
+                    .map_err(&e)?;
+                }
+                Ok(v)
+            }
+            op => return Err(Error::node(node, format!("op {op} has no Candle lowering"))),
+        }
+        .map_err(&e)?;
+        Ok(vec![y.reshape(out_shape(node, ir, 0)?).map_err(e)?])
     }
 }

@@ -13,7 +13,7 @@
 //! costs 13 dB of SI-SDRi at 50% and speeds ORT up by 0.76 of the MACs ratio, against
 //! -0.07 dB and 0.98 when only the blocks' hidden channels are pruned.
 use super::{pruned_shape, Masks};
-use crate::analysis::{cost::node_macs, find_regions, Groups, Region};
+use crate::analysis::{cost::node_macs, find_regions, Group, Groups, Region};
 use crate::error::{Error, Result};
 use crate::ir::Ir;
 use crate::onnx::Tensor;
@@ -102,6 +102,76 @@ impl Budget {
     }
 }
 
+/// MACs of the model and of a scope for any channel counts.
+pub struct Cost<'a> {
+    ir: &'a Ir,
+    groups: &'a Groups,
+    in_scope: Vec<bool>,
+}
+
+impl<'a> Cost<'a> {
+    pub fn new(ir: &'a Ir, groups: &'a Groups, scope: Scope) -> Cost<'a> {
+        let shape = |v: &str| ir.fact(v).map(|f| f.shape.clone()).unwrap_or_default();
+        let regions = find_regions(ir, &node_macs(ir, &shape));
+        let in_scope = regions
+            .iter()
+            .map(|&r| scope == Scope::All || r == Region::Separator)
+            .collect();
+        Cost {
+            ir,
+            groups,
+            in_scope,
+        }
+    }
+
+    /// Whether node `ni` is in the scope.
+    pub fn in_scope(&self, ni: usize) -> bool {
+        self.in_scope[ni]
+    }
+
+    /// (scope MACs, total MACs) with `kept[g]` channels in group `g` (others whole).
+    pub fn macs(&self, kept: &HashMap<usize, usize>) -> (u64, u64) {
+        let sh = |v: &str| pruned_shape(self.ir, self.groups, kept, v);
+        let m = node_macs(self.ir, &sh);
+        let scope = m
+            .iter()
+            .zip(&self.in_scope)
+            .filter(|(_, &s)| s)
+            .map(|(&x, _)| x)
+            .sum();
+        (scope, m.iter().sum())
+    }
+}
+
+/// The groups a budget may prune: prunable, wholly in scope, not kept whole, and residual
+/// streams only with `prune_residual`.
+///
+/// Errors: [`Error::Masks`] when a kept group does not exist or no group qualifies.
+pub fn candidates<'g>(groups: &'g Groups, cost: &Cost, b: &Budget) -> Result<Vec<&'g Group>> {
+    if let Some(&bad) = b.keep_groups.iter().find(|&&g| g >= groups.groups.len()) {
+        return Err(Error::Masks(format!(
+            "group {bad} does not exist ({} groups)",
+            groups.groups.len()
+        )));
+    }
+    let cands: Vec<_> = groups
+        .prunable()
+        .filter(|g| {
+            !b.keep_groups.contains(&g.id)
+                && (b.prune_residual || !g.residual)
+                && g.node_index.iter().all(|&n| cost.in_scope(n))
+        })
+        .collect();
+    if cands.is_empty() {
+        return Err(Error::Masks(if b.prune_residual {
+            "no prunable channel group in scope".into()
+        } else {
+            "no prunable channel group in scope outside residual streams (allow them with --prune-residual)".into()
+        }));
+    }
+    Ok(cands)
+}
+
 /// Masks that remove `b.ratio` of the scope's MACs.
 ///
 /// Errors: [`Error::Masks`] when the ratio is outside [0, 1), a kept group does not exist,
@@ -111,37 +181,14 @@ pub fn masks_for_ratio(ir: &Ir, groups: &Groups, b: &Budget) -> Result<Budgeted>
         ratio,
         criterion,
         seed,
-        scope,
         round_to,
-        ref keep_groups,
-        prune_residual,
+        ..
     } = *b;
-    let keep_whole = keep_groups.as_slice();
-    let shape = |v: &str| ir.fact(v).map(|f| f.shape.clone()).unwrap_or_default();
-    let base = node_macs(ir, &shape);
-    let regions = find_regions(ir, &base);
-    let in_scope = |ni: usize| scope == Scope::All || regions[ni] == Region::Separator;
-    if let Some(&bad) = keep_whole.iter().find(|&&g| g >= groups.groups.len()) {
-        return Err(Error::Masks(format!(
-            "group {bad} does not exist ({} groups)",
-            groups.groups.len()
-        )));
+    if !(0.0..1.0).contains(&ratio) {
+        return Err(Error::Masks(format!("ratio {ratio} must be in [0, 1)")));
     }
-    let cands: Vec<_> = groups
-        .prunable()
-        .filter(|g| {
-            !keep_whole.contains(&g.id)
-                && (prune_residual || !g.residual)
-                && g.node_index.iter().all(|&n| in_scope(n))
-        })
-        .collect();
-    if cands.is_empty() {
-        return Err(Error::Masks(if prune_residual {
-            "no prunable channel group in scope".into()
-        } else {
-            "no prunable channel group in scope outside residual streams (allow them with --prune-residual)".into()
-        }));
-    }
+    let cost = Cost::new(ir, groups, b.scope);
+    let cands = candidates(groups, &cost, b)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut order: HashMap<usize, Vec<usize>> = HashMap::new();
     for g in &cands {
@@ -166,18 +213,7 @@ pub fn masks_for_ratio(ir: &Ir, groups: &Groups, b: &Budget) -> Result<Budgeted>
             })
             .collect()
     };
-    let macs = |kc: &HashMap<usize, usize>| -> (u64, u64) {
-        let sh = |v: &str| pruned_shape(ir, groups, kc, v);
-        let m = node_macs(ir, &sh);
-        (
-            m.iter()
-                .enumerate()
-                .filter(|(i, _)| in_scope(*i))
-                .map(|(_, &x)| x)
-                .sum(),
-            m.iter().sum(),
-        )
-    };
+    let macs = |kc: &HashMap<usize, usize>| cost.macs(kc);
     let full = macs(&HashMap::new());
     let target = (1.0 - ratio) * full.0 as f64;
     let (mut lo, mut hi) = (0.0f64, 1.0f64);
@@ -202,6 +238,88 @@ pub fn masks_for_ratio(ir: &Ir, groups: &Groups, b: &Budget) -> Result<Budgeted>
         let k = kc[&g.id];
         if k < g.size {
             masks.insert(g.id, g.size, order[&g.id][..k].to_vec());
+        }
+    }
+    Ok(Budgeted {
+        masks,
+        scope_macs: (full.0, m.0),
+        total_macs: (full.1, m.1),
+    })
+}
+
+/// Masks from learned per-channel scores (higher is kept first) under `b.ratio` of the
+/// scope's MACs: one global threshold on the scores (at least one channel per group), found
+/// by bisection, so that groups lose channels where the scores say they matter least.
+/// Ties and the criterion/seed fields of `b` are not used.
+///
+/// Errors: as [`masks_for_ratio`], and a candidate group without scores of its size.
+pub fn masks_from_scores(
+    ir: &Ir,
+    groups: &Groups,
+    b: &Budget,
+    scores: &HashMap<usize, Vec<f64>>,
+) -> Result<Budgeted> {
+    if !(0.0..1.0).contains(&b.ratio) {
+        return Err(Error::Masks(format!("ratio {} must be in [0, 1)", b.ratio)));
+    }
+    let cost = Cost::new(ir, groups, b.scope);
+    let cands = candidates(groups, &cost, b)?;
+    let mut order: HashMap<usize, Vec<usize>> = HashMap::new();
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for g in &cands {
+        let s = scores
+            .get(&g.id)
+            .filter(|s| s.len() == g.size)
+            .ok_or_else(|| {
+                Error::Masks(format!("no scores of size {} for group {}", g.size, g.id))
+            })?;
+        let mut idx: Vec<usize> = (0..g.size).collect();
+        idx.sort_by(|&x, &y| s[y].total_cmp(&s[x]).then(x.cmp(&y)));
+        for &v in s {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        order.insert(g.id, idx);
+    }
+    let counts = |t: f64| -> HashMap<usize, usize> {
+        cands
+            .iter()
+            .map(|g| {
+                let k = scores[&g.id].iter().filter(|&&v| v >= t).count();
+                let mut k = k.clamp(1, g.size);
+                if b.round_to > 1 {
+                    k = (k.div_ceil(b.round_to) * b.round_to).min(g.size);
+                }
+                (g.id, k)
+            })
+            .collect()
+    };
+    let full = cost.macs(&HashMap::new());
+    let target = (1.0 - b.ratio) * full.0 as f64;
+    // a higher threshold keeps fewer channels: find the lowest one under the target
+    let (mut a, mut z) = (lo - 1.0, hi + 1.0);
+    for _ in 0..48 {
+        let mid = 0.5 * (a + z);
+        if (cost.macs(&counts(mid)).0 as f64) <= target {
+            z = mid;
+        } else {
+            a = mid;
+        }
+    }
+    let (kl, kh) = (counts(a), counts(z));
+    let (ml, mh) = (cost.macs(&kl), cost.macs(&kh));
+    let (kc, m) = if (ml.0 as f64 - target).abs() < (target - mh.0 as f64).abs() {
+        (kl, ml)
+    } else {
+        (kh, mh)
+    };
+    let mut masks = Masks::new();
+    for g in &cands {
+        let k = kc[&g.id];
+        if k < g.size {
+            let mut keep = order[&g.id][..k].to_vec();
+            keep.sort_unstable();
+            masks.insert(g.id, g.size, keep);
         }
     }
     Ok(Budgeted {

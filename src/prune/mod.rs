@@ -3,6 +3,8 @@ mod budget;
 mod masks;
 mod slice;
 
-pub use budget::{masks_for_ratio, Budget, Budgeted, Criterion, Scope};
+pub use budget::{
+    candidates, masks_for_ratio, masks_from_scores, Budget, Budgeted, Cost, Criterion, Scope,
+};
 pub use masks::Masks;
 pub use slice::{pruned_shape, slim};

@@ -1,0 +1,186 @@
+//! The IR lowered to Candle: a differentiable forward pass of an ONNX graph at one input
+//! length, op by op through [`crate::ops::OpRule::lower`].
+//!
+//! Constants (initializers, folded values) become Candle tensors once; callers replace any
+//! of them per call (`overrides`: gate values from a mask learner, `Var` weights when
+//! fine-tuning), so one lowered graph serves every step.
+use crate::error::{Error, Result};
+use crate::ir::Ir;
+use crate::onnx::Tensor;
+use crate::ops;
+use candle_core::{DType, Device, Tensor as CTensor};
+use std::collections::HashMap;
+
+/// A lowered graph with its constants on one device, in one float dtype.
+pub struct CandleGraph {
+    ir: Ir,
+    dtype: DType,
+    device: Device,
+    consts: HashMap<String, CTensor>,
+    /// Nodes to run: those downstream of the graph input or of a live constant.
+    run: Vec<bool>,
+}
+
+/// An IR constant as a Candle tensor: floats in `dtype`, integers as i64.
+pub fn to_candle(t: &Tensor, device: &Device, dtype: DType) -> candle_core::Result<CTensor> {
+    match t {
+        Tensor::F32(a) => {
+            let v: Vec<f32> = a.as_standard_layout().iter().copied().collect();
+            CTensor::from_vec(v, a.shape(), device)?.to_dtype(dtype)
+        }
+        Tensor::I64(a) => {
+            let v: Vec<i64> = a.as_standard_layout().iter().copied().collect();
+            CTensor::from_vec(v, a.shape(), device)
+        }
+    }
+}
+
+impl CandleGraph {
+    /// Lowers `ir` (every value's shape fixed by its input length). `live`: constants that
+    /// callers will override (gates, weights): nodes computed from them run instead of being
+    /// folded, so that overrides and gradients flow through them.
+    ///
+    /// Errors: an initializer that cannot be decoded. Ops without a lowering fail at the
+    /// first [`CandleGraph::forward`], naming the node.
+    pub fn new(ir: Ir, device: &Device, dtype: DType, live: &[String]) -> Result<CandleGraph> {
+        // values that change between calls: the graph input, live constants, and what is
+        // computed from them (a folded node reading only the input's shape stays folded)
+        let mut dynamic: std::collections::HashSet<String> = live.iter().cloned().collect();
+        let mut run = vec![false; ir.nodes().len()];
+        for (i, node) in ir.nodes().iter().enumerate() {
+            // Shape and Size read only static shapes
+            let reads_live = node.input.iter().any(|n| dynamic.contains(n))
+                && !matches!(node.op_type(), "Shape" | "Size");
+            run[i] = reads_live || !ir.is_folded(node);
+            if reads_live {
+                dynamic.extend(node.output.iter().filter(|o| !o.is_empty()).cloned());
+            }
+        }
+        let mut consts = HashMap::new();
+        for (i, node) in ir.nodes().iter().enumerate() {
+            if !run[i] {
+                continue;
+            }
+            for name in node.input.iter().filter(|n| !n.is_empty()) {
+                let computed = ir.producer.get(name).is_some_and(|&p| run[p]);
+                if consts.contains_key(name) || computed || ir.graph_inputs().contains(name) {
+                    continue;
+                }
+                let value = if ir.is_initializer(name) {
+                    Some(ir.initializer(name)?)
+                } else {
+                    ir.fact(name).and_then(|f| f.value.clone())
+                };
+                if let Some(v) = value {
+                    let t = to_candle(&v, device, dtype).map_err(|e| Error::Tensor {
+                        name: name.clone(),
+                        msg: e.to_string(),
+                    })?;
+                    consts.insert(name.clone(), t);
+                }
+            }
+        }
+        Ok(CandleGraph {
+            ir,
+            dtype,
+            device: device.clone(),
+            consts,
+            run,
+        })
+    }
+
+    pub fn ir(&self) -> &Ir {
+        &self.ir
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The constant `name` (an initializer or folded value), as lowered.
+    pub fn constant(&self, name: &str) -> Option<&CTensor> {
+        self.consts.get(name)
+    }
+
+    /// Runs the graph on `x` (the first graph input, in its inferred shape) and returns the
+    /// first graph output. `overrides` replace constants by name.
+    ///
+    /// Errors: a wrong input shape, or a node whose op has no lowering (named).
+    pub fn forward(&self, x: &CTensor, overrides: &HashMap<String, CTensor>) -> Result<CTensor> {
+        let input = self
+            .ir
+            .graph_inputs()
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Other("model has no input".into()))?;
+        let want = &self.ir.fact(&input).expect("input fact").shape;
+        if x.dims() != want.as_slice() {
+            return Err(Error::Other(format!(
+                "input '{input}' has shape {:?}; the graph was lowered for {want:?}",
+                x.dims()
+            )));
+        }
+        // last use of each computed value, to drop it early (backward keeps what it needs)
+        let nodes = self.ir.nodes();
+        let mut last_use: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            for name in &n.input {
+                last_use.insert(name.as_str(), i);
+            }
+        }
+        let mut values: HashMap<String, CTensor> = HashMap::new();
+        values.insert(input.clone(), x.clone());
+        let output = self
+            .ir
+            .graph_outputs()
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        for (i, node) in nodes.iter().enumerate() {
+            if !self.run[i] {
+                continue;
+            }
+            let rule = ops::rule(node).ok_or_else(|| Error::node(node, "no rule for this op"))?;
+            let ins: Vec<Option<CTensor>> = node
+                .input
+                .iter()
+                .map(|name| {
+                    if name.is_empty() {
+                        return None;
+                    }
+                    values
+                        .get(name)
+                        .or_else(|| overrides.get(name))
+                        .or_else(|| self.consts.get(name))
+                        .cloned()
+                })
+                .collect();
+            if let Some(k) = ins
+                .iter()
+                .zip(&node.input)
+                .position(|(t, n)| t.is_none() && !n.is_empty())
+            {
+                return Err(Error::node(
+                    node,
+                    format!("input '{}' has no value", node.input[k]),
+                ));
+            }
+            let outs = rule.lower(node, &self.ir, &ins)?;
+            for (name, t) in node.output.iter().zip(outs) {
+                if !name.is_empty() {
+                    values.insert(name.clone(), t);
+                }
+            }
+            for name in &node.input {
+                if last_use.get(name.as_str()) == Some(&i) && *name != output {
+                    values.remove(name);
+                }
+            }
+        }
+        values
+            .remove(&output)
+            .ok_or_else(|| Error::Other(format!("graph output '{output}' was not computed")))
+    }
+}

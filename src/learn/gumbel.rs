@@ -1,0 +1,203 @@
+//! The SepPrune mask learner (Li et al. 2025, section 4.2, eqs. 5-7) on the gate graph.
+//!
+//! Each channel j of a learned group has a score θ_j. Per step, with logistic noise
+//! `g = log u - log(1 - u)`, `u ~ U(0, 1)` (the difference of two Gumbel samples: the
+//! two-way Gumbel-Softmax), `π_j = sigmoid((θ_j + g_j) / τ)` and the forward mask is
+//! `m_j = 1[π_j > ε]` (eq. 6). The gate graph runs with gates `m`, so the loss is the loss of
+//! the pruned model itself. Backward is straight-through: `∂L/∂π = clip(∂L/∂m, -1, 1)`
+//! (eq. 6), then `∂π/∂θ = π(1 - π)/τ`. Adam updates θ (eq. 7); model weights stay frozen.
+//!
+//! The paper writes a softmax over a layer's channels (eq. 5); with hundreds of channels no
+//! entry of a softmax can exceed ε = 0.7, so this is the per-channel two-way form.
+//! Beyond the paper: the final mask is deterministic (`θ_j`, no noise) and can meet an exact
+//! MACs budget ([`crate::prune::masks_from_scores`]).
+use super::graph::CandleGraph;
+use super::loss::{pit, Loss};
+use crate::analysis::Group;
+use crate::error::{Error, Result};
+use crate::gates::gate_name;
+use candle_core::{Tensor as CTensor, Var};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Hyper-parameters (paper defaults: Adam lr 0.1, 500 iterations, ε = 0.7).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GumbelConfig {
+    pub eps: f64,
+    pub tau: f64,
+    pub lr: f64,
+    pub iters: usize,
+    pub seed: u64,
+    /// Initial score of every channel (3.0: π ≈ 0.95 before noise, most channels kept).
+    pub init: f64,
+    pub loss: Loss,
+}
+
+impl Default for GumbelConfig {
+    fn default() -> Self {
+        GumbelConfig {
+            eps: 0.7,
+            tau: 1.0,
+            lr: 0.1,
+            iters: 500,
+            seed: 0,
+            init: 3.0,
+            loss: Loss::SiSdr,
+        }
+    }
+}
+
+/// Learner state: scores and Adam moments per group; serialisable as a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Scores {
+    pub format: String,
+    /// Steps taken so far.
+    pub step: usize,
+    /// Group id -> per-channel score θ.
+    pub theta: BTreeMap<usize, Vec<f64>>,
+    m: BTreeMap<usize, Vec<f64>>,
+    v: BTreeMap<usize, Vec<f64>>,
+}
+
+pub const FORMAT: &str = "sepprune-scores/1";
+
+impl Scores {
+    pub fn new(groups: &[&Group], init: f64) -> Scores {
+        let z = |g: &&Group| (g.id, vec![0.0; g.size]);
+        Scores {
+            format: FORMAT.into(),
+            step: 0,
+            theta: groups.iter().map(|g| (g.id, vec![init; g.size])).collect(),
+            m: groups.iter().map(z).collect(),
+            v: groups.iter().map(z).collect(),
+        }
+    }
+
+    /// The scores as a map for [`crate::prune::masks_from_scores`].
+    pub fn map(&self) -> HashMap<usize, Vec<f64>> {
+        self.theta.iter().map(|(&k, v)| (k, v.clone())).collect()
+    }
+}
+
+/// One training example: the model input `[1, 1, T]` (flattened) and targets `[S, T]`.
+pub struct Item {
+    pub input: Vec<f32>,
+    pub targets: Vec<Vec<f32>>,
+}
+
+/// What one step reports.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct StepStats {
+    pub loss: f64,
+    /// Share of the learned channels whose forward mask was 1.
+    pub kept: f64,
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// One learner step on `item`: sample masks, run the gate graph, back-propagate to the
+/// gates, update the scores. `rng` draws the logistic noise.
+///
+/// Errors: the forward pass (an op without a lowering) or a shape mismatch.
+pub fn step(
+    graph: &CandleGraph,
+    scores: &mut Scores,
+    cfg: &GumbelConfig,
+    item: &Item,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<StepStats> {
+    let e = |e: candle_core::Error| Error::Other(format!("learner: {e}"));
+    let dev = graph.device();
+    let mut gates = HashMap::new();
+    let mut vars = vec![];
+    let mut probs: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let (mut kept, mut total) = (0usize, 0usize);
+    for (&id, theta) in &scores.theta {
+        let pi: Vec<f64> = theta
+            .iter()
+            .map(|&t| {
+                let u: f64 = rng.random_range(1e-9..1.0 - 1e-9);
+                sigmoid((t + (u.ln() - (1.0 - u).ln())) / cfg.tau)
+            })
+            .collect();
+        let m: Vec<f32> = pi
+            .iter()
+            .map(|&p| if p > cfg.eps { 1.0 } else { 0.0 })
+            .collect();
+        kept += m.iter().filter(|&&v| v > 0.0).count();
+        total += m.len();
+        let var = Var::from_tensor(
+            &CTensor::new(m, dev)
+                .and_then(|t| t.to_dtype(graph.dtype()))
+                .map_err(e)?,
+        )
+        .map_err(e)?;
+        gates.insert(gate_name(id), var.as_tensor().clone());
+        vars.push((id, var));
+        probs.insert(id, pi);
+    }
+    let shape = graph
+        .ir()
+        .graph_inputs()
+        .first()
+        .and_then(|i| graph.ir().fact(i))
+        .map(|f| f.shape.clone())
+        .unwrap_or_default();
+    let x = CTensor::from_vec(item.input.clone(), shape, dev)
+        .and_then(|t| t.to_dtype(graph.dtype()))
+        .map_err(e)?;
+    let y = graph.forward(&x, &gates)?;
+    let s = item.targets.len();
+    let t = item.targets[0].len();
+    let flat: Vec<f32> = item.targets.iter().flatten().copied().collect();
+    let target = CTensor::from_vec(flat, (s, t), dev)
+        .and_then(|t| t.to_dtype(graph.dtype()))
+        .map_err(e)?;
+    let est = y.reshape((s, t)).map_err(e)?;
+    let loss = pit(&est, &target, cfg.loss)?;
+    let grads = loss.backward().map_err(e)?;
+    let lv = loss
+        .to_dtype(candle_core::DType::F64)
+        .and_then(|v| v.to_scalar::<f64>())
+        .map_err(e)?;
+    // Adam on θ with the straight-through, clipped gradient
+    scores.step += 1;
+    let (b1, b2, adam_eps) = (0.9f64, 0.999f64, 1e-8);
+    let (c1, c2) = (
+        1.0 - b1.powi(scores.step as i32),
+        1.0 - b2.powi(scores.step as i32),
+    );
+    for (id, var) in vars {
+        let g: Vec<f64> = match grads.get(var.as_tensor()) {
+            Some(g) => g
+                .to_dtype(candle_core::DType::F64)
+                .and_then(|g| g.to_vec1::<f64>())
+                .map_err(e)?,
+            None => vec![0.0; probs[&id].len()],
+        };
+        let pi = &probs[&id];
+        let theta = scores.theta.get_mut(&id).expect("group scores");
+        let m = scores.m.get_mut(&id).expect("group moments");
+        let v = scores.v.get_mut(&id).expect("group moments");
+        for j in 0..theta.len() {
+            let dpi = g[j].clamp(-1.0, 1.0);
+            let dtheta = dpi * pi[j] * (1.0 - pi[j]) / cfg.tau;
+            m[j] = b1 * m[j] + (1.0 - b1) * dtheta;
+            v[j] = b2 * v[j] + (1.0 - b2) * dtheta * dtheta;
+            theta[j] -= cfg.lr * (m[j] / c1) / ((v[j] / c2).sqrt() + adam_eps);
+        }
+    }
+    Ok(StepStats {
+        loss: lv,
+        kept: kept as f64 / total.max(1) as f64,
+    })
+}
+
+/// A seeded RNG for the learner's noise (its state continues across resumed runs by
+/// re-seeding with `seed + step`).
+pub fn rng_at(seed: u64, step: usize) -> rand_chacha::ChaCha8Rng {
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9).wrapping_add(step as u64))
+}

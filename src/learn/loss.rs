@@ -1,0 +1,101 @@
+//! Losses in Candle, on estimates and targets of shape `[S, T]` (S sources, T samples).
+//!
+//! - negative SI-SDR (Le Roux et al. 2019), in dB, per source then averaged;
+//! - negative SNR, `-10 log10(||s||² / ||s - ŝ||²)` dB;
+//! both with permutation-invariant training (PIT): the minimum over source permutations.
+use crate::error::{Error, Result};
+use candle_core::{Tensor as CTensor, D};
+
+/// Which signal-level loss.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+pub enum Loss {
+    SiSdr,
+    Snr,
+}
+
+const EPS: f64 = 1e-8;
+
+fn db(num: &CTensor, den: &CTensor) -> candle_core::Result<CTensor> {
+    // 10 log10((num + eps) / (den + eps))
+    let r = ((num + EPS)?.log()? - (den + EPS)?.log()?)?;
+    r * (10.0 / std::f64::consts::LN_10)
+}
+
+/// Per-source SI-SDR in dB: `[S, T]` x `[S, T]` -> `[S]`.
+pub fn si_sdr(est: &CTensor, reference: &CTensor) -> candle_core::Result<CTensor> {
+    let e = est.broadcast_sub(&est.mean_keepdim(D::Minus1)?)?;
+    let s = reference.broadcast_sub(&reference.mean_keepdim(D::Minus1)?)?;
+    let alpha = ((&e * &s)?.sum_keepdim(D::Minus1)? / ((s.sqr()?.sum_keepdim(D::Minus1)? + EPS)?))?;
+    let target = s.broadcast_mul(&alpha)?;
+    let noise = (&e - &target)?;
+    db(
+        &target.sqr()?.sum(D::Minus1)?,
+        &noise.sqr()?.sum(D::Minus1)?,
+    )
+}
+
+/// Per-source SNR in dB: `[S, T]` x `[S, T]` -> `[S]`.
+pub fn snr(est: &CTensor, reference: &CTensor) -> candle_core::Result<CTensor> {
+    let noise = (reference - est)?;
+    db(
+        &reference.sqr()?.sum(D::Minus1)?,
+        &noise.sqr()?.sum(D::Minus1)?,
+    )
+}
+
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n <= 1 {
+        return vec![(0..n).collect()];
+    }
+    let mut out = vec![];
+    for p in permutations(n - 1) {
+        for i in 0..n {
+            let mut q = p.clone();
+            q.insert(i, n - 1);
+            out.push(q);
+        }
+    }
+    out
+}
+
+/// PIT loss (a scalar, lower is better): minus the best mean metric over permutations of
+/// the estimates. `est` and `target`: `[S, T]`.
+///
+/// Errors: mismatched shapes.
+pub fn pit(est: &CTensor, target: &CTensor, kind: Loss) -> Result<CTensor> {
+    let e = |e: candle_core::Error| Error::Other(format!("loss: {e}"));
+    if est.dims() != target.dims() || est.rank() != 2 {
+        return Err(Error::Other(format!(
+            "loss: estimates {:?} and targets {:?} must both be [S, T]",
+            est.dims(),
+            target.dims()
+        )));
+    }
+    let s = est.dim(0).map_err(e)?;
+    let mut best: Option<(f64, CTensor)> = None;
+    for p in permutations(s) {
+        let idx = CTensor::new(
+            p.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            est.device(),
+        )
+        .map_err(e)?;
+        let permuted = est.index_select(&idx, 0).map_err(e)?;
+        let m = match kind {
+            Loss::SiSdr => si_sdr(&permuted, target),
+            Loss::Snr => snr(&permuted, target),
+        }
+        .and_then(|m| m.mean_all())
+        .and_then(|m| m.neg())
+        .map_err(e)?;
+        let v = m
+            .to_dtype(candle_core::DType::F64)
+            .and_then(|v| v.to_scalar::<f64>())
+            .map_err(e)?;
+        if best.as_ref().is_none_or(|(b, _)| v < *b) {
+            best = Some((v, m));
+        }
+    }
+    Ok(best.expect("at least one permutation").1)
+}

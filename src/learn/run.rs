@@ -1,0 +1,194 @@
+//! `sepprune learn`: the SepPrune mask learner on a data directory, with progress,
+//! checkpoints of the scores, and a final masks file for `prune --masks`.
+use super::graph::CandleGraph;
+use super::gumbel::{rng_at, step, GumbelConfig, Item, Scores, FORMAT};
+use crate::analysis::Groups;
+use crate::audio::dataset;
+use crate::error::{Error, Result};
+use crate::gates::{gate_graph, gate_name};
+use crate::ir::Ir;
+use crate::onnx::ModelProto;
+use crate::prune::{candidates, masks_from_scores, Budget, Budgeted, Cost, Masks};
+use crate::runtime::tract::TractModel;
+use std::path::{Path, PathBuf};
+
+/// Options of a learning run.
+pub struct LearnOptions {
+    pub cfg: GumbelConfig,
+    /// Crop length in samples (the gate graph is lowered at this length).
+    pub samples: usize,
+    /// At most this many crops per mixture.
+    pub crops_per_file: usize,
+    /// Targets are the original model's outputs instead of the references (label-free).
+    pub teacher: bool,
+    /// Which groups may be learned and pruned, and the final MACs budget (`ratio`).
+    pub budget: Budget,
+    /// Scores checkpoint: resumed when it exists, rewritten every 25 steps and at the end.
+    pub checkpoint: Option<PathBuf>,
+    pub progress: bool,
+}
+
+/// Result: the final masks under the budget and the learned scores.
+pub struct Learned {
+    pub budgeted: Budgeted,
+    pub scores: Scores,
+    pub losses: Vec<f64>,
+}
+
+/// Training crops: `crops_per_file` non-overlapping windows of each mixture (zero-padded
+/// when short), with references or the teacher's outputs as targets.
+fn items(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Vec<Item>> {
+    let examples = dataset::load(data, 16000)?;
+    let teacher = if o.teacher {
+        Some(TractModel::new(model, &[1, 1, o.samples])?)
+    } else {
+        None
+    };
+    let crop = |x: &[f32], start: usize| -> Vec<f32> {
+        let mut v: Vec<f32> = x.iter().skip(start).take(o.samples).copied().collect();
+        v.resize(o.samples, 0.0);
+        v
+    };
+    let mut out = vec![];
+    for ex in &examples {
+        let n = ex.mix.len().div_ceil(o.samples).clamp(1, o.crops_per_file);
+        for c in 0..n {
+            let input = crop(&ex.mix, c * o.samples);
+            let targets = match &teacher {
+                Some(t) => vec![t.run(&input)?],
+                None if ex.sources.is_empty() => {
+                    return Err(Error::Audio {
+                        path: data.join("mix").join(&ex.name),
+                        msg: "no references (s1/, ...): use --teacher to learn from the original model's outputs".into(),
+                    })
+                }
+                None => ex.sources.iter().map(|s| crop(s, c * o.samples)).collect(),
+            };
+            out.push(Item { input, targets });
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Other(format!("{}: no mixtures", data.display())));
+    }
+    Ok(out)
+}
+
+/// Learns masks for `model` on `data`.
+///
+/// Errors: unreadable data, an op without a Candle lowering, a bad checkpoint.
+pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learned> {
+    let ir = Ir::new(model.clone(), o.samples)?;
+    let groups: Groups = crate::analysis::analyze_groups(&ir)?;
+    let cost = Cost::new(&ir, &groups, o.budget.scope);
+    let cands = candidates(&groups, &cost, &o.budget)?;
+    let live: Vec<String> = cands.iter().map(|g| gate_name(g.id)).collect();
+    let gated = Ir::new(gate_graph(&ir, &groups, None)?, o.samples)?;
+    let graph = CandleGraph::new(
+        gated,
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+        &live,
+    )?;
+    let data_items = items(model, data, o)?;
+    let mut scores = match &o.checkpoint {
+        Some(p) if p.exists() => {
+            let s: Scores = serde_json::from_slice(&std::fs::read(p).map_err(|e| Error::io(p, e))?)
+                .map_err(|e| {
+                    Error::Other(format!("{}: not a scores checkpoint: {e}", p.display()))
+                })?;
+            if s.format != FORMAT
+                || cands
+                    .iter()
+                    .any(|g| s.theta.get(&g.id).map(|t| t.len()) != Some(g.size))
+            {
+                return Err(Error::Other(format!(
+                    "{}: checkpoint does not fit this model's groups",
+                    p.display()
+                )));
+            }
+            s
+        }
+        _ => Scores::new(&cands, o.cfg.init),
+    };
+    let save = |s: &Scores| -> Result<()> {
+        if let Some(p) = &o.checkpoint {
+            let bytes = serde_json::to_vec(s).map_err(|e| Error::Other(e.to_string()))?;
+            crate::onnx::write_atomic(p, &bytes)?;
+        }
+        Ok(())
+    };
+    let bar = indicatif::ProgressBar::new(o.cfg.iters as u64);
+    if !o.progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {elapsed_precise} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(scores.step as u64);
+    let mut losses = vec![];
+    while scores.step < o.cfg.iters {
+        // a seeded order over the crops, re-drawn every epoch: resumable from `step` alone
+        let epoch = scores.step / data_items.len();
+        let mut order: Vec<usize> = (0..data_items.len()).collect();
+        use rand::seq::SliceRandom;
+        order.shuffle(&mut rng_at(o.cfg.seed ^ 0xA5A5, epoch));
+        let item = &data_items[order[scores.step % data_items.len()]];
+        let mut rng = rng_at(o.cfg.seed, scores.step);
+        let st = step(&graph, &mut scores, &o.cfg, item, &mut rng)?;
+        losses.push(st.loss);
+        bar.set_message(format!(
+            "loss {:.2} dB  kept {:.1}%",
+            st.loss,
+            100.0 * st.kept
+        ));
+        bar.inc(1);
+        if scores.step % 25 == 0 {
+            save(&scores)?;
+        }
+    }
+    bar.finish();
+    save(&scores)?;
+    let ir1 = Ir::new(model.clone(), 16000)?;
+    let groups1 = crate::analysis::analyze_groups(&ir1)?;
+    let budgeted = if o.budget.ratio > 0.0 {
+        masks_from_scores(&ir1, &groups1, &o.budget, &scores.map())?
+    } else {
+        // the paper's rule without noise: keep channel j when sigmoid(θ_j / τ) > ε
+        let mut masks = Masks::new();
+        for (&id, theta) in &scores.theta {
+            let keep: Vec<usize> = (0..theta.len())
+                .filter(|&j| 1.0 / (1.0 + (-theta[j] / o.cfg.tau).exp()) > o.cfg.eps)
+                .collect();
+            let keep = if keep.is_empty() {
+                vec![(0..theta.len())
+                    .max_by(|&a, &b| theta[a].total_cmp(&theta[b]))
+                    .unwrap_or(0)]
+            } else {
+                keep
+            };
+            if keep.len() < theta.len() {
+                masks.insert(id, theta.len(), keep);
+            }
+        }
+        let cost1 = Cost::new(&ir1, &groups1, o.budget.scope);
+        let kept: std::collections::HashMap<usize, usize> = masks
+            .groups
+            .iter()
+            .map(|(&g, m)| (g, m.keep.len()))
+            .collect();
+        let (full, now) = (cost1.macs(&Default::default()), cost1.macs(&kept));
+        Budgeted {
+            masks,
+            scope_macs: (full.0, now.0),
+            total_macs: (full.1, now.1),
+        }
+    };
+    Ok(Learned {
+        budgeted,
+        scores,
+        losses,
+    })
+}

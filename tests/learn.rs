@@ -1,0 +1,251 @@
+//! Candle lowering: forward parity with tract, finite-difference gradient checks (f64), and
+//! the mask learner on a small model.
+mod common;
+use candle_core::{DType, Device, Tensor as CTensor, Var};
+use sepprune::analysis::analyze_groups;
+use sepprune::gates::{gate_graph, gate_name};
+use sepprune::ir::Ir;
+use sepprune::learn::CandleGraph;
+use sepprune::runtime::{rel_err, tract::TractModel};
+use sepprune::verify;
+use std::collections::HashMap;
+
+fn candle_run(model: &sepprune::onnx::ModelProto, x: &[f32], dtype: DType) -> Vec<f32> {
+    let n = x.len();
+    let g = CandleGraph::new(Ir::new(model.clone(), n).unwrap(), &Device::Cpu, dtype, &[]).unwrap();
+    let t = CTensor::from_vec(x.to_vec(), (1, 1, n), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+    g.forward(&t, &HashMap::new())
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// max |a - b| <= 1e-4 * max |a| (the parity bound).
+fn assert_parity(reference: &[f32], got: &[f32], what: &str) {
+    let e = rel_err(reference, got);
+    assert!(e <= 1e-4, "{what}: max abs error / max |y| = {e}");
+}
+
+#[test]
+fn tiny_tasnet_and_its_gate_graph_match_tract() {
+    let model = common::tiny_tasnet();
+    for n in [400usize, 1001] {
+        let x = verify::test_signal(n, 16000.0);
+        let want = TractModel::new(&model, &[1, 1, n])
+            .unwrap()
+            .run(&x)
+            .unwrap();
+        assert_parity(&want, &candle_run(&model, &x, DType::F32), "tiny original");
+        let ir = Ir::new(model.clone(), n).unwrap();
+        let gs = analyze_groups(&ir).unwrap();
+        let m = verify::random_masks(&gs, n as u64);
+        let gated = gate_graph(&ir, &gs, Some(&m)).unwrap();
+        let want = TractModel::new(&gated, &[1, 1, n])
+            .unwrap()
+            .run(&x)
+            .unwrap();
+        assert_parity(&want, &candle_run(&gated, &x, DType::F32), "tiny gated");
+    }
+}
+
+#[test]
+fn real_model_gate_graph_matches_tract() {
+    let model = sepprune::onnx::load(&common::real_model()).unwrap();
+    let n = 8000;
+    let x = verify::test_signal(n, 16000.0);
+    let ir = Ir::new(model.clone(), n).unwrap();
+    let gs = analyze_groups(&ir).unwrap();
+    let m = verify::random_masks(&gs, 3);
+    let gated = gate_graph(&ir, &gs, Some(&m)).unwrap();
+    let want = TractModel::new(&gated, &[1, 1, n])
+        .unwrap()
+        .run(&x)
+        .unwrap();
+    assert_parity(&want, &candle_run(&gated, &x, DType::F32), "real gated");
+}
+
+/// Central finite differences in f64 against Candle's backward, for gates and weights.
+#[test]
+fn gradients_match_finite_differences() {
+    let n = 300;
+    let model = common::tiny_tasnet();
+    let ir = Ir::new(model, n).unwrap();
+    let gs = analyze_groups(&ir).unwrap();
+    let gated = gate_graph(&ir, &gs, None).unwrap();
+    let gated_ir = Ir::new(gated, n).unwrap();
+    // every gate (one per group), conv weights, depthwise weights, PRelu slopes, the encoder
+    let mut names: Vec<String> = gs.prunable().map(|gr| gate_name(gr.id)).collect();
+    for w in gated_ir
+        .graph()
+        .initializer
+        .iter()
+        .map(|i| i.name().to_string())
+    {
+        if w.starts_with("dw") || w.starts_with("slope") || w == "enc" || w.starts_with("w") {
+            names.push(w);
+        }
+    }
+    let g = CandleGraph::new(gated_ir, &Device::Cpu, DType::F64, &names).unwrap();
+    let x: Vec<f64> = verify::test_signal(n, 16000.0)
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let x = CTensor::from_vec(x, (1, 1, n), &Device::Cpu).unwrap();
+    // a fixed random projection of the output makes a scalar loss
+    let y0 = g.forward(&x, &HashMap::new()).unwrap();
+    let r: Vec<f64> = (0..y0.elem_count())
+        .map(|i| ((i * 7919) % 13) as f64 / 6.0 - 1.0)
+        .collect();
+    let r = CTensor::from_vec(r, y0.shape(), &Device::Cpu).unwrap();
+    let loss = |over: &HashMap<String, CTensor>| -> CTensor {
+        (g.forward(&x, over).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let mut checked = 0;
+    for name in names {
+        let base = g
+            .constant(&name)
+            .unwrap_or_else(|| panic!("{name} is not a constant"));
+        if base.dtype() != DType::F64 {
+            continue;
+        }
+        let var = Var::from_tensor(base).unwrap();
+        let over: HashMap<String, CTensor> = [(name.clone(), var.as_tensor().clone())].into();
+        let grads = loss(&over).backward().unwrap();
+        // no gradient: the value does not reach the output (e.g. the last block's residual conv)
+        let grad: Vec<f64> = match grads.get(var.as_tensor()) {
+            Some(g) => g.flatten_all().unwrap().to_vec1().unwrap(),
+            None => vec![0.0; base.elem_count()],
+        };
+        let flat: Vec<f64> = base.flatten_all().unwrap().to_vec1().unwrap();
+        for j in (0..flat.len()).step_by((flat.len() / 3).max(1)) {
+            let h = 1e-6;
+            let at = |d: f64| {
+                let mut v = flat.clone();
+                v[j] += d;
+                let t = CTensor::from_vec(v, base.shape(), &Device::Cpu).unwrap();
+                let over: HashMap<String, CTensor> = [(name.clone(), t)].into();
+                loss(&over).to_scalar::<f64>().unwrap()
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            let tol = 1e-5 * (1.0 + fd.abs().max(grad[j].abs()));
+            assert!(
+                (fd - grad[j]).abs() <= tol,
+                "{name}[{j}]: backward {} vs finite difference {fd}",
+                grad[j]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} entries checked");
+}
+
+/// A tiny enhancement set: two mixtures of a tone and noise, with the tone as reference.
+fn tiny_set(dir: &std::path::Path) {
+    use sepprune::audio::wav;
+    std::fs::create_dir_all(dir.join("mix")).unwrap();
+    std::fs::create_dir_all(dir.join("s1")).unwrap();
+    for k in 0..2 {
+        let s: Vec<f32> = (0..900)
+            .map(|i| (i as f32 * (0.05 + 0.02 * k as f32)).sin() * 0.5)
+            .collect();
+        let n = verify::test_signal(900, 16000.0);
+        let mix: Vec<f32> = s.iter().zip(&n).map(|(a, b)| a + b).collect();
+        wav::write(&dir.join(format!("mix/m{k}.wav")), &mix, 16000).unwrap();
+        wav::write(&dir.join(format!("s1/m{k}.wav")), &s, 16000).unwrap();
+    }
+}
+
+#[test]
+fn learner_is_deterministic_resumable_and_meets_the_budget() {
+    use sepprune::learn::gumbel::GumbelConfig;
+    use sepprune::learn::run::{learn, LearnOptions};
+    let dir = tempfile::tempdir().unwrap();
+    tiny_set(dir.path());
+    let model = common::tiny_tasnet();
+    let opts = |iters: usize, ck: Option<std::path::PathBuf>| LearnOptions {
+        cfg: GumbelConfig {
+            iters,
+            ..GumbelConfig::default()
+        },
+        samples: 400,
+        crops_per_file: 2,
+        teacher: false,
+        budget: sepprune::prune::Budget::new(0.4),
+        checkpoint: ck,
+        progress: false,
+    };
+    let a = learn(&model, dir.path(), &opts(6, None)).unwrap();
+    let b = learn(&model, dir.path(), &opts(6, None)).unwrap();
+    assert_eq!(a.scores.theta, b.scores.theta, "same seed, same scores");
+    assert_eq!(a.budgeted.masks.groups.len(), b.budgeted.masks.groups.len());
+    assert!(a.losses.iter().all(|l| l.is_finite()));
+    // the scores moved away from their initial value
+    assert!(a
+        .scores
+        .theta
+        .values()
+        .flatten()
+        .any(|&t| (t - 3.0).abs() > 1e-3));
+    // 3 steps, then resume to 6, equals 6 steps straight
+    let ck = dir.path().join("scores.json");
+    learn(&model, dir.path(), &opts(3, Some(ck.clone()))).unwrap();
+    let c = learn(&model, dir.path(), &opts(6, Some(ck))).unwrap();
+    assert_eq!(a.scores.theta, c.scores.theta, "resumed run differs");
+    // the budget: 60% of the separator's MACs kept (within the granularity of the tiny model)
+    let kept = a.budgeted.scope_macs.1 as f64 / a.budgeted.scope_macs.0 as f64;
+    assert!((kept - 0.6).abs() < 0.1, "kept {kept}");
+    // the masks slim the model exactly like the gate graph computes it
+    let ir = Ir::new(model, 1000).unwrap();
+    let gs = analyze_groups(&ir).unwrap();
+    let x = verify::test_signal(1000, 16000.0);
+    let r = verify::check(
+        &ir,
+        &gs,
+        Some((&a.budgeted.masks, None)),
+        0,
+        0,
+        &x,
+        sepprune::runtime::Runtime::Tract,
+    )
+    .unwrap();
+    assert!(r.passed, "{:?}", r.trials);
+}
+
+#[test]
+fn pit_loss_is_minus_si_sdr_and_picks_the_best_permutation() {
+    use sepprune::audio::metrics::si_sdr;
+    use sepprune::learn::loss::{pit, Loss};
+    let n = 2000;
+    let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.01).sin()).collect();
+    let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.037).cos()).collect();
+    let noise = |k: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| 0.05 * (((i * 31 + k) % 17) as f32 / 8.0 - 1.0))
+            .collect()
+    };
+    let na: Vec<f32> = a.iter().zip(noise(1)).map(|(v, e)| v + e).collect();
+    let nb: Vec<f32> = b.iter().zip(noise(5)).map(|(v, e)| 0.5 * v + e).collect();
+    let refs = CTensor::from_vec([a.clone(), b.clone()].concat(), (2, n), &Device::Cpu).unwrap();
+    let want = -(si_sdr(&na, &a) + si_sdr(&nb, &b)) / 2.0;
+    for est in [
+        [na.clone(), nb.clone()].concat(),
+        [nb.clone(), na.clone()].concat(),
+    ] {
+        let est = CTensor::from_vec(est, (2, n), &Device::Cpu).unwrap();
+        let l = pit(&est, &refs, Loss::SiSdr)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        assert!((l - want).abs() < 0.02, "loss {l}, want {want}");
+    }
+}
