@@ -94,7 +94,8 @@ pub struct Scores {
     pub sdri: f64,
 }
 
-fn permutations(n: usize) -> Vec<Vec<usize>> {
+/// Every permutation of `0..n` (for PIT over a few sources).
+pub(crate) fn permutations(n: usize) -> Vec<Vec<usize>> {
     if n <= 1 {
         return vec![(0..n).collect()];
     }

@@ -3,6 +3,7 @@
 //! - negative SI-SDR (Le Roux et al. 2019), in dB, per source then averaged;
 //! - negative SNR, `-10 log10(||s||² / ||s - ŝ||²)` dB;
 //! both with permutation-invariant training (PIT): the minimum over source permutations.
+use crate::audio::metrics::permutations;
 use crate::error::{Error, Result};
 use candle_core::{Tensor as CTensor, D};
 
@@ -43,21 +44,6 @@ pub fn snr(est: &CTensor, reference: &CTensor) -> candle_core::Result<CTensor> {
         &reference.sqr()?.sum(D::Minus1)?,
         &noise.sqr()?.sum(D::Minus1)?,
     )
-}
-
-fn permutations(n: usize) -> Vec<Vec<usize>> {
-    if n <= 1 {
-        return vec![(0..n).collect()];
-    }
-    let mut out = vec![];
-    for p in permutations(n - 1) {
-        for i in 0..n {
-            let mut q = p.clone();
-            q.insert(i, n - 1);
-            out.push(q);
-        }
-    }
-    out
 }
 
 /// PIT loss (a scalar, lower is better): minus the best mean metric over permutations of

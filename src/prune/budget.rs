@@ -102,6 +102,16 @@ impl Budget {
     }
 }
 
+/// A kept-channel count in `1..=size`, rounded up to a multiple of `round_to` (capped at `size`).
+fn rounded(k: usize, size: usize, round_to: usize) -> usize {
+    let k = k.clamp(1, size);
+    if round_to > 1 {
+        (k.div_ceil(round_to) * round_to).min(size)
+    } else {
+        k
+    }
+}
+
 /// MACs of the model and of a scope for any channel counts.
 pub struct Cost<'a> {
     ir: &'a Ir,
@@ -205,11 +215,8 @@ pub fn masks_for_ratio(ir: &Ir, groups: &Groups, b: &Budget) -> Result<Budgeted>
         cands
             .iter()
             .map(|g| {
-                let mut k = ((q * g.size as f64).round() as usize).clamp(1, g.size);
-                if round_to > 1 {
-                    k = (k.div_ceil(round_to) * round_to).min(g.size);
-                }
-                (g.id, k)
+                let k = (q * g.size as f64).round() as usize;
+                (g.id, rounded(k, g.size, round_to))
             })
             .collect()
     };
@@ -286,11 +293,7 @@ pub fn masks_from_scores(
             .iter()
             .map(|g| {
                 let k = scores[&g.id].iter().filter(|&&v| v >= t).count();
-                let mut k = k.clamp(1, g.size);
-                if b.round_to > 1 {
-                    k = (k.div_ceil(b.round_to) * b.round_to).min(g.size);
-                }
-                (g.id, k)
+                (g.id, rounded(k, g.size, b.round_to))
             })
             .collect()
     };
