@@ -64,7 +64,7 @@ fn xcorr(a: &[f32], b: &[f32], lags: usize) -> Vec<f64> {
 /// let s: Vec<f32> = (0..4000).map(|i| ((i * i) as f32 * 1e-4).sin()).collect();
 /// // a gain and a delay are distortions the filter absorbs
 /// let shifted: Vec<f32> = (0..4000).map(|i| if i >= 3 { 0.3 * s[i - 3] } else { 0.0 }).collect();
-/// assert!(sdr(&shifted, &s) > 40.0);
+/// assert!(sdr(&shifted, &s) > 25.0); // fast_bss_eval: 32.3 dB (edges limit it)
 /// ```
 pub fn sdr(est: &[f32], reference: &[f32]) -> f64 {
     let n = est.len().min(reference.len());
