@@ -220,38 +220,26 @@ pub fn masks_for_ratio(ir: &Ir, groups: &Groups, b: &Budget) -> Result<Budgeted>
             })
             .collect()
     };
-    let macs = |kc: &HashMap<usize, usize>| cost.macs(kc);
-    let full = macs(&HashMap::new());
+    let full = cost.macs(&HashMap::new());
     let target = (1.0 - ratio) * full.0 as f64;
     let (mut lo, mut hi) = (0.0f64, 1.0f64);
     for _ in 0..24 {
         let mid = 0.5 * (lo + hi);
-        if (macs(&counts(mid)).0 as f64) <= target {
+        if (cost.macs(&counts(mid)).0 as f64) <= target {
             lo = mid;
         } else {
             hi = mid;
         }
     }
-    // pick whichever side lands closer to the target
-    let (kl, kh) = (counts(lo), counts(hi));
-    let (ml, mh) = (macs(&kl), macs(&kh));
-    let (kc, m) = if (target - ml.0 as f64).abs() <= (mh.0 as f64 - target).abs() {
-        (kl, ml)
-    } else {
-        (kh, mh)
-    };
-    let mut masks = Masks::new();
-    for g in &cands {
-        let k = kc[&g.id];
-        if k < g.size {
-            masks.insert(g.id, g.size, order[&g.id][..k].to_vec());
-        }
-    }
-    Ok(Budgeted {
-        masks,
-        scope_macs: (full.0, m.0),
-        total_macs: (full.1, m.1),
-    })
+    Ok(closest(
+        &cost,
+        &cands,
+        &order,
+        target,
+        full,
+        counts(lo),
+        counts(hi),
+    ))
 }
 
 /// Masks from learned per-channel scores (higher is kept first) under `b.ratio` of the
@@ -309,25 +297,44 @@ pub fn masks_from_scores(
             a = mid;
         }
     }
-    let (kl, kh) = (counts(a), counts(z));
-    let (ml, mh) = (cost.macs(&kl), cost.macs(&kh));
-    let (kc, m) = if (ml.0 as f64 - target).abs() < (target - mh.0 as f64).abs() {
-        (kl, ml)
+    Ok(closest(
+        &cost,
+        &cands,
+        &order,
+        target,
+        full,
+        counts(a),
+        counts(z),
+    ))
+}
+
+/// Of two channel-count choices, the one whose scope MACs land closer to `target`, as masks
+/// keeping the first `k` channels of each group's `order`.
+fn closest(
+    cost: &Cost,
+    cands: &[&Group],
+    order: &HashMap<usize, Vec<usize>>,
+    target: f64,
+    full: (u64, u64),
+    a: HashMap<usize, usize>,
+    b: HashMap<usize, usize>,
+) -> Budgeted {
+    let (ma, mb) = (cost.macs(&a), cost.macs(&b));
+    let (kc, m) = if (ma.0 as f64 - target).abs() <= (mb.0 as f64 - target).abs() {
+        (a, ma)
     } else {
-        (kh, mh)
+        (b, mb)
     };
     let mut masks = Masks::new();
-    for g in &cands {
+    for g in cands {
         let k = kc[&g.id];
         if k < g.size {
-            let mut keep = order[&g.id][..k].to_vec();
-            keep.sort_unstable();
-            masks.insert(g.id, g.size, keep);
+            masks.insert(g.id, g.size, order[&g.id][..k].to_vec());
         }
     }
-    Ok(Budgeted {
+    Budgeted {
         masks,
         scope_macs: (full.0, m.0),
         total_macs: (full.1, m.1),
-    })
+    }
 }
