@@ -137,7 +137,6 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
-    /// Verify: gate graph (all ones) == original; slim(mask) == gated(mask) for random masks.
     /// Learn channel masks with the SepPrune Gumbel learner (Candle, CPU) on a data set.
     Learn {
         model: PathBuf,
@@ -183,6 +182,54 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fine-tune every weight of a (slimmed) model with Candle (Adam, validation split,
+    /// learning rate halved on plateaus, early stop); writes ONNX with updated initializers.
+    Finetune {
+        model: PathBuf,
+        /// LibriMix-style directory (mix/, s1/, ...); references are not needed with --teacher.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Distill from this model (usually the original, unpruned one).
+        #[arg(long)]
+        teacher: Option<PathBuf>,
+        /// At most this many passes over the training crops.
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        /// Wall-clock budget in minutes.
+        #[arg(long)]
+        minutes: Option<f64>,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Clip the gradient to this global L2 norm (0: off).
+        #[arg(long, default_value_t = 5.0)]
+        clip: f64,
+        /// Crop length in seconds.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 2)]
+        crops_per_file: usize,
+        /// Every K-th file is the validation split.
+        #[arg(long, default_value_t = 5)]
+        val_every_file: usize,
+        /// Validate every N steps (default: once per epoch).
+        #[arg(long)]
+        val_every: Option<usize>,
+        /// Stop after this many validations without improvement.
+        #[arg(long, default_value_t = 3)]
+        stop_after: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = sepprune::learn::loss::Loss::SiSdr)]
+        loss: sepprune::learn::loss::Loss,
+        /// Allow OUT to be the input file.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify: gate graph (all ones) == original; slim(mask) == gated(mask) for random masks.
     Check {
         model: PathBuf,
         /// Also check these masks.
@@ -219,6 +266,10 @@ struct MixArgs {
     rate: u32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Hold out every N-th utterance and every N-th noise file (sorted by name): writes
+    /// OUT/train and OUT/test, which share no utterance and no noise recording.
+    #[arg(long)]
+    holdout: Option<usize>,
 }
 
 fn print_check(r: &verify::CheckReport) {
@@ -271,9 +322,15 @@ fn main() -> Result<()> {
         }
         Cmd::Mix(a) => {
             let n = sepprune::audio::dataset::build_enhancement(
-                &a.speech, &a.noise, &a.output, &a.snr, a.rate, a.seed,
+                &a.speech, &a.noise, &a.output, &a.snr, a.rate, a.seed, a.holdout,
             )?;
-            println!("{}: {n} mixtures", a.output.display());
+            match n.as_slice() {
+                [train, test] => println!(
+                    "{}: {train} training mixtures in train/, {test} held-out mixtures in test/",
+                    a.output.display()
+                ),
+                _ => println!("{}: {} mixtures", a.output.display(), n[0]),
+            }
         }
         Cmd::Eval {
             model,
@@ -415,6 +472,66 @@ fn main() -> Result<()> {
                     "{}: {} steps in {:.0} s, loss (last 25) {:.2} dB, separator MACs kept {:.1}%, {} groups pruned",
                     output.display(), r.scores.step, t0.elapsed().as_secs_f64(), last,
                     100.0 * b.scope_macs.1 as f64 / b.scope_macs.0 as f64, b.masks.groups.len()
+                );
+            }
+        }
+        Cmd::Finetune {
+            model,
+            data,
+            output,
+            teacher,
+            epochs,
+            minutes,
+            lr,
+            clip,
+            seconds,
+            crops_per_file,
+            val_every_file,
+            val_every,
+            stop_after,
+            seed,
+            loss,
+            force,
+            json,
+        } => {
+            use sepprune::learn::finetune::{finetune, FinetuneOptions};
+            let m = onnx::load(&model)?;
+            let o = FinetuneOptions {
+                samples: (seconds * 16000.0).round().max(1.0) as usize,
+                crops_per_file,
+                teacher: teacher.as_ref().map(|p| onnx::load(p)).transpose()?,
+                lr,
+                clip,
+                epochs,
+                minutes,
+                val_every_file,
+                val_every,
+                stop_after,
+                seed,
+                loss,
+                progress: !json,
+            };
+            let r = finetune(&m, &data, &o)
+                .with_context(|| format!("fine-tuning {}", model.display()))?;
+            onnx::save(&r.model, &output, Some(&model), force)?;
+            let first = &r.history[0];
+            if json {
+                let v = serde_json::json!({
+                    "input": model, "output": output, "parameters": r.parameters,
+                    "best": r.best, "history": r.history,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for h in &r.history {
+                    println!(
+                        "step {:>5} {:>7.0} s  train loss {:>7.2} dB  val loss {:>7.2} dB  lr {:.1e}",
+                        h.step, h.seconds, h.train_loss, h.val_loss, h.lr
+                    );
+                }
+                println!(
+                    "{} -> {}: {} parameters, validation loss {:.2} -> {:.2} dB (best at step {})",
+                    model.display(), output.display(), r.parameters, first.val_loss,
+                    r.best.val_loss, r.best.step
                 );
             }
         }

@@ -80,6 +80,13 @@ fn energy(x: &[f32]) -> f64 {
 /// Builds an enhancement set: every speech file mixed with noise at every SNR (dB).
 /// Noise files are used in turn, from a random offset (seeded), looped when shorter.
 /// Writes `out/mix/NAME_snrX.wav` and the clean reference `out/s1/NAME_snrX.wav`.
+///
+/// With `holdout = Some(n)`, every n-th speech file and every n-th noise file (sorted by
+/// name, counting from the n-th) go to a held-out set `out/test/`, the rest to `out/train/`:
+/// the two sets share no utterance and no noise recording. Returns the number of mixtures
+/// written per set (`[all]`, or `[train, test]`).
+///
+/// Errors: unreadable WAVs; no noise files; with a holdout, fewer than n speech or noise files.
 pub fn build_enhancement(
     speech: &Path,
     noise: &Path,
@@ -87,20 +94,66 @@ pub fn build_enhancement(
     snrs: &[f64],
     rate: u32,
     seed: u64,
+    holdout: Option<usize>,
+) -> Result<Vec<usize>> {
+    let speech_files = wavs(speech)?;
+    let noise_files = wavs(noise)?;
+    let Some(n) = holdout else {
+        return Ok(vec![mix_files(
+            &speech_files,
+            &noise_files,
+            out,
+            snrs,
+            rate,
+            seed,
+        )?]);
+    };
+    let split = |files: &[PathBuf], dir: &Path| -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+        if n < 2 || files.len() < n {
+            return Err(Error::Audio {
+                path: dir.into(),
+                msg: format!(
+                    "a holdout of every {n}-th file needs n >= 2 and at least {n} files, found {}",
+                    files.len()
+                ),
+            });
+        }
+        let (test, train): (Vec<_>, Vec<_>) = files
+            .iter()
+            .enumerate()
+            .partition(|(i, _)| i % n == n - 1);
+        let strip = |v: Vec<(usize, &PathBuf)>| v.into_iter().map(|(_, p)| p.clone()).collect();
+        Ok((strip(train), strip(test)))
+    };
+    let (s_train, s_test) = split(&speech_files, speech)?;
+    let (n_train, n_test) = split(&noise_files, noise)?;
+    Ok(vec![
+        mix_files(&s_train, &n_train, &out.join("train"), snrs, rate, seed)?,
+        mix_files(&s_test, &n_test, &out.join("test"), snrs, rate, seed ^ 1)?,
+    ])
+}
+
+fn mix_files(
+    speech: &[PathBuf],
+    noise: &[PathBuf],
+    out: &Path,
+    snrs: &[f64],
+    rate: u32,
+    seed: u64,
 ) -> Result<usize> {
-    let noises: Vec<Vec<f32>> = wavs(noise)?
+    let noises: Vec<Vec<f32>> = noise
         .iter()
         .map(|p| wav::read_at(p, rate))
         .collect::<Result<_>>()?;
     if noises.is_empty() {
         return Err(Error::Audio {
-            path: noise.into(),
+            path: out.into(),
             msg: "no noise .wav files".into(),
         });
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut count = 0;
-    for (i, p) in wavs(speech)?.iter().enumerate() {
+    for (i, p) in speech.iter().enumerate() {
         let s = wav::read_at(p, rate)?;
         let stem = p.file_stem().expect("file").to_string_lossy().into_owned();
         for &snr in snrs {

@@ -99,6 +99,22 @@ impl CandleGraph {
         self.dtype
     }
 
+    /// A flat signal as the graph input, in the input's inferred shape (e.g. `[1, 1, T]`).
+    ///
+    /// Errors: a length that does not fit the shape.
+    pub fn input(&self, x: &[f32]) -> Result<CTensor> {
+        let shape = self
+            .ir
+            .graph_inputs()
+            .first()
+            .and_then(|i| self.ir.fact(i))
+            .map(|f| f.shape.clone())
+            .unwrap_or_default();
+        CTensor::from_vec(x.to_vec(), shape.as_slice(), &self.device)
+            .and_then(|t| t.to_dtype(self.dtype))
+            .map_err(|e| Error::Other(format!("input of {} samples: {e}", x.len())))
+    }
+
     /// The constant `name` (an initializer or folded value), as lowered.
     pub fn constant(&self, name: &str) -> Option<&CTensor> {
         self.consts.get(name)

@@ -12,7 +12,7 @@
 //! Beyond the paper: the final mask is deterministic (`θ_j`, no noise) and can meet an exact
 //! MACs budget ([`crate::prune::masks_from_scores`]).
 use super::graph::CandleGraph;
-use super::loss::{pit, Loss};
+use super::loss::Loss;
 use crate::analysis::Group;
 use crate::error::{Error, Result};
 use crate::gates::gate_name;
@@ -139,30 +139,11 @@ pub fn step(
         vars.push((id, var));
         probs.insert(id, pi);
     }
-    let shape = graph
-        .ir()
-        .graph_inputs()
-        .first()
-        .and_then(|i| graph.ir().fact(i))
-        .map(|f| f.shape.clone())
-        .unwrap_or_default();
-    let x = CTensor::from_vec(item.input.clone(), shape, dev)
-        .and_then(|t| t.to_dtype(graph.dtype()))
-        .map_err(e)?;
+    let x = graph.input(&item.input)?;
     let y = graph.forward(&x, &gates)?;
-    let s = item.targets.len();
-    let t = item.targets[0].len();
-    let flat: Vec<f32> = item.targets.iter().flatten().copied().collect();
-    let target = CTensor::from_vec(flat, (s, t), dev)
-        .and_then(|t| t.to_dtype(graph.dtype()))
-        .map_err(e)?;
-    let est = y.reshape((s, t)).map_err(e)?;
-    let loss = pit(&est, &target, cfg.loss)?;
+    let loss = super::loss::on_targets(&y, &item.targets, cfg.loss)?;
     let grads = loss.backward().map_err(e)?;
-    let lv = loss
-        .to_dtype(candle_core::DType::F64)
-        .and_then(|v| v.to_scalar::<f64>())
-        .map_err(e)?;
+    let lv = super::loss::scalar(&loss)?;
     // Adam on θ with the straight-through, clipped gradient
     scores.step += 1;
     let (b1, b2, adam_eps) = (0.9f64, 0.999f64, 1e-8);

@@ -85,3 +85,30 @@ pub fn pit(est: &CTensor, target: &CTensor, kind: Loss) -> Result<CTensor> {
     }
     Ok(best.expect("at least one permutation").1)
 }
+
+/// The PIT loss of a graph output `y` (any shape holding `S x T` values, e.g. `[1, S, T]`)
+/// against targets `[S][T]`.
+///
+/// Errors: an output whose size is not `S x T`.
+pub fn on_targets(y: &CTensor, targets: &[Vec<f32>], kind: Loss) -> Result<CTensor> {
+    let e = |e: candle_core::Error| Error::Other(format!("loss: {e}"));
+    let (s, t) = (targets.len(), targets.first().map_or(0, Vec::len));
+    let flat: Vec<f32> = targets.iter().flatten().copied().collect();
+    let target = CTensor::from_vec(flat, (s, t), y.device())
+        .and_then(|t| t.to_dtype(y.dtype()))
+        .map_err(e)?;
+    let est = y.reshape((s, t)).map_err(|err| {
+        Error::Other(format!(
+            "loss: output {:?} does not hold {s} sources of {t} samples: {err}",
+            y.dims()
+        ))
+    })?;
+    pit(&est, &target, kind)
+}
+
+/// A scalar loss tensor as f64.
+pub fn scalar(l: &CTensor) -> Result<f64> {
+    l.to_dtype(candle_core::DType::F64)
+        .and_then(|v| v.to_scalar::<f64>())
+        .map_err(|e| Error::Other(format!("loss: {e}")))
+}

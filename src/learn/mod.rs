@@ -1,5 +1,7 @@
 //! Learning on the gate graph with Candle: the lowered graph ([`graph`]), losses
-//! ([`loss`]), and the SepPrune mask learner ([`gumbel`]).
+//! ([`loss`]), the SepPrune mask learner ([`gumbel`]), and fine-tuning ([`finetune`]).
+pub mod data;
+pub mod finetune;
 pub mod graph;
 pub mod gumbel;
 pub mod loss;

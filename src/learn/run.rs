@@ -3,13 +3,11 @@
 use super::graph::CandleGraph;
 use super::gumbel::{rng_at, step, GumbelConfig, Item, Scores, FORMAT};
 use crate::analysis::Groups;
-use crate::audio::dataset;
 use crate::error::{Error, Result};
 use crate::gates::{gate_graph, gate_name};
 use crate::ir::Ir;
 use crate::onnx::ModelProto;
 use crate::prune::{candidates, masks_from_scores, Budget, Budgeted, Cost, Masks};
-use crate::runtime::tract::TractModel;
 use std::path::{Path, PathBuf};
 
 /// Options of a learning run.
@@ -35,44 +33,6 @@ pub struct Learned {
     pub losses: Vec<f64>,
 }
 
-/// Training crops: `crops_per_file` non-overlapping windows of each mixture (zero-padded
-/// when short), with references or the teacher's outputs as targets.
-fn items(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Vec<Item>> {
-    let examples = dataset::load(data, 16000)?;
-    let teacher = if o.teacher {
-        Some(TractModel::new(model, &[1, 1, o.samples])?)
-    } else {
-        None
-    };
-    let crop = |x: &[f32], start: usize| -> Vec<f32> {
-        let mut v: Vec<f32> = x.iter().skip(start).take(o.samples).copied().collect();
-        v.resize(o.samples, 0.0);
-        v
-    };
-    let mut out = vec![];
-    for ex in &examples {
-        let n = ex.mix.len().div_ceil(o.samples).clamp(1, o.crops_per_file);
-        for c in 0..n {
-            let input = crop(&ex.mix, c * o.samples);
-            let targets = match &teacher {
-                Some(t) => vec![t.run(&input)?],
-                None if ex.sources.is_empty() => {
-                    return Err(Error::Audio {
-                        path: data.join("mix").join(&ex.name),
-                        msg: "no references (s1/, ...): use --teacher to learn from the original model's outputs".into(),
-                    })
-                }
-                None => ex.sources.iter().map(|s| crop(s, c * o.samples)).collect(),
-            };
-            out.push(Item { input, targets });
-        }
-    }
-    if out.is_empty() {
-        return Err(Error::Other(format!("{}: no mixtures", data.display())));
-    }
-    Ok(out)
-}
-
 /// Learns masks for `model` on `data`.
 ///
 /// Errors: unreadable data, an op without a Candle lowering, a bad checkpoint.
@@ -89,7 +49,11 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
         candle_core::DType::F32,
         &live,
     )?;
-    let data_items = items(model, data, o)?;
+    let data_items: Vec<Item> =
+        super::data::crops(data, o.samples, o.crops_per_file, o.teacher.then_some(model))?
+            .into_iter()
+            .flatten()
+            .collect();
     let mut scores = match &o.checkpoint {
         Some(p) if p.exists() => {
             let s: Scores = serde_json::from_slice(&std::fs::read(p).map_err(|e| Error::io(p, e))?)
@@ -132,9 +96,7 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
     while scores.step < o.cfg.iters {
         // a seeded order over the crops, re-drawn every epoch: resumable from `step` alone
         let epoch = scores.step / data_items.len();
-        let mut order: Vec<usize> = (0..data_items.len()).collect();
-        use rand::seq::SliceRandom;
-        order.shuffle(&mut rng_at(o.cfg.seed ^ 0xA5A5, epoch));
+        let order = super::data::epoch_order(data_items.len(), o.cfg.seed, epoch);
         let item = &data_items[order[scores.step % data_items.len()]];
         let mut rng = rng_at(o.cfg.seed, scores.step);
         let st = step(&graph, &mut scores, &o.cfg, item, &mut rng)?;

@@ -77,6 +77,11 @@ fn depthwise(w: &[usize], group: usize) -> bool {
 }
 
 impl OpRule for Conv {
+    /// W and B.
+    fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
+        vec![1, 2]
+    }
+
     /// X `[N, Cin, *S]`, W `[Cout, Cin/g, *K]`, B `[Cout]` -> Y `[N, Cout, *S']` with
     /// `S' = floor((S + pads - dil*(K-1) - 1) / stride) + 1`.
     fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
@@ -239,6 +244,11 @@ impl OpRule for Conv {
 }
 
 impl OpRule for ConvTranspose {
+    /// W and B.
+    fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
+        vec![1, 2]
+    }
+
     /// X `[N, Cin, *S]`, W `[Cin, Cout/g, *K]` -> Y `[N, Cout, *S']` with
     /// `S' = stride*(S-1) + output_padding + dil*(K-1) + 1 - pads`.
     fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {

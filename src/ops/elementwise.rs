@@ -184,6 +184,19 @@ fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 }
 
 impl OpRule for Broadcast {
+    /// PRelu's slope; for Add, Sub, Mul and Div, an initializer operand with more than one
+    /// element (a decomposed norm's per-channel scale and shift, a bias). Scalar operands are
+    /// structural constants (epsilons, scales) and stay fixed, as does every Pow exponent.
+    fn params(&self, node: &NodeProto, ir: &Ir) -> Vec<usize> {
+        match node.op_type() {
+            "PRelu" => vec![1],
+            "Add" | "Sub" | "Mul" | "Div" => (0..node.input.len())
+                .filter(|&i| ir.fact(&node.input[i]).is_some_and(|f| f.numel() > 1))
+                .collect(),
+            _ => vec![],
+        }
+    }
+
     fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let present: Vec<&Fact> = inputs.iter().flatten().copied().collect();
         if present.is_empty() {

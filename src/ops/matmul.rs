@@ -13,6 +13,11 @@ pub struct MatMul;
 pub struct Gemm;
 
 impl OpRule for MatMul {
+    /// Either factor, when it is an initializer (a linear layer's weight).
+    fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
+        vec![0, 1]
+    }
+
     fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let a = &need(node, inputs, 0)?.shape;
         let b = &need(node, inputs, 1)?.shape;
@@ -126,6 +131,11 @@ fn gemm_axes(node: &NodeProto) -> (usize, usize) {
 }
 
 impl OpRule for Gemm {
+    /// B and C, when they are initializers (a linear layer's weight and bias).
+    fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
+        vec![0, 1, 2]
+    }
+
     /// `Y [M, N] = alpha * A' B' + beta * C`.
     fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let a = &need(node, inputs, 0)?.shape;

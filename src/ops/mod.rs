@@ -117,6 +117,13 @@ pub trait OpRule: Sync {
         false
     }
 
+    /// Which inputs are learnable parameters when they are initializers (fine-tuning trains
+    /// these, and nothing else): weights and biases, affine scales, activation slopes. The
+    /// default: none (shapes, axes, exponents, epsilons and other structural constants).
+    fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
+        vec![]
+    }
+
     /// Candle lowering, for the mask learner and fine-tuning: the outputs from the inputs
     /// (`None` for an omitted optional input), in the shapes the IR inferred for them. Folded
     /// constants (shapes, axes) are read from the IR's facts. Must be differentiable in every

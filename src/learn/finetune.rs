@@ -1,0 +1,308 @@
+//! `sepprune finetune`: trains every learnable parameter of a (slimmed) model with Candle to
+//! recover its quality, with references or with the original model as teacher.
+//!
+//! Adam (lr 1e-3 by default), the gradient clipped to a global L2 norm (5, as in the
+//! Conv-TasNet recipe), batch 1. A validation split (every k-th file) is scored at the end
+//! of every epoch (or every `val_every` steps): the learning rate halves when the validation
+//! loss does not improve, training stops after `stop_after` evaluations without
+//! improvement, at `epochs`, or at `minutes`, and the best weights by validation are kept.
+//! Learnable parameters are what each op rule names ([`crate::ops::OpRule::params`]):
+//! weights, biases, affine scales, slopes. Everything else in the model is left unchanged.
+use super::data::{crops, epoch_order};
+use super::graph::CandleGraph;
+use super::gumbel::Item;
+use super::loss::{on_targets, scalar, Loss};
+use crate::error::{Error, Result};
+use crate::ir::Ir;
+use crate::onnx::{tensor_to_proto, ModelProto, Tensor};
+use candle_core::{DType, Device, Tensor as CTensor, Var};
+use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// Options of a fine-tuning run.
+#[derive(Clone, Debug)]
+pub struct FinetuneOptions {
+    /// Crop length in samples.
+    pub samples: usize,
+    pub crops_per_file: usize,
+    /// Distill from this model (the original): its outputs are the targets.
+    pub teacher: Option<ModelProto>,
+    pub lr: f64,
+    /// Global L2 norm the gradient is clipped to (0: no clipping).
+    pub clip: f64,
+    pub epochs: usize,
+    /// Wall-clock budget in minutes (checked after every step).
+    pub minutes: Option<f64>,
+    /// Every k-th file (sorted by name, counting from the k-th) is the validation split.
+    pub val_every_file: usize,
+    /// Validate every this many steps (default: once per epoch).
+    pub val_every: Option<usize>,
+    /// Evaluations without improvement before stopping.
+    pub stop_after: usize,
+    pub seed: u64,
+    pub loss: Loss,
+    pub progress: bool,
+}
+
+impl Default for FinetuneOptions {
+    fn default() -> Self {
+        FinetuneOptions {
+            samples: 16000,
+            crops_per_file: 2,
+            teacher: None,
+            lr: 1e-3,
+            clip: 5.0,
+            epochs: 10,
+            minutes: None,
+            val_every_file: 5,
+            val_every: None,
+            stop_after: 3,
+            seed: 0,
+            loss: Loss::SiSdr,
+            progress: false,
+        }
+    }
+}
+
+/// One validation point.
+#[derive(Clone, Debug, Serialize)]
+pub struct Eval {
+    pub step: usize,
+    pub seconds: f64,
+    /// Mean training loss since the previous evaluation (dB, lower is better).
+    pub train_loss: f64,
+    /// Mean validation loss (dB; with the SI-SDR loss, minus the validation SI-SDR).
+    pub val_loss: f64,
+    pub lr: f64,
+}
+
+/// The fine-tuned model (best weights by validation) and its history.
+pub struct Finetuned {
+    pub model: ModelProto,
+    /// Validation before training (step 0) and after every evaluation.
+    pub history: Vec<Eval>,
+    pub best: Eval,
+    pub parameters: usize,
+}
+
+/// The learnable parameters of `ir`: float initializers at the inputs each op rule names.
+pub fn learnable(ir: &Ir) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for node in ir.nodes() {
+        let Some(rule) = crate::ops::rule(node) else {
+            continue;
+        };
+        for i in rule.params(node, ir) {
+            let Some(name) = node.input.get(i).filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let float = matches!(ir.initializer(name), Ok(Tensor::F32(_)));
+            if ir.is_initializer(name) && float && !out.contains(name) {
+                out.push(name.clone());
+            }
+        }
+    }
+    out
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Fine-tunes `model` on `data`.
+///
+/// Errors: unreadable data, fewer than two files (no validation split), an op without a
+/// Candle lowering, a non-finite loss.
+pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<Finetuned> {
+    let e = |e: candle_core::Error| Error::Other(format!("finetune: {e}"));
+    let t0 = Instant::now();
+    let ir = Ir::new(model.clone(), o.samples)?;
+    let names = learnable(&ir);
+    if names.is_empty() {
+        return Err(Error::Other("finetune: the model has no learnable parameters".into()));
+    }
+    let graph = CandleGraph::new(ir, &Device::Cpu, DType::F32, &names)?;
+    let vars: Vec<(String, Var)> = names
+        .iter()
+        .map(|n| {
+            let t = graph
+                .constant(n)
+                .ok_or_else(|| Error::Other(format!("finetune: parameter '{n}' is not lowered")))?;
+            Ok((n.clone(), Var::from_tensor(t).map_err(e)?))
+        })
+        .collect::<Result<_>>()?;
+    let parameters = vars.iter().map(|(_, v)| v.elem_count()).sum();
+    let files = crops(data, o.samples, o.crops_per_file, o.teacher.as_ref())?;
+    let k = o.val_every_file.max(2);
+    if files.len() < 2 {
+        return Err(Error::Other(format!(
+            "{}: fine-tuning needs at least 2 mixtures (one for validation)",
+            data.display()
+        )));
+    }
+    let (mut train, mut val): (Vec<Item>, Vec<Item>) = (vec![], vec![]);
+    for (i, f) in files.into_iter().enumerate() {
+        if i % k == k - 1 {
+            val.extend(f);
+        } else {
+            train.extend(f);
+        }
+    }
+    if val.is_empty() {
+        // fewer than k files: the last crop is the validation split
+        val.push(train.pop().expect("two files"));
+    }
+    let overrides = |vars: &[(String, Var)]| -> HashMap<String, CTensor> {
+        vars.iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    };
+    let validate = |vars: &[(String, Var)]| -> Result<f64> {
+        let ov = overrides(vars);
+        let mut l = vec![];
+        for it in &val {
+            let y = graph.forward(&graph.input(&it.input)?, &ov)?.detach();
+            l.push(scalar(&on_targets(&y, &it.targets, o.loss)?)?);
+        }
+        Ok(mean(&l))
+    };
+    let mut opt = AdamW::new(
+        vars.iter().map(|(_, v)| v.clone()).collect(),
+        ParamsAdamW {
+            lr: o.lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .map_err(e)?;
+    let snapshot = |vars: &[(String, Var)]| -> Result<Vec<CTensor>> {
+        vars.iter()
+            .map(|(_, v)| v.as_tensor().copy().map_err(e))
+            .collect()
+    };
+    let first = Eval {
+        step: 0,
+        seconds: t0.elapsed().as_secs_f64(),
+        train_loss: f64::NAN,
+        val_loss: validate(&vars)?,
+        lr: o.lr,
+    };
+    let mut best = (first.clone(), snapshot(&vars)?);
+    let mut history = vec![first];
+    let val_every = o.val_every.unwrap_or(train.len()).max(1);
+    let total = o.epochs * train.len();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    if !o.progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {elapsed_precise} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (mut step, mut since, mut stale, mut lr) = (0usize, vec![], 0usize, o.lr);
+    let out_of_time =
+        |t: &Instant| o.minutes.is_some_and(|m| t.elapsed().as_secs_f64() >= 60.0 * m);
+    'train: while step < total {
+        let order = epoch_order(train.len(), o.seed, step / train.len());
+        for &i in order.iter().skip(step % train.len()) {
+            let it = &train[i];
+            let ov = overrides(&vars);
+            let y = graph.forward(&graph.input(&it.input)?, &ov)?;
+            let loss = on_targets(&y, &it.targets, o.loss)?;
+            let lv = scalar(&loss)?;
+            if !lv.is_finite() {
+                return Err(Error::Other(format!(
+                    "finetune: loss is {lv} at step {step}; try a lower --lr"
+                )));
+            }
+            let mut grads = loss.backward().map_err(e)?;
+            if o.clip > 0.0 {
+                let mut sq = 0f64;
+                for (_, v) in &vars {
+                    if let Some(g) = grads.get(v.as_tensor()) {
+                        sq += scalar(&g.sqr().and_then(|g| g.sum_all()).map_err(e)?)?;
+                    }
+                }
+                let norm = sq.sqrt();
+                if norm > o.clip {
+                    for (_, v) in &vars {
+                        if let Some(g) = grads.remove(v.as_tensor()) {
+                            grads.insert(v.as_tensor(), (g * (o.clip / norm)).map_err(e)?);
+                        }
+                    }
+                }
+            }
+            opt.step(&grads).map_err(e)?;
+            step += 1;
+            since.push(lv);
+            bar.inc(1);
+            let last = history.last().expect("first evaluation");
+            bar.set_message(format!(
+                "loss {lv:.2} dB  val {:.2} dB  lr {lr:.1e}",
+                last.val_loss
+            ));
+            let timeout = out_of_time(&t0);
+            if step % val_every == 0 || step == total || timeout {
+                let ev = Eval {
+                    step,
+                    seconds: t0.elapsed().as_secs_f64(),
+                    train_loss: mean(&since),
+                    val_loss: validate(&vars)?,
+                    lr,
+                };
+                since.clear();
+                if ev.val_loss < best.0.val_loss {
+                    best = (ev.clone(), snapshot(&vars)?);
+                    stale = 0;
+                } else {
+                    stale += 1;
+                    lr /= 2.0;
+                    opt.set_learning_rate(lr);
+                }
+                history.push(ev);
+                if stale >= o.stop_after || timeout {
+                    break 'train;
+                }
+            }
+            if step == total {
+                break 'train;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    // the best weights back into the model's initializers
+    let mut out = model.clone();
+    let weights: HashMap<&str, &CTensor> = vars
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .zip(best.1.iter())
+        .collect();
+    let graph_proto = out
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::Other("model has no graph".into()))?;
+    for init in graph_proto.initializer.iter_mut() {
+        let Some(t) = weights.get(init.name()) else {
+            continue;
+        };
+        let v: Vec<f32> = t
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .map_err(e)?;
+        let a = ndarray::ArrayD::from_shape_vec(t.dims(), v)
+            .map_err(|err| Error::Other(format!("finetune: {err}")))?;
+        *init = tensor_to_proto(&Tensor::F32(a), init);
+    }
+    Ok(Finetuned {
+        model: out,
+        history,
+        best: best.0,
+        parameters,
+    })
+}
