@@ -46,8 +46,16 @@ enum Cmd {
         /// Kept channel indices per group (format: see `src/prune/masks.rs`).
         #[arg(long)]
         masks: Option<PathBuf>,
+        /// Channel ranking: L1/L2 norms of the group's parameters, random, or first-order
+        /// Taylor on the gates from `--data` (with references).
         #[arg(long, value_enum, default_value_t = Criterion::L1)]
         criterion: Criterion,
+        /// Data for `--criterion taylor` (LibriMix-style directory with references).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Crop length in seconds for `--criterion taylor`.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long, value_enum, default_value_t = Scope::Separator)]
@@ -118,18 +126,35 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// The whole pipeline: inspect, prune, verify, eval, bench, and a report beside OUT.
+    /// The whole pipeline: masks (learned by default), prune, verify, fine-tune, eval,
+    /// bench, and a report directory beside OUT.
     Compress {
         model: PathBuf,
+        /// Scoring set (LibriMix-style); also the training set unless --train is given.
         #[arg(long)]
         data: PathBuf,
+        /// Training set for masks and fine-tuning (keep it apart from --data for held-out figures).
+        #[arg(long)]
+        train: Option<PathBuf>,
         #[arg(short, long)]
         output: PathBuf,
         /// Share of the separator's MACs to keep.
         #[arg(long, default_value_t = 0.5)]
         target_macs: f64,
-        #[arg(long, value_enum, default_value_t = Criterion::L1)]
-        criterion: Criterion,
+        #[arg(long, value_enum, default_value_t = sepprune::pipeline::Method::Learned)]
+        method: sepprune::pipeline::Method,
+        /// Mask-learner iterations.
+        #[arg(long, default_value_t = 200)]
+        iters: usize,
+        /// Fine-tuning budget in minutes (0: none).
+        #[arg(long, default_value_t = 5.0)]
+        finetune_minutes: f64,
+        /// Label-free: learn and fine-tune against the original model's outputs.
+        #[arg(long)]
+        teacher: bool,
+        /// Crop length in seconds for learning and fine-tuning.
+        #[arg(long, default_value_t = 0.5)]
+        seconds: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long, value_delimiter = ',', value_enum, default_value = "ort,tract")]
@@ -378,21 +403,32 @@ fn main() -> Result<()> {
         Cmd::Compress {
             model,
             data,
+            train,
             output,
             target_macs,
-            criterion,
+            method,
+            iters,
+            finetune_minutes,
+            teacher,
+            seconds,
             seed,
             runtime,
             runs,
         } => {
             let o = sepprune::pipeline::Options {
                 target_macs,
-                criterion,
+                method,
+                iters,
+                finetune_minutes,
+                teacher,
+                seconds,
                 seed,
                 runtimes: runtime,
                 bench_runs: runs,
+                progress: true,
             };
-            let dir = sepprune::pipeline::compress(&model, &data, &output, &o)?;
+            let train = train.unwrap_or_else(|| data.clone());
+            let dir = sepprune::pipeline::compress(&model, &data, &train, &output, &o)?;
             print!("{}", std::fs::read_to_string(dir.join("report.md"))?);
             println!("\nreport: {}", dir.display());
         }
@@ -530,8 +566,12 @@ fn main() -> Result<()> {
                 }
                 println!(
                     "{} -> {}: {} parameters, validation loss {:.2} -> {:.2} dB (best at step {})",
-                    model.display(), output.display(), r.parameters, first.val_loss,
-                    r.best.val_loss, r.best.step
+                    model.display(),
+                    output.display(),
+                    r.parameters,
+                    first.val_loss,
+                    r.best.val_loss,
+                    r.best.step
                 );
             }
         }
@@ -595,6 +635,8 @@ fn main() -> Result<()> {
             verify_seconds,
             keep_groups,
             prune_residual,
+            data,
+            seconds,
         } => {
             let t0 = std::time::Instant::now();
             let rt = verify_runtime.unwrap_or(sepprune::runtime::Runtime::Ort);
@@ -614,7 +656,24 @@ fn main() -> Result<()> {
                         keep_groups,
                         prune_residual,
                     };
-                    prune::masks_for_ratio(&ir, &groups, &budget)?.masks
+                    if criterion == Criterion::Taylor {
+                        let data = data
+                            .as_ref()
+                            .context("--criterion taylor needs --data DIR")?;
+                        let samples = (seconds * 16000.0).round().max(1.0) as usize;
+                        let scores = sepprune::learn::taylor::taylor_scores(
+                            &ir.model,
+                            data,
+                            samples,
+                            2,
+                            &budget,
+                            sepprune::learn::loss::Loss::SiSdr,
+                        )
+                        .with_context(|| format!("Taylor scores on {}", data.display()))?;
+                        prune::masks_from_scores(&ir, &groups, &budget, &scores)?.masks
+                    } else {
+                        prune::masks_for_ratio(&ir, &groups, &budget)?.masks
+                    }
                 }
                 (None, Some(p)) => Masks::read(&p)?,
                 (None, None) => unreachable!("clap requires one"),

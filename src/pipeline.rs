@@ -1,49 +1,127 @@
-//! `compress`: inspect, prune (magnitude masks under a MACs budget for now), verify, eval,
-//! bench, and a report directory (`OUT.report/report.md`, `report.json`) beside OUT.
-use crate::analysis::{analyze_groups, profile, Region};
+//! `compress`: inspect, masks (learned by default, or a baseline criterion), prune, verify,
+//! fine-tune, eval and bench, with a report directory (`OUT.report/report.md`,
+//! `report.json`, `masks.json`) beside OUT. OUT is written only when verification passes.
+use crate::analysis::{analyze_groups, profile, Profile, Region};
 use crate::bench::{self, Runtime};
 use crate::error::{Error, Result};
+use crate::eval::{self, EvalReport};
 use crate::ir::Ir;
+use crate::learn::finetune::{finetune, FinetuneOptions};
+use crate::learn::gumbel::GumbelConfig;
+use crate::learn::run::{learn, LearnOptions};
 use crate::onnx;
-use crate::prune::{masks_for_ratio, slim, Budget, Criterion};
-use crate::{eval, verify};
+use crate::prune::{masks_for_ratio, masks_from_scores, slim, Budget, Criterion};
+use crate::verify;
 use std::path::{Path, PathBuf};
+
+/// How channels are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Method {
+    /// The SepPrune Gumbel learner (Candle).
+    Learned,
+    L1,
+    L2,
+    Random,
+    /// First-order Taylor on the gates (needs references).
+    Taylor,
+}
 
 pub struct Options {
     /// Share of separator MACs to keep.
     pub target_macs: f64,
-    pub criterion: Criterion,
+    pub method: Method,
+    /// Learner iterations.
+    pub iters: usize,
+    /// Fine-tuning budget in minutes (0: no fine-tuning).
+    pub finetune_minutes: f64,
+    /// Label-free: learn and fine-tune against the original model's outputs.
+    pub teacher: bool,
+    /// Crop length (seconds) for learning and fine-tuning.
+    pub seconds: f64,
     pub seed: u64,
     pub runtimes: Vec<Runtime>,
     pub bench_runs: usize,
+    pub progress: bool,
 }
 
-/// Runs the pipeline; writes OUT and its report directory. Returns the report directory.
-pub fn compress(model_path: &Path, data: &Path, out: &Path, o: &Options) -> Result<PathBuf> {
+fn row(name: &str, p: &Profile, e: &EvalReport) -> String {
+    format!(
+        "| {name} | {} | {:.3} | {:.2} | {:.2} | {:.2} |\n",
+        p.params,
+        p.macs as f64 / 1e9,
+        e.si_sdr,
+        e.si_sdri,
+        e.sdri
+    )
+}
+
+/// Runs the pipeline: masks and fine-tuning from `train`, scores on `data`. Writes OUT and
+/// its report directory; returns the report directory.
+///
+/// Errors: a bad target, data or model; failed verification (nothing is written).
+pub fn compress(
+    model_path: &Path,
+    data: &Path,
+    train: &Path,
+    out: &Path,
+    o: &Options,
+) -> Result<PathBuf> {
     if !(0.0..=1.0).contains(&o.target_macs) || o.target_macs == 0.0 {
         return Err(Error::Other(format!(
             "--target-macs {} must be in (0, 1]",
             o.target_macs
         )));
     }
-    let ir = Ir::new(onnx::load(model_path)?, 16000)?;
+    let model = onnx::load(model_path)?;
+    let ir = Ir::new(model.clone(), 16000)?;
     let groups = analyze_groups(&ir)?;
-    let b = masks_for_ratio(
-        &ir,
-        &groups,
-        &Budget {
-            criterion: o.criterion,
-            seed: o.seed,
-            ..Budget::new(1.0 - o.target_macs)
+    let samples = (o.seconds * 16000.0).round().max(1.0) as usize;
+    let budget = Budget {
+        seed: o.seed,
+        criterion: match o.method {
+            Method::L2 => Criterion::L2,
+            Method::Random => Criterion::Random,
+            Method::Taylor => Criterion::Taylor,
+            _ => Criterion::L1,
         },
-    )?;
-    let slim_ir = slim(&ir, &groups, &b.masks)?;
-    let slim_model = &slim_ir.model;
+        ..Budget::new(1.0 - o.target_macs)
+    };
+    let masks = match o.method {
+        Method::Learned => {
+            let lo = LearnOptions {
+                cfg: GumbelConfig {
+                    iters: o.iters,
+                    seed: o.seed,
+                    ..GumbelConfig::default()
+                },
+                samples,
+                crops_per_file: 2,
+                teacher: o.teacher,
+                budget: budget.clone(),
+                checkpoint: None,
+                progress: o.progress,
+            };
+            learn(&model, train, &lo)?.budgeted.masks
+        }
+        Method::Taylor => {
+            let s = crate::learn::taylor::taylor_scores(
+                &model,
+                train,
+                samples,
+                2,
+                &budget,
+                crate::learn::loss::Loss::SiSdr,
+            )?;
+            masks_from_scores(&ir, &groups, &budget, &s)?.masks
+        }
+        _ => masks_for_ratio(&ir, &groups, &budget)?.masks,
+    };
+    let slim_ir = slim(&ir, &groups, &masks)?;
     let x = verify::test_signal(ir.samples, 16000.0);
     let check = verify::check(
         &ir,
         &groups,
-        Some((&b.masks, Some(slim_model))),
+        Some((&masks, Some(&slim_ir.model))),
         2,
         o.seed,
         &x,
@@ -52,12 +130,34 @@ pub fn compress(model_path: &Path, data: &Path, out: &Path, o: &Options) -> Resu
     if !check.passed {
         return Err(Error::Other("verification failed: nothing written".into()));
     }
-    let before = eval::eval(&ir.model, data, 16000)?;
-    let after = eval::eval(slim_model, data, 16000)?;
+    let tuned = if o.finetune_minutes > 0.0 {
+        let fo = FinetuneOptions {
+            samples,
+            crops_per_file: 4,
+            teacher: o.teacher.then(|| model.clone()),
+            minutes: Some(o.finetune_minutes),
+            epochs: 1000,
+            val_every: Some(40),
+            stop_after: 4,
+            seed: o.seed,
+            progress: o.progress,
+            ..FinetuneOptions::default()
+        };
+        Some(finetune(&slim_ir.model, train, &fo)?)
+    } else {
+        None
+    };
+    let final_model = tuned.as_ref().map_or(&slim_ir.model, |t| &t.model);
+    let before = eval::eval(&model, data, 16000)?;
+    let pruned = eval::eval(&slim_ir.model, data, 16000)?;
+    let after = match &tuned {
+        Some(t) => Some(eval::eval(&t.model, data, 16000)?),
+        None => None,
+    };
     let rows = bench::bench(
         &[
-            ("original".into(), ir.model.clone()),
-            ("slim".into(), slim_model.clone()),
+            ("original".into(), model.clone()),
+            ("slim".into(), final_model.clone()),
         ],
         &[1.0, 4.0],
         &o.runtimes,
@@ -67,21 +167,57 @@ pub fn compress(model_path: &Path, data: &Path, out: &Path, o: &Options) -> Resu
         o.bench_runs,
     )?;
     let (pa, pb) = (profile(&ir), profile(&slim_ir));
-    onnx::save(slim_model, out, Some(model_path), false)?;
+    onnx::save(final_model, out, Some(model_path), false)?;
     let dir = PathBuf::from(format!("{}.report", out.display()));
-    b.masks.write(&dir.join("masks.json"))?;
-    let sep = |p: &crate::analysis::Profile| p.regions[&Region::Separator].macs;
+    masks.write(&dir.join("masks.json"))?;
+    let sep = |p: &Profile| p.regions[&Region::Separator].macs;
     let json = serde_json::json!({
-        "model": model_path, "output": out, "criterion": format!("{:?}", o.criterion),
+        "model": model_path, "output": out, "method": o.method, "teacher": o.teacher,
+        "train": train, "data": data,
         "params": [pa.params, pb.params], "macs": [pa.macs, pb.macs], "separator_macs": [sep(&pa), sep(&pb)],
-        "check": check, "eval": { "original": before, "slim": after }, "bench": rows,
+        "check": check,
+        "eval": { "original": before, "pruned": pruned, "finetuned": after },
+        "finetune": tuned.as_ref().map(|t| serde_json::json!({"best": t.best, "history": t.history})),
+        "bench": rows,
     });
-    let md = format!(
-        "# sepprune compress report\n\nmodel: `{}` -> `{}` ({:?} masks, separator MACs kept {:.1}%)\n\n| | params | GMac (1 s) | SI-SDR dB | SI-SDRi dB | SDRi dB |\n|---|---|---|---|---|---|\n| original | {} | {:.3} | {:.2} | {:.2} | {:.2} |\n| slim | {} | {:.3} | {:.2} | {:.2} | {:.2} |\n\nverification (tract): {}\n\n{}",
-        model_path.display(), out.display(), o.criterion, 100.0 * sep(&pb) as f64 / sep(&pa) as f64,
-        pa.params, pa.macs as f64 / 1e9, before.si_sdr, before.si_sdri, before.sdri,
-        pb.params, pb.macs as f64 / 1e9, after.si_sdr, after.si_sdri, after.sdri,
-        check.trials.iter().map(|t| format!("{} {:.1e}", if t.passed { "pass" } else { "FAIL" }, t.rel_err)).collect::<Vec<_>>().join(", "),
+    let mut md = format!(
+        "# sepprune compress report\n\nmodel: `{}` -> `{}` ({:?} masks{}, separator MACs kept {:.1}%)\n\
+         masks and fine-tuning from `{}`; scores on `{}`{}\n\n\
+         | model | params | GMac (1 s) | SI-SDR dB | SI-SDRi dB | SDRi dB |\n|---|---|---|---|---|---|\n",
+        model_path.display(),
+        out.display(),
+        o.method,
+        if o.teacher { ", label-free (teacher)" } else { "" },
+        100.0 * sep(&pb) as f64 / sep(&pa) as f64,
+        train.display(),
+        data.display(),
+        if train == data { " (the same set: in-sample)" } else { "" },
+    );
+    md += &row("original", &pa, &before);
+    md += &row("pruned", &pb, &pruned);
+    if let (Some(a), Some(t)) = (&after, &tuned) {
+        md += &row(
+            &format!(
+                "pruned + fine-tuned ({:.0} s)",
+                t.history.last().map_or(0.0, |h| h.seconds)
+            ),
+            &pb,
+            a,
+        );
+    }
+    md += &format!(
+        "\nverification ({}): {}\n\n{}",
+        Runtime::preferred().name(),
+        check
+            .trials
+            .iter()
+            .map(|t| format!(
+                "{} {:.1e}",
+                if t.passed { "pass" } else { "FAIL" },
+                t.rel_err
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
         bench::markdown(&rows)
     );
     onnx::write_atomic(

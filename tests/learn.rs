@@ -149,28 +149,12 @@ fn gradients_match_finite_differences() {
     assert!(checked >= 20, "only {checked} entries checked");
 }
 
-/// A tiny enhancement set: two mixtures of a tone and noise, with the tone as reference.
-fn tiny_set(dir: &std::path::Path) {
-    use sepprune::audio::wav;
-    std::fs::create_dir_all(dir.join("mix")).unwrap();
-    std::fs::create_dir_all(dir.join("s1")).unwrap();
-    for k in 0..2 {
-        let s: Vec<f32> = (0..900)
-            .map(|i| (i as f32 * (0.05 + 0.02 * k as f32)).sin() * 0.5)
-            .collect();
-        let n = verify::test_signal(900, 16000.0);
-        let mix: Vec<f32> = s.iter().zip(&n).map(|(a, b)| a + b).collect();
-        wav::write(&dir.join(format!("mix/m{k}.wav")), &mix, 16000).unwrap();
-        wav::write(&dir.join(format!("s1/m{k}.wav")), &s, 16000).unwrap();
-    }
-}
-
 #[test]
 fn learner_is_deterministic_resumable_and_meets_the_budget() {
     use sepprune::learn::gumbel::GumbelConfig;
     use sepprune::learn::run::{learn, LearnOptions};
     let dir = tempfile::tempdir().unwrap();
-    tiny_set(dir.path());
+    common::tiny_set(dir.path(), 2);
     let model = common::tiny_tasnet();
     let opts = |iters: usize, ck: Option<std::path::PathBuf>| LearnOptions {
         cfg: GumbelConfig {

@@ -118,10 +118,8 @@ pub fn build_enhancement(
                 ),
             });
         }
-        let (test, train): (Vec<_>, Vec<_>) = files
-            .iter()
-            .enumerate()
-            .partition(|(i, _)| i % n == n - 1);
+        let (test, train): (Vec<_>, Vec<_>) =
+            files.iter().enumerate().partition(|(i, _)| i % n == n - 1);
         let strip = |v: Vec<(usize, &PathBuf)>| v.into_iter().map(|(_, p)| p.clone()).collect();
         Ok((strip(train), strip(test)))
     };

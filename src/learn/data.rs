@@ -30,7 +30,11 @@ pub fn crops(
     };
     let mut out = vec![];
     for ex in &examples {
-        let n = ex.mix.len().div_ceil(samples).clamp(1, crops_per_file.max(1));
+        let n = ex
+            .mix
+            .len()
+            .div_ceil(samples)
+            .clamp(1, crops_per_file.max(1));
         let mut file = vec![];
         for c in 0..n {
             let input = crop(&ex.mix, c * samples);

@@ -112,29 +112,177 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
+/// The parameters of a model as Candle `Var`s with an Adam optimiser: one training step at
+/// a time (forward, backward, clipped gradient, update).
+pub struct Trainer {
+    graph: CandleGraph,
+    vars: Vec<(String, Var)>,
+    opt: AdamW,
+    clip: f64,
+    loss: Loss,
+}
+
+fn ce(e: candle_core::Error) -> Error {
+    Error::Other(format!("finetune: {e}"))
+}
+
+impl Trainer {
+    /// Lowers `model` at `samples` with its learnable parameters live.
+    ///
+    /// Errors: shape inference, a model without learnable parameters, undecodable weights.
+    pub fn new(
+        model: &ModelProto,
+        samples: usize,
+        lr: f64,
+        clip: f64,
+        loss: Loss,
+    ) -> Result<Trainer> {
+        let ir = Ir::new(model.clone(), samples)?;
+        let names = learnable(&ir);
+        if names.is_empty() {
+            return Err(Error::Other(
+                "finetune: the model has no learnable parameters".into(),
+            ));
+        }
+        let graph = CandleGraph::new(ir, &Device::Cpu, DType::F32, &names)?;
+        let vars: Vec<(String, Var)> = names
+            .iter()
+            .map(|n| {
+                let t = graph.constant(n).ok_or_else(|| {
+                    Error::Other(format!("finetune: parameter '{n}' is not lowered"))
+                })?;
+                Ok((n.clone(), Var::from_tensor(t).map_err(ce)?))
+            })
+            .collect::<Result<_>>()?;
+        let opt = AdamW::new(
+            vars.iter().map(|(_, v)| v.clone()).collect(),
+            ParamsAdamW {
+                lr,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )
+        .map_err(ce)?;
+        Ok(Trainer {
+            graph,
+            vars,
+            opt,
+            clip,
+            loss,
+        })
+    }
+
+    /// Number of trained scalars.
+    pub fn parameters(&self) -> usize {
+        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        self.opt.set_learning_rate(lr);
+    }
+
+    fn overrides(&self) -> HashMap<String, CTensor> {
+        self.vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// One step on `item`; returns its loss (dB) before the update.
+    ///
+    /// Errors: the forward pass, or a non-finite loss.
+    pub fn step(&mut self, item: &Item) -> Result<f64> {
+        let y = self
+            .graph
+            .forward(&self.graph.input(&item.input)?, &self.overrides())?;
+        let loss = on_targets(&y, &item.targets, self.loss)?;
+        let lv = scalar(&loss)?;
+        if !lv.is_finite() {
+            return Err(Error::Other(format!(
+                "finetune: the loss is {lv}; try a lower --lr"
+            )));
+        }
+        let mut grads = loss.backward().map_err(ce)?;
+        if self.clip > 0.0 {
+            let mut sq = 0f64;
+            for (_, v) in &self.vars {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    sq += scalar(&g.sqr().and_then(|g| g.sum_all()).map_err(ce)?)?;
+                }
+            }
+            let norm = sq.sqrt();
+            if norm > self.clip {
+                for (_, v) in &self.vars {
+                    if let Some(g) = grads.remove(v.as_tensor()) {
+                        grads.insert(v.as_tensor(), (g * (self.clip / norm)).map_err(ce)?);
+                    }
+                }
+            }
+        }
+        self.opt.step(&grads).map_err(ce)?;
+        Ok(lv)
+    }
+
+    /// Mean loss (dB) over `items`, without gradients.
+    pub fn validate(&self, items: &[Item]) -> Result<f64> {
+        let ov = self.overrides();
+        let mut l = vec![];
+        for it in items {
+            let y = self
+                .graph
+                .forward(&self.graph.input(&it.input)?, &ov)?
+                .detach();
+            l.push(scalar(&on_targets(&y, &it.targets, self.loss)?)?);
+        }
+        Ok(mean(&l))
+    }
+
+    /// A copy of the current parameters.
+    pub fn snapshot(&self) -> Result<Vec<CTensor>> {
+        self.vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().copy().map_err(ce))
+            .collect()
+    }
+
+    /// `model` with its learnable initializers replaced by `weights` (from
+    /// [`Trainer::snapshot`]); everything else unchanged.
+    pub fn write_into(&self, model: &ModelProto, weights: &[CTensor]) -> Result<ModelProto> {
+        let mut out = model.clone();
+        let by_name: HashMap<&str, &CTensor> = self
+            .vars
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .zip(weights)
+            .collect();
+        let graph = out
+            .graph
+            .as_mut()
+            .ok_or_else(|| Error::Other("model has no graph".into()))?;
+        for init in graph.initializer.iter_mut() {
+            let Some(t) = by_name.get(init.name()) else {
+                continue;
+            };
+            let v: Vec<f32> = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1())
+                .map_err(ce)?;
+            let a = ndarray::ArrayD::from_shape_vec(t.dims(), v)
+                .map_err(|err| Error::Other(format!("finetune: {err}")))?;
+            *init = tensor_to_proto(&Tensor::F32(a), init);
+        }
+        Ok(out)
+    }
+}
+
 /// Fine-tunes `model` on `data`.
 ///
 /// Errors: unreadable data, fewer than two files (no validation split), an op without a
 /// Candle lowering, a non-finite loss.
 pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<Finetuned> {
-    let e = |e: candle_core::Error| Error::Other(format!("finetune: {e}"));
     let t0 = Instant::now();
-    let ir = Ir::new(model.clone(), o.samples)?;
-    let names = learnable(&ir);
-    if names.is_empty() {
-        return Err(Error::Other("finetune: the model has no learnable parameters".into()));
-    }
-    let graph = CandleGraph::new(ir, &Device::Cpu, DType::F32, &names)?;
-    let vars: Vec<(String, Var)> = names
-        .iter()
-        .map(|n| {
-            let t = graph
-                .constant(n)
-                .ok_or_else(|| Error::Other(format!("finetune: parameter '{n}' is not lowered")))?;
-            Ok((n.clone(), Var::from_tensor(t).map_err(e)?))
-        })
-        .collect::<Result<_>>()?;
-    let parameters = vars.iter().map(|(_, v)| v.elem_count()).sum();
+    let mut trainer = Trainer::new(model, o.samples, o.lr, o.clip, o.loss)?;
     let files = crops(data, o.samples, o.crops_per_file, o.teacher.as_ref())?;
     let k = o.val_every_file.max(2);
     if files.len() < 2 {
@@ -155,42 +303,14 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         // fewer than k files: the last crop is the validation split
         val.push(train.pop().expect("two files"));
     }
-    let overrides = |vars: &[(String, Var)]| -> HashMap<String, CTensor> {
-        vars.iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect()
-    };
-    let validate = |vars: &[(String, Var)]| -> Result<f64> {
-        let ov = overrides(vars);
-        let mut l = vec![];
-        for it in &val {
-            let y = graph.forward(&graph.input(&it.input)?, &ov)?.detach();
-            l.push(scalar(&on_targets(&y, &it.targets, o.loss)?)?);
-        }
-        Ok(mean(&l))
-    };
-    let mut opt = AdamW::new(
-        vars.iter().map(|(_, v)| v.clone()).collect(),
-        ParamsAdamW {
-            lr: o.lr,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )
-    .map_err(e)?;
-    let snapshot = |vars: &[(String, Var)]| -> Result<Vec<CTensor>> {
-        vars.iter()
-            .map(|(_, v)| v.as_tensor().copy().map_err(e))
-            .collect()
-    };
     let first = Eval {
         step: 0,
         seconds: t0.elapsed().as_secs_f64(),
         train_loss: f64::NAN,
-        val_loss: validate(&vars)?,
+        val_loss: trainer.validate(&val)?,
         lr: o.lr,
     };
-    let mut best = (first.clone(), snapshot(&vars)?);
+    let mut best = (first.clone(), trainer.snapshot()?);
     let mut history = vec![first];
     let val_every = o.val_every.unwrap_or(train.len()).max(1);
     let total = o.epochs * train.len();
@@ -205,39 +325,14 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let (mut step, mut since, mut stale, mut lr) = (0usize, vec![], 0usize, o.lr);
-    let out_of_time =
-        |t: &Instant| o.minutes.is_some_and(|m| t.elapsed().as_secs_f64() >= 60.0 * m);
+    let out_of_time = |t: &Instant| {
+        o.minutes
+            .is_some_and(|m| t.elapsed().as_secs_f64() >= 60.0 * m)
+    };
     'train: while step < total {
         let order = epoch_order(train.len(), o.seed, step / train.len());
         for &i in order.iter().skip(step % train.len()) {
-            let it = &train[i];
-            let ov = overrides(&vars);
-            let y = graph.forward(&graph.input(&it.input)?, &ov)?;
-            let loss = on_targets(&y, &it.targets, o.loss)?;
-            let lv = scalar(&loss)?;
-            if !lv.is_finite() {
-                return Err(Error::Other(format!(
-                    "finetune: loss is {lv} at step {step}; try a lower --lr"
-                )));
-            }
-            let mut grads = loss.backward().map_err(e)?;
-            if o.clip > 0.0 {
-                let mut sq = 0f64;
-                for (_, v) in &vars {
-                    if let Some(g) = grads.get(v.as_tensor()) {
-                        sq += scalar(&g.sqr().and_then(|g| g.sum_all()).map_err(e)?)?;
-                    }
-                }
-                let norm = sq.sqrt();
-                if norm > o.clip {
-                    for (_, v) in &vars {
-                        if let Some(g) = grads.remove(v.as_tensor()) {
-                            grads.insert(v.as_tensor(), (g * (o.clip / norm)).map_err(e)?);
-                        }
-                    }
-                }
-            }
-            opt.step(&grads).map_err(e)?;
+            let lv = trainer.step(&train[i])?;
             step += 1;
             since.push(lv);
             bar.inc(1);
@@ -252,17 +347,17 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
                     step,
                     seconds: t0.elapsed().as_secs_f64(),
                     train_loss: mean(&since),
-                    val_loss: validate(&vars)?,
+                    val_loss: trainer.validate(&val)?,
                     lr,
                 };
                 since.clear();
                 if ev.val_loss < best.0.val_loss {
-                    best = (ev.clone(), snapshot(&vars)?);
+                    best = (ev.clone(), trainer.snapshot()?);
                     stale = 0;
                 } else {
                     stale += 1;
                     lr /= 2.0;
-                    opt.set_learning_rate(lr);
+                    trainer.set_lr(lr);
                 }
                 history.push(ev);
                 if stale >= o.stop_after || timeout {
@@ -275,32 +370,9 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         }
     }
     bar.finish_and_clear();
-    // the best weights back into the model's initializers
-    let mut out = model.clone();
-    let weights: HashMap<&str, &CTensor> = vars
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .zip(best.1.iter())
-        .collect();
-    let graph_proto = out
-        .graph
-        .as_mut()
-        .ok_or_else(|| Error::Other("model has no graph".into()))?;
-    for init in graph_proto.initializer.iter_mut() {
-        let Some(t) = weights.get(init.name()) else {
-            continue;
-        };
-        let v: Vec<f32> = t
-            .to_dtype(DType::F32)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1())
-            .map_err(e)?;
-        let a = ndarray::ArrayD::from_shape_vec(t.dims(), v)
-            .map_err(|err| Error::Other(format!("finetune: {err}")))?;
-        *init = tensor_to_proto(&Tensor::F32(a), init);
-    }
+    let parameters = trainer.parameters();
     Ok(Finetuned {
-        model: out,
+        model: trainer.write_into(model, &best.1)?,
         history,
         best: best.0,
         parameters,

@@ -6,5 +6,6 @@ pub mod graph;
 pub mod gumbel;
 pub mod loss;
 pub mod run;
+pub mod taylor;
 
 pub use graph::CandleGraph;

@@ -2,7 +2,7 @@
 //! checkpoints of the scores, and a final masks file for `prune --masks`.
 use super::graph::CandleGraph;
 use super::gumbel::{rng_at, step, GumbelConfig, Item, Scores, FORMAT};
-use crate::analysis::Groups;
+use crate::analysis::{Group, Groups};
 use crate::error::{Error, Result};
 use crate::gates::{gate_graph, gate_name};
 use crate::ir::Ir;
@@ -33,27 +33,48 @@ pub struct Learned {
     pub losses: Vec<f64>,
 }
 
-/// Learns masks for `model` on `data`.
+/// The gate graph of `model` lowered to Candle at `samples`, with the gates of the groups
+/// the budget may prune live (overridable, differentiable), and those groups.
 ///
-/// Errors: unreadable data, an op without a Candle lowering, a bad checkpoint.
-pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learned> {
-    let ir = Ir::new(model.clone(), o.samples)?;
+/// Errors: shape inference, grouping, or gate insertion failures.
+pub fn gated_graph(
+    model: &ModelProto,
+    samples: usize,
+    budget: &Budget,
+) -> Result<(CandleGraph, Vec<Group>)> {
+    let ir = Ir::new(model.clone(), samples)?;
     let groups: Groups = crate::analysis::analyze_groups(&ir)?;
-    let cost = Cost::new(&ir, &groups, o.budget.scope);
-    let cands = candidates(&groups, &cost, &o.budget)?;
+    let cost = Cost::new(&ir, &groups, budget.scope);
+    let cands: Vec<Group> = candidates(&groups, &cost, budget)?
+        .into_iter()
+        .cloned()
+        .collect();
     let live: Vec<String> = cands.iter().map(|g| gate_name(g.id)).collect();
-    let gated = Ir::new(gate_graph(&ir, &groups, None)?, o.samples)?;
+    let gated = Ir::new(gate_graph(&ir, &groups, None)?, samples)?;
     let graph = CandleGraph::new(
         gated,
         &candle_core::Device::Cpu,
         candle_core::DType::F32,
         &live,
     )?;
-    let data_items: Vec<Item> =
-        super::data::crops(data, o.samples, o.crops_per_file, o.teacher.then_some(model))?
-            .into_iter()
-            .flatten()
-            .collect();
+    Ok((graph, cands))
+}
+
+/// Learns masks for `model` on `data`.
+///
+/// Errors: unreadable data, an op without a Candle lowering, a bad checkpoint.
+pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learned> {
+    let (graph, cands) = gated_graph(model, o.samples, &o.budget)?;
+    let cands: Vec<&Group> = cands.iter().collect();
+    let data_items: Vec<Item> = super::data::crops(
+        data,
+        o.samples,
+        o.crops_per_file,
+        o.teacher.then_some(model),
+    )?
+    .into_iter()
+    .flatten()
+    .collect();
     let mut scores = match &o.checkpoint {
         Some(p) if p.exists() => {
             let s: Scores = serde_json::from_slice(&std::fs::read(p).map_err(|e| Error::io(p, e))?)

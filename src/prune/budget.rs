@@ -26,6 +26,8 @@ pub enum Criterion {
     L1,
     L2,
     Random,
+    /// First-order Taylor on the channel gates, from data ([`crate::learn::taylor`]).
+    Taylor,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -205,6 +207,10 @@ pub fn masks_for_ratio(ir: &Ir, groups: &Groups, b: &Budget) -> Result<Budgeted>
         let mut idx: Vec<usize> = (0..g.size).collect();
         if criterion == Criterion::Random {
             idx.shuffle(&mut rng);
+        } else if criterion == Criterion::Taylor {
+            return Err(Error::Masks(
+                "the taylor criterion scores channels from data: give --data (prune) and use masks_from_scores".into(),
+            ));
         } else {
             let s = scores(ir, &g.params, g.size, criterion)?;
             idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));

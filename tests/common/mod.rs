@@ -248,3 +248,20 @@ pub fn tiny_tasnet() -> ModelProto {
     );
     g.output(&y, &[1, 1, -1])
 }
+
+/// A tiny enhancement set of `files` mixtures (a tone plus noise, 900 samples), with the
+/// tone as reference.
+pub fn tiny_set(dir: &std::path::Path, files: usize) {
+    use sepprune::audio::wav;
+    std::fs::create_dir_all(dir.join("mix")).unwrap();
+    std::fs::create_dir_all(dir.join("s1")).unwrap();
+    for k in 0..files {
+        let s: Vec<f32> = (0..900)
+            .map(|i| (i as f32 * (0.05 + 0.02 * k as f32)).sin() * 0.5)
+            .collect();
+        let n = sepprune::verify::test_signal(900 + 37 * k, 16000.0);
+        let mix: Vec<f32> = s.iter().zip(&n).map(|(a, b)| a + b).collect();
+        wav::write(&dir.join(format!("mix/m{k}.wav")), &mix, 16000).unwrap();
+        wav::write(&dir.join(format!("s1/m{k}.wav")), &s, 16000).unwrap();
+    }
+}

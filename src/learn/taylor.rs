@@ -1,0 +1,67 @@
+//! First-order Taylor channel importance on the gate graph (Molchanov et al. 2019,
+//! "Importance Estimation for Neural Network Pruning", eq. 8 with gates): with every gate
+//! at 1, the importance of channel j is the mean over crops of `(g_j ∂L/∂g_j)² =
+//! (∂L/∂g_j)²`, the squared first-order estimate of the loss change when the channel is
+//! removed. A data-driven baseline for `prune --criterion taylor --data DIR`; the scores
+//! go through the same global-threshold budget as learned scores
+//! ([`crate::prune::masks_from_scores`]).
+use super::data::crops;
+use super::loss::{on_targets, Loss};
+use super::run::gated_graph;
+use crate::error::{Error, Result};
+use crate::gates::gate_name;
+use crate::onnx::ModelProto;
+use crate::prune::Budget;
+use candle_core::{Tensor as CTensor, Var};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Taylor scores per prunable group in the budget's scope: group id -> `[C]` importances.
+/// Needs references (at the unpruned model a teacher's gradient is zero).
+///
+/// Errors: data without references, an op without a Candle lowering.
+pub fn taylor_scores(
+    model: &ModelProto,
+    data: &Path,
+    samples: usize,
+    crops_per_file: usize,
+    budget: &Budget,
+    loss: Loss,
+) -> Result<HashMap<usize, Vec<f64>>> {
+    let e = |e: candle_core::Error| Error::Other(format!("taylor: {e}"));
+    let (graph, cands) = gated_graph(model, samples, budget)?;
+    let items: Vec<_> = crops(data, samples, crops_per_file, None)?
+        .into_iter()
+        .flatten()
+        .collect();
+    let vars: Vec<(usize, Var)> = cands
+        .iter()
+        .map(|g| {
+            let ones = CTensor::ones(g.size, graph.dtype(), graph.device()).map_err(e)?;
+            Ok((g.id, Var::from_tensor(&ones).map_err(e)?))
+        })
+        .collect::<Result<_>>()?;
+    let gates: HashMap<String, CTensor> = vars
+        .iter()
+        .map(|(id, v)| (gate_name(*id), v.as_tensor().clone()))
+        .collect();
+    let mut scores: HashMap<usize, Vec<f64>> =
+        cands.iter().map(|g| (g.id, vec![0.0; g.size])).collect();
+    for it in &items {
+        let y = graph.forward(&graph.input(&it.input)?, &gates)?;
+        let grads = on_targets(&y, &it.targets, loss)?.backward().map_err(e)?;
+        for (id, v) in &vars {
+            let Some(g) = grads.get(v.as_tensor()) else {
+                continue;
+            };
+            let g: Vec<f64> = g
+                .to_dtype(candle_core::DType::F64)
+                .and_then(|g| g.to_vec1())
+                .map_err(e)?;
+            for (s, gj) in scores.get_mut(id).expect("group").iter_mut().zip(g) {
+                *s += gj * gj / items.len() as f64;
+            }
+        }
+    }
+    Ok(scores)
+}
