@@ -42,11 +42,12 @@ fn train_step(c: &mut Criterion) {
         input: x.clone(),
         targets: vec![x.iter().map(|v| 0.8 * v).collect()],
     };
-    let mut t = Trainer::new(&model, n, 1e-4, 5.0, Loss::SiSdr).unwrap();
+    let mut t = Trainer::new(&model, n, 1e-4, 5.0, Loss::SiSdr, &candle_core::Device::Cpu).unwrap();
     g.bench_function("fine-tuning step (all weights)", |b| {
         b.iter(|| t.step(&item).unwrap())
     });
-    let (graph, cands) = gated_graph(&model, n, &Budget::new(0.5)).unwrap();
+    let (graph, cands) =
+        gated_graph(&model, n, &Budget::new(0.5), &candle_core::Device::Cpu).unwrap();
     let cands: Vec<_> = cands.iter().collect();
     let cfg = GumbelConfig::default();
     let mut scores = Scores::new(&cands, cfg.init);

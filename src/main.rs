@@ -161,6 +161,9 @@ enum Cmd {
         runtime: Vec<sepprune::runtime::Runtime>,
         #[arg(long, default_value_t = 20)]
         runs: usize,
+        /// Run Candle on the first CUDA GPU (a build with `--features cuda`).
+        #[arg(long)]
+        cuda: bool,
     },
     /// Learn channel masks with the SepPrune Gumbel learner (Candle, CPU) on a data set.
     Learn {
@@ -204,6 +207,9 @@ enum Cmd {
         /// Also learn residual and skip streams.
         #[arg(long)]
         prune_residual: bool,
+        /// Run Candle on the first CUDA GPU (a build with `--features cuda`).
+        #[arg(long)]
+        cuda: bool,
         #[arg(long)]
         json: bool,
     },
@@ -238,6 +244,9 @@ enum Cmd {
         /// Every K-th file is the validation split.
         #[arg(long, default_value_t = 5)]
         val_every_file: usize,
+        /// Run Candle on the first CUDA GPU (a build with `--features cuda`).
+        #[arg(long)]
+        cuda: bool,
         /// Validate every N steps (default: once per epoch).
         #[arg(long)]
         val_every: Option<usize>,
@@ -414,6 +423,7 @@ fn main() -> Result<()> {
             seed,
             runtime,
             runs,
+            cuda,
         } => {
             let o = sepprune::pipeline::Options {
                 target_macs,
@@ -426,6 +436,7 @@ fn main() -> Result<()> {
                 runtimes: runtime,
                 bench_runs: runs,
                 progress: true,
+                cuda,
             };
             let train = train.unwrap_or_else(|| data.clone());
             let dir = sepprune::pipeline::compress(&model, &data, &train, &output, &o)?;
@@ -460,6 +471,7 @@ fn main() -> Result<()> {
             crops_per_file,
             checkpoint,
             prune_residual,
+            cuda,
             json,
         } => {
             use sepprune::learn::{gumbel::GumbelConfig, run};
@@ -487,6 +499,7 @@ fn main() -> Result<()> {
                 },
                 checkpoint,
                 progress: !json,
+                device: sepprune::learn::device(cuda)?,
             };
             let r = run::learn(&m, &data, &o)
                 .with_context(|| format!("learning masks for {}", model.display()))?;
@@ -528,6 +541,7 @@ fn main() -> Result<()> {
             seed,
             loss,
             force,
+            cuda,
             json,
         } => {
             use sepprune::learn::finetune::{finetune, FinetuneOptions};
@@ -546,6 +560,7 @@ fn main() -> Result<()> {
                 seed,
                 loss,
                 progress: !json,
+                device: sepprune::learn::device(cuda)?,
             };
             let r = finetune(&m, &data, &o)
                 .with_context(|| format!("fine-tuning {}", model.display()))?;
@@ -668,6 +683,7 @@ fn main() -> Result<()> {
                             2,
                             &budget,
                             sepprune::learn::loss::Loss::SiSdr,
+                            &candle_core::Device::Cpu,
                         )
                         .with_context(|| format!("Taylor scores on {}", data.display()))?;
                         prune::masks_from_scores(&ir, &groups, &budget, &scores)?.masks

@@ -42,6 +42,8 @@ pub struct Options {
     pub runtimes: Vec<Runtime>,
     pub bench_runs: usize,
     pub progress: bool,
+    /// Learn and fine-tune on the first CUDA GPU.
+    pub cuda: bool,
 }
 
 fn row(name: &str, p: &Profile, e: &EvalReport) -> String {
@@ -75,6 +77,7 @@ pub fn compress(
     let model = onnx::load(model_path)?;
     let ir = Ir::new(model.clone(), 16000)?;
     let groups = analyze_groups(&ir)?;
+    let device = crate::learn::device(o.cuda)?;
     let samples = (o.seconds * 16000.0).round().max(1.0) as usize;
     let budget = Budget {
         seed: o.seed,
@@ -100,6 +103,7 @@ pub fn compress(
                 budget: budget.clone(),
                 checkpoint: None,
                 progress: o.progress,
+                device: device.clone(),
             };
             learn(&model, train, &lo)?.budgeted.masks
         }
@@ -111,6 +115,7 @@ pub fn compress(
                 2,
                 &budget,
                 crate::learn::loss::Loss::SiSdr,
+                &device,
             )?;
             masks_from_scores(&ir, &groups, &budget, &s)?.masks
         }
@@ -141,6 +146,7 @@ pub fn compress(
             stop_after: 4,
             seed: o.seed,
             progress: o.progress,
+            device: device.clone(),
             ..FinetuneOptions::default()
         };
         Some(finetune(&slim_ir.model, train, &fo)?)

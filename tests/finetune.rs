@@ -145,6 +145,7 @@ fn taylor_scores_are_finite_and_their_masks_slim_exactly() {
         2,
         &budget,
         sepprune::learn::loss::Loss::SiSdr,
+        &candle_core::Device::Cpu,
     )
     .unwrap();
     assert!(!scores.is_empty());

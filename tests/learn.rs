@@ -167,6 +167,7 @@ fn learner_is_deterministic_resumable_and_meets_the_budget() {
         budget: sepprune::prune::Budget::new(0.4),
         checkpoint: ck,
         progress: false,
+        device: candle_core::Device::Cpu,
     };
     let a = learn(&model, dir.path(), &opts(6, None)).unwrap();
     let b = learn(&model, dir.path(), &opts(6, None)).unwrap();

@@ -45,6 +45,8 @@ pub struct FinetuneOptions {
     pub seed: u64,
     pub loss: Loss,
     pub progress: bool,
+    /// Candle device ([`super::device`]).
+    pub device: Device,
 }
 
 impl Default for FinetuneOptions {
@@ -63,6 +65,7 @@ impl Default for FinetuneOptions {
             seed: 0,
             loss: Loss::SiSdr,
             progress: false,
+            device: Device::Cpu,
         }
     }
 }
@@ -136,6 +139,7 @@ impl Trainer {
         lr: f64,
         clip: f64,
         loss: Loss,
+        device: &Device,
     ) -> Result<Trainer> {
         let ir = Ir::new(model.clone(), samples)?;
         let names = learnable(&ir);
@@ -144,7 +148,7 @@ impl Trainer {
                 "finetune: the model has no learnable parameters".into(),
             ));
         }
-        let graph = CandleGraph::new(ir, &Device::Cpu, DType::F32, &names)?;
+        let graph = CandleGraph::new(ir, device, DType::F32, &names)?;
         let vars: Vec<(String, Var)> = names
             .iter()
             .map(|n| {
@@ -282,7 +286,7 @@ impl Trainer {
 /// Candle lowering, a non-finite loss.
 pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<Finetuned> {
     let t0 = Instant::now();
-    let mut trainer = Trainer::new(model, o.samples, o.lr, o.clip, o.loss)?;
+    let mut trainer = Trainer::new(model, o.samples, o.lr, o.clip, o.loss, &o.device)?;
     let files = crops(data, o.samples, o.crops_per_file, o.teacher.as_ref())?;
     let k = o.val_every_file.max(2);
     if files.len() < 2 {

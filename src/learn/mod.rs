@@ -9,3 +9,17 @@ pub mod run;
 pub mod taylor;
 
 pub use graph::CandleGraph;
+
+/// The Candle device: CPU, or with `cuda` the first CUDA GPU.
+///
+/// Errors: `cuda` in a build without the `cuda` cargo feature, or no usable GPU.
+pub fn device(cuda: bool) -> crate::error::Result<candle_core::Device> {
+    if !cuda {
+        return Ok(candle_core::Device::Cpu);
+    }
+    candle_core::Device::new_cuda(0).map_err(|e| {
+        crate::error::Error::Other(format!(
+            "CUDA device 0: {e} (build with `cargo build --release --features cuda`)"
+        ))
+    })
+}

@@ -24,6 +24,8 @@ pub struct LearnOptions {
     /// Scores checkpoint: resumed when it exists, rewritten every 25 steps and at the end.
     pub checkpoint: Option<PathBuf>,
     pub progress: bool,
+    /// Candle device ([`super::device`]).
+    pub device: candle_core::Device,
 }
 
 /// Result: the final masks under the budget and the learned scores.
@@ -41,6 +43,7 @@ pub fn gated_graph(
     model: &ModelProto,
     samples: usize,
     budget: &Budget,
+    device: &candle_core::Device,
 ) -> Result<(CandleGraph, Vec<Group>)> {
     let ir = Ir::new(model.clone(), samples)?;
     let groups: Groups = crate::analysis::analyze_groups(&ir)?;
@@ -51,12 +54,7 @@ pub fn gated_graph(
         .collect();
     let live: Vec<String> = cands.iter().map(|g| gate_name(g.id)).collect();
     let gated = Ir::new(gate_graph(&ir, &groups, None)?, samples)?;
-    let graph = CandleGraph::new(
-        gated,
-        &candle_core::Device::Cpu,
-        candle_core::DType::F32,
-        &live,
-    )?;
+    let graph = CandleGraph::new(gated, device, candle_core::DType::F32, &live)?;
     Ok((graph, cands))
 }
 
@@ -64,7 +62,7 @@ pub fn gated_graph(
 ///
 /// Errors: unreadable data, an op without a Candle lowering, a bad checkpoint.
 pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learned> {
-    let (graph, cands) = gated_graph(model, o.samples, &o.budget)?;
+    let (graph, cands) = gated_graph(model, o.samples, &o.budget, &o.device)?;
     let cands: Vec<&Group> = cands.iter().collect();
     let data_items: Vec<Item> = super::data::crops(
         data,
