@@ -747,7 +747,7 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
                 println!(
-                    "{} -> {}: params {} -> {}, MACs {} -> {} ({:.3}x), separator MACs kept {:.1}%, {} groups pruned, sliced in {:.2} s",
+                    "{} -> {}: params {} -> {}, MACs {} -> {} ({:.3}x), separator MACs kept {:.1}%, {} groups pruned, masks and slicing {:.2} s",
                     model.display(), output.display(), a.params, b.params, a.macs, b.macs,
                     a.macs as f64 / b.macs as f64, 100.0 * sep(&b) as f64 / sep(&a) as f64, masks.groups.len(), slice_seconds
                 );

@@ -318,16 +318,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
     let mut history = vec![first];
     let val_every = o.val_every.unwrap_or(train.len()).max(1);
     let total = o.epochs * train.len();
-    let bar = indicatif::ProgressBar::new(total as u64);
-    if !o.progress {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {elapsed_precise} ETA {eta} {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = super::progress_bar(total, o.progress);
     let (mut step, mut since, mut stale, mut lr) = (0usize, vec![], 0usize, o.lr);
     let out_of_time = |t: &Instant| {
         o.minutes

@@ -10,6 +10,22 @@ pub mod taylor;
 
 pub use graph::CandleGraph;
 
+/// A progress bar over `len` steps (position, elapsed time, ETA and a message), drawn on
+/// stderr when `show`.
+pub fn progress_bar(len: usize, show: bool) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    if !show {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {elapsed_precise} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// The Candle device: CPU, or with `cuda` the first CUDA GPU.
 ///
 /// Errors: `cuda` in a build without the `cuda` cargo feature, or no usable GPU.

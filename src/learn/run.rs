@@ -100,16 +100,7 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
         }
         Ok(())
     };
-    let bar = indicatif::ProgressBar::new(o.cfg.iters as u64);
-    if !o.progress {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {elapsed_precise} ETA {eta} {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = super::progress_bar(o.cfg.iters, o.progress);
     bar.set_position(scores.step as u64);
     let mut losses = vec![];
     while scores.step < o.cfg.iters {
