@@ -1,6 +1,7 @@
 //! The `sepprune` command line.
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use sepprune::learn::refit::{RefitOptions, RefitScope};
 use sepprune::prune::{self, Criterion, Masks, Scope};
 use sepprune::{analysis, gates, inspect, ir::Ir, onnx, verify};
 use std::path::PathBuf;
@@ -86,6 +87,20 @@ enum Cmd {
         /// Length of the verification signal, in seconds at 16 kHz.
         #[arg(long, default_value_t = 0.25)]
         verify_seconds: f64,
+        /// After slicing (and its verification), refit the linear layers by least squares
+        /// on the mixtures of this directory so that they reproduce the original model's
+        /// activations (He et al. 2017; label-free: references are not read).
+        #[arg(long)]
+        refit: Option<PathBuf>,
+        /// Which linear layers `--refit` re-solves.
+        #[arg(long, value_enum, default_value_t = RefitScope::Sliced)]
+        refit_scope: RefitScope,
+        /// Calibration crops per mixture for `--refit` (of `--seconds` each).
+        #[arg(long, default_value_t = 2)]
+        refit_crops: usize,
+        /// Ridge strength of `--refit`, relative to the mean diagonal of the Gram matrix.
+        #[arg(long, default_value_t = 1e-4)]
+        ridge: f64,
     },
     /// Write the gate graph: one gate vector per prunable channel group.
     Gate {
@@ -164,6 +179,9 @@ enum Cmd {
         /// Run Candle on the first CUDA GPU (a build with `--features cuda`).
         #[arg(long)]
         cuda: bool,
+        /// Skip the least-squares refit of the linear layers before fine-tuning.
+        #[arg(long)]
+        no_refit: bool,
     },
     /// Learn channel masks with the SepPrune Gumbel learner (Candle, CPU) on a data set.
     Learn {
@@ -424,6 +442,7 @@ fn main() -> Result<()> {
             runtime,
             runs,
             cuda,
+            no_refit,
         } => {
             let o = sepprune::pipeline::Options {
                 target_macs,
@@ -437,6 +456,7 @@ fn main() -> Result<()> {
                 bench_runs: runs,
                 progress: true,
                 cuda,
+                refit: !no_refit,
             };
             let train = train.unwrap_or_else(|| data.clone());
             let dir = sepprune::pipeline::compress(&model, &data, &train, &output, &o)?;
@@ -652,6 +672,10 @@ fn main() -> Result<()> {
             prune_residual,
             data,
             seconds,
+            refit,
+            refit_scope,
+            refit_crops,
+            ridge,
         } => {
             let t0 = std::time::Instant::now();
             let rt = verify_runtime.unwrap_or(sepprune::runtime::Runtime::Ort);
@@ -676,17 +700,16 @@ fn main() -> Result<()> {
                             .as_ref()
                             .context("--criterion taylor needs --data DIR")?;
                         let samples = (seconds * 16000.0).round().max(1.0) as usize;
-                        let scores = sepprune::learn::taylor::taylor_scores(
-                            &ir.model,
+                        sepprune::learn::taylor::taylor_masks(
+                            &ir,
+                            &groups,
+                            &budget,
                             data,
                             samples,
-                            2,
-                            &budget,
-                            sepprune::learn::loss::Loss::SiSdr,
                             &candle_core::Device::Cpu,
                         )
-                        .with_context(|| format!("Taylor scores on {}", data.display()))?;
-                        prune::masks_from_scores(&ir, &groups, &budget, &scores)?.masks
+                        .with_context(|| format!("Taylor scores on {}", data.display()))?
+                        .masks
                     } else {
                         prune::masks_for_ratio(&ir, &groups, &budget)?.masks
                     }
@@ -726,7 +749,33 @@ fn main() -> Result<()> {
                 anyhow::ensure!(r.passed, "verification failed: nothing written");
                 Some(r)
             };
-            onnx::save(&slim_ir.model, &output, Some(&model), force)?;
+            let refitted = match &refit {
+                Some(data) => {
+                    let o = RefitOptions {
+                        samples: (seconds * 16000.0).round().max(1.0) as usize,
+                        crops_per_file: refit_crops,
+                        ridge,
+                        scope: refit_scope,
+                        progress: !json,
+                    };
+                    let r = sepprune::learn::refit::refit(
+                        &ir,
+                        &groups,
+                        &masks,
+                        &slim_ir.model,
+                        data,
+                        &o,
+                    )
+                    .with_context(|| format!("least-squares refit on {}", data.display()))?;
+                    if !json {
+                        print_refit(&r);
+                    }
+                    Some(r)
+                }
+                None => None,
+            };
+            let written = refitted.as_ref().map_or(&slim_ir.model, |r| &r.model);
+            onnx::save(written, &output, Some(&model), force)?;
             if let Some(p) = save_masks {
                 masks.write(&p)?;
             }
@@ -742,6 +791,7 @@ fn main() -> Result<()> {
                 "slice_seconds": slice_seconds,
                 "seconds": t0.elapsed().as_secs_f64(),
                 "check": check,
+                "refit": refitted,
             });
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -755,4 +805,27 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One line per refitted layer group summary: mean relative reconstruction error before and
+/// after, and the worst layer.
+fn print_refit(r: &sepprune::learn::refit::Refitted) {
+    let n = r.layers.len().max(1) as f64;
+    let before = r.layers.iter().map(|l| l.error_before).sum::<f64>() / n;
+    let after = r.layers.iter().map(|l| l.error_after).sum::<f64>() / n;
+    println!(
+        "refit: {} linear layers on {} crops, relative reconstruction error {:.4} -> {:.4} (mean){}",
+        r.layers.len(),
+        r.crops,
+        before,
+        after,
+        if r.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(", {} left as they were", r.skipped.len())
+        }
+    );
+    for (node, why) in &r.skipped {
+        println!("  skipped {node}: {why}");
+    }
 }

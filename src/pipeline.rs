@@ -8,9 +8,10 @@ use crate::eval::{self, EvalReport};
 use crate::ir::Ir;
 use crate::learn::finetune::{finetune, FinetuneOptions};
 use crate::learn::gumbel::GumbelConfig;
+use crate::learn::refit::{refit, RefitOptions};
 use crate::learn::run::{learn, LearnOptions};
 use crate::onnx;
-use crate::prune::{masks_for_ratio, masks_from_scores, slim, Budget, Criterion};
+use crate::prune::{masks_for_ratio, slim, Budget, Criterion};
 use crate::verify;
 use std::path::{Path, PathBuf};
 
@@ -44,6 +45,9 @@ pub struct Options {
     pub progress: bool,
     /// Learn and fine-tune on the first CUDA GPU.
     pub cuda: bool,
+    /// Refit the linear layers by least squares on `train`'s mixtures before fine-tuning
+    /// ([`crate::learn::refit`], label-free).
+    pub refit: bool,
 }
 
 fn row(name: &str, p: &Profile, e: &EvalReport) -> String {
@@ -108,16 +112,8 @@ pub fn compress(
             learn(&model, train, &lo)?.budgeted.masks
         }
         Method::Taylor => {
-            let s = crate::learn::taylor::taylor_scores(
-                &model,
-                train,
-                samples,
-                2,
-                &budget,
-                crate::learn::loss::Loss::SiSdr,
-                &device,
-            )?;
-            masks_from_scores(&ir, &groups, &budget, &s)?.masks
+            crate::learn::taylor::taylor_masks(&ir, &groups, &budget, train, samples, &device)?
+                .masks
         }
         _ => masks_for_ratio(&ir, &groups, &budget)?.masks,
     };
@@ -135,6 +131,18 @@ pub fn compress(
     if !check.passed {
         return Err(Error::Other("verification failed: nothing written".into()));
     }
+    let refitted = if o.refit {
+        let ro = RefitOptions {
+            samples: 16000,
+            crops_per_file: 2,
+            progress: o.progress,
+            ..RefitOptions::default()
+        };
+        Some(refit(&ir, &groups, &masks, &slim_ir.model, train, &ro)?)
+    } else {
+        None
+    };
+    let start = refitted.as_ref().map_or(&slim_ir.model, |r| &r.model);
     let tuned = if o.finetune_minutes > 0.0 {
         let fo = FinetuneOptions {
             samples,
@@ -149,13 +157,17 @@ pub fn compress(
             device: device.clone(),
             ..FinetuneOptions::default()
         };
-        Some(finetune(&slim_ir.model, train, &fo)?)
+        Some(finetune(start, train, &fo)?)
     } else {
         None
     };
-    let final_model = tuned.as_ref().map_or(&slim_ir.model, |t| &t.model);
+    let final_model = tuned.as_ref().map_or(start, |t| &t.model);
     let before = eval::eval(&model, data, 16000)?;
     let pruned = eval::eval(&slim_ir.model, data, 16000)?;
+    let after_refit = match &refitted {
+        Some(r) => Some(eval::eval(&r.model, data, 16000)?),
+        None => None,
+    };
     let after = match &tuned {
         Some(t) => Some(eval::eval(&t.model, data, 16000)?),
         None => None,
@@ -182,7 +194,8 @@ pub fn compress(
         "train": train, "data": data,
         "params": [pa.params, pb.params], "macs": [pa.macs, pb.macs], "separator_macs": [sep(&pa), sep(&pb)],
         "check": check,
-        "eval": { "original": before, "pruned": pruned, "finetuned": after },
+        "eval": { "original": before, "pruned": pruned, "refitted": after_refit, "finetuned": after },
+        "refit": refitted,
         "finetune": tuned.as_ref().map(|t| serde_json::json!({"best": t.best, "history": t.history})),
         "bench": rows,
     });
@@ -201,10 +214,14 @@ pub fn compress(
     );
     md += &row("original", &pa, &before);
     md += &row("pruned", &pb, &pruned);
+    if let Some(a) = &after_refit {
+        md += &row("pruned + least-squares refit", &pb, a);
+    }
     if let (Some(a), Some(t)) = (&after, &tuned) {
         md += &row(
             &format!(
-                "pruned + fine-tuned ({:.0} s)",
+                "pruned{} + fine-tuned ({:.0} s)",
+                if o.refit { " + refit" } else { "" },
                 t.history.last().map_or(0.0, |h| h.seconds)
             ),
             &pb,

@@ -81,3 +81,51 @@ fn a_file_that_is_not_onnx_is_named_in_the_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.onnx"), "{err}");
 }
+
+#[test]
+fn prune_with_refit_reports_the_layers_and_a_bad_data_dir_writes_nothing() {
+    use sepprune::onnx::encode;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.onnx");
+    std::fs::write(&model, encode(&common::tiny_tasnet())).unwrap();
+    let data = dir.path().join("set");
+    common::tiny_set(&data, 3);
+    let run = |out: &std::path::Path, extra: &[&str]| {
+        sepprune()
+            .arg("prune")
+            .arg(&model)
+            .arg("-o")
+            .arg(out)
+            .args(["--ratio", "0.4", "--seconds", "0.025", "--json"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let (plain, refit) = (dir.path().join("plain.onnx"), dir.path().join("refit.onnx"));
+    assert!(run(&plain, &[]).status.success());
+    let out = run(&refit, &["--refit", data.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = v["refit"]["layers"].as_array().unwrap();
+    assert!(!layers.is_empty());
+    for l in layers {
+        assert!(l["error_after"].as_f64().unwrap() <= l["error_before"].as_f64().unwrap() + 1e-5);
+    }
+    // same graph and shapes, other weights
+    let (a, b) = (
+        std::fs::read(&plain).unwrap(),
+        std::fs::read(&refit).unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    assert_ne!(a, b);
+    // a data directory that does not exist: named in the error, nothing written
+    let bad = dir.path().join("bad.onnx");
+    let out = run(&bad, &["--refit", "/nonexistent/set"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/set"));
+    assert!(!bad.exists());
+}

@@ -23,21 +23,12 @@ pub fn crops(
     let teacher = teacher
         .map(|m| TractModel::new(m, &[1, 1, samples]))
         .transpose()?;
-    let crop = |x: &[f32], start: usize| -> Vec<f32> {
-        let mut v: Vec<f32> = x.iter().skip(start).take(samples).copied().collect();
-        v.resize(samples, 0.0);
-        v
-    };
+    let crop = |x: &[f32], c: usize| window(x, samples, c);
     let mut out = vec![];
     for ex in &examples {
-        let n = ex
-            .mix
-            .len()
-            .div_ceil(samples)
-            .clamp(1, crops_per_file.max(1));
         let mut file = vec![];
-        for c in 0..n {
-            let input = crop(&ex.mix, c * samples);
+        for c in 0..count(ex.mix.len(), samples, crops_per_file) {
+            let input = crop(&ex.mix, c);
             let targets = match &teacher {
                 Some(t) => t.run(&input)?.chunks(samples).map(<[f32]>::to_vec).collect(),
                 None if ex.sources.is_empty() => {
@@ -46,13 +37,38 @@ pub fn crops(
                         msg: "no references (s1/, ...): use --teacher to learn from the original model's outputs".into(),
                     })
                 }
-                None => ex.sources.iter().map(|s| crop(s, c * samples)).collect(),
+                None => ex.sources.iter().map(|s| crop(s, c)).collect(),
             };
             file.push(Item { input, targets });
         }
         out.push(file);
     }
     Ok(out)
+}
+
+/// The mixture crops of `data` alone (no targets: calibration audio), in the order of
+/// [`crops`], flattened: up to `crops_per_file` windows `[samples]` per mixture.
+///
+/// Errors: unreadable data.
+pub fn mixture_crops(data: &Path, samples: usize, crops_per_file: usize) -> Result<Vec<Vec<f32>>> {
+    Ok(dataset::load(data, 16000)?
+        .iter()
+        .flat_map(|ex| {
+            (0..count(ex.mix.len(), samples, crops_per_file)).map(|c| window(&ex.mix, samples, c))
+        })
+        .collect())
+}
+
+/// How many windows of `samples` to take from a signal of `len` samples (at least one).
+fn count(len: usize, samples: usize, crops_per_file: usize) -> usize {
+    len.div_ceil(samples).clamp(1, crops_per_file.max(1))
+}
+
+/// Window `c` of `samples` samples of `x`, zero-padded when `x` ends first.
+fn window(x: &[f32], samples: usize, c: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = x.iter().skip(c * samples).take(samples).copied().collect();
+    v.resize(samples, 0.0);
+    v
 }
 
 /// A seeded order over `n` items for epoch `epoch` (re-drawn every epoch, so a run can

@@ -14,7 +14,7 @@ use super::gumbel::Item;
 use super::loss::{on_targets, scalar, Loss};
 use crate::error::{Error, Result};
 use crate::ir::Ir;
-use crate::onnx::{tensor_to_proto, ModelProto, Tensor};
+use crate::onnx::{ModelProto, Tensor};
 use candle_core::{DType, Device, Tensor as CTensor, Var};
 use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use serde::Serialize;
@@ -252,21 +252,8 @@ impl Trainer {
     /// `model` with its learnable initializers replaced by `weights` (from
     /// [`Trainer::snapshot`]); everything else unchanged.
     pub fn write_into(&self, model: &ModelProto, weights: &[CTensor]) -> Result<ModelProto> {
-        let mut out = model.clone();
-        let by_name: HashMap<&str, &CTensor> = self
-            .vars
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .zip(weights)
-            .collect();
-        let graph = out
-            .graph
-            .as_mut()
-            .ok_or_else(|| Error::Other("model has no graph".into()))?;
-        for init in graph.initializer.iter_mut() {
-            let Some(t) = by_name.get(init.name()) else {
-                continue;
-            };
+        let mut values = HashMap::new();
+        for ((name, _), t) in self.vars.iter().zip(weights) {
             let v: Vec<f32> = t
                 .to_dtype(DType::F32)
                 .and_then(|t| t.flatten_all())
@@ -274,9 +261,9 @@ impl Trainer {
                 .map_err(ce)?;
             let a = ndarray::ArrayD::from_shape_vec(t.dims(), v)
                 .map_err(|err| Error::Other(format!("finetune: {err}")))?;
-            *init = tensor_to_proto(&Tensor::F32(a), init);
+            values.insert(name.clone(), Tensor::F32(a));
         }
-        Ok(out)
+        crate::onnx::replace_initializers(model, &values)
     }
 }
 

@@ -125,6 +125,16 @@ impl CandleGraph {
     ///
     /// Errors: a wrong input shape, or a node whose op has no lowering (named).
     pub fn forward(&self, x: &CTensor, overrides: &HashMap<String, CTensor>) -> Result<CTensor> {
+        let mut run = self.start(x)?;
+        run.run_to(self.ir.nodes().len(), overrides)?;
+        run.output()
+    }
+
+    /// A forward pass on `x` that runs node by node ([`Run::run_to`]), so that callers can
+    /// read intermediate values and change overrides between nodes.
+    ///
+    /// Errors: a wrong input shape.
+    pub fn start(&self, x: &CTensor) -> Result<Run<'_>> {
         let input = self
             .ir
             .graph_inputs()
@@ -139,23 +149,59 @@ impl CandleGraph {
             )));
         }
         // last use of each computed value, to drop it early (backward keeps what it needs)
-        let nodes = self.ir.nodes();
-        let mut last_use: HashMap<&str, usize> = HashMap::new();
-        for (i, n) in nodes.iter().enumerate() {
+        let mut last_use: HashMap<String, usize> = HashMap::new();
+        for (i, n) in self.ir.nodes().iter().enumerate() {
             for name in &n.input {
-                last_use.insert(name.as_str(), i);
+                last_use.insert(name.clone(), i);
             }
         }
-        let mut values: HashMap<String, CTensor> = HashMap::new();
-        values.insert(input.clone(), x.clone());
         let output = self
             .ir
             .graph_outputs()
             .into_iter()
             .next()
             .unwrap_or_default();
-        for (i, node) in nodes.iter().enumerate() {
-            if !self.run[i] {
+        Ok(Run {
+            graph: self,
+            values: HashMap::from([(input, x.clone())]),
+            next: 0,
+            last_use,
+            output,
+        })
+    }
+}
+
+/// A forward pass in progress: nodes before `next` have run. Each computed value is kept
+/// until its last reader has run (the graph output until the end).
+pub struct Run<'g> {
+    graph: &'g CandleGraph,
+    values: HashMap<String, CTensor>,
+    next: usize,
+    last_use: HashMap<String, usize>,
+    output: String,
+}
+
+impl Run<'_> {
+    /// Index of the next node to run.
+    pub fn next(&self) -> usize {
+        self.next
+    }
+
+    /// A computed value that is still alive (produced, and read by a node not yet run).
+    pub fn value(&self, name: &str) -> Option<&CTensor> {
+        self.values.get(name)
+    }
+
+    /// Runs the nodes from `next` up to (not including) `end`.
+    ///
+    /// Errors: a node whose op has no lowering, or an input without a value (named).
+    pub fn run_to(&mut self, end: usize, overrides: &HashMap<String, CTensor>) -> Result<()> {
+        let g = self.graph;
+        let nodes = g.ir.nodes();
+        while self.next < end.min(nodes.len()) {
+            let (i, node) = (self.next, &nodes[self.next]);
+            self.next += 1;
+            if !g.run[i] {
                 continue;
             }
             let rule = ops::rule(node).ok_or_else(|| Error::node(node, "no rule for this op"))?;
@@ -166,10 +212,10 @@ impl CandleGraph {
                     if name.is_empty() {
                         return None;
                     }
-                    values
+                    self.values
                         .get(name)
                         .or_else(|| overrides.get(name))
-                        .or_else(|| self.consts.get(name))
+                        .or_else(|| g.consts.get(name))
                         .cloned()
                 })
                 .collect();
@@ -183,20 +229,27 @@ impl CandleGraph {
                     format!("input '{}' has no value", node.input[k]),
                 ));
             }
-            let outs = rule.lower(node, &self.ir, &ins)?;
+            let outs = rule.lower(node, &g.ir, &ins)?;
             for (name, t) in node.output.iter().zip(outs) {
                 if !name.is_empty() {
-                    values.insert(name.clone(), t);
+                    self.values.insert(name.clone(), t);
                 }
             }
             for name in &node.input {
-                if last_use.get(name.as_str()) == Some(&i) && *name != output {
-                    values.remove(name);
+                if self.last_use.get(name) == Some(&i) && *name != self.output {
+                    self.values.remove(name);
                 }
             }
         }
-        values
-            .remove(&output)
-            .ok_or_else(|| Error::Other(format!("graph output '{output}' was not computed")))
+        Ok(())
+    }
+
+    /// The first graph output, once every node has run.
+    ///
+    /// Errors: the output was not computed (the run has not finished).
+    pub fn output(mut self) -> Result<CTensor> {
+        self.values
+            .remove(&self.output)
+            .ok_or_else(|| Error::Other(format!("graph output '{}' was not computed", self.output)))
     }
 }

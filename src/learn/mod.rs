@@ -5,6 +5,7 @@ pub mod finetune;
 pub mod graph;
 pub mod gumbel;
 pub mod loss;
+pub mod refit;
 pub mod run;
 pub mod taylor;
 

@@ -66,3 +66,19 @@ pub fn taylor_scores(
     }
     Ok(scores)
 }
+
+/// Masks under `budget` from Taylor scores on `data` (crops of `samples`, 2 per mixture,
+/// negative SI-SDR): [`taylor_scores`] then [`crate::prune::masks_from_scores`].
+///
+/// Errors: those of [`taylor_scores`] and of the budget.
+pub fn taylor_masks(
+    ir: &crate::ir::Ir,
+    groups: &crate::analysis::Groups,
+    budget: &Budget,
+    data: &Path,
+    samples: usize,
+    device: &candle_core::Device,
+) -> Result<crate::prune::Budgeted> {
+    let scores = taylor_scores(&ir.model, data, samples, 2, budget, Loss::SiSdr, device)?;
+    crate::prune::masks_from_scores(ir, groups, budget, &scores)
+}

@@ -41,6 +41,38 @@ pub fn load(path: &Path) -> Result<ModelProto> {
     Ok(model)
 }
 
+/// `model` with the named initializers replaced by `values` (same names; each keeps its
+/// data type, the shape is the new value's); everything else unchanged.
+///
+/// Errors: a name in `values` that is not an initializer of the graph.
+pub fn replace_initializers(
+    model: &ModelProto,
+    values: &std::collections::HashMap<String, Tensor>,
+) -> Result<ModelProto> {
+    let mut out = model.clone();
+    let graph = out
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::Other("model has no graph".into()))?;
+    let mut done = 0;
+    for init in graph.initializer.iter_mut() {
+        if let Some(t) = values.get(init.name()) {
+            *init = tensor_to_proto(t, init);
+            done += 1;
+        }
+    }
+    if done != values.len() {
+        let missing = values
+            .keys()
+            .find(|k| !graph.initializer.iter().any(|i| i.name() == k.as_str()));
+        return Err(Error::Tensor {
+            name: missing.cloned().unwrap_or_default(),
+            msg: "not an initializer of the graph".into(),
+        });
+    }
+    Ok(out)
+}
+
 /// Encodes a model to bytes.
 pub fn encode(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()

@@ -3,7 +3,10 @@
 //! Channels: Conv weight `[Cout, Cin/g, k...]`; ConvTranspose weight `[Cin, Cout/g, k...]`
 //! (the output channel axis is weight axis 1). Depthwise (`g == Cin == Cout`, one filter
 //! per channel) couples input and output channels; other grouped convs are frozen.
-use super::{ce, cin, has_input, in_shape, need, ConstEdit, Links, OpRule, Read, ShapeOf};
+use super::{
+    ce, cin, has_input, in_shape, need, ConstEdit, Linear, Links, OpRule, Read, ShapeOf,
+    WeightLayout,
+};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_i, attr_ints, attr_s, set_attr_i, NodeProto};
@@ -80,6 +83,40 @@ impl OpRule for Conv {
     /// W and B.
     fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
         vec![1, 2]
+    }
+
+    /// A pointwise Conv (every kernel dim 1, group 1, stride 1, no padding) with initializer
+    /// W `[Cout, Cin, 1...]` and B: `y[:, o, s] = sum_c W[o, c] x[:, c, s] + B[o]`; or a
+    /// depthwise 1-D Conv with stride 1 (one FIR filter per channel).
+    fn linear(&self, node: &NodeProto, ir: &Ir) -> Option<Linear> {
+        let (x, w) = (in_shape(node, ir, 0).ok()?, in_shape(node, ir, 1).ok()?);
+        let g = geometry(node, &x, w.get(2..)?, false).ok()?;
+        let stride1 = g.strides.iter().all(|&s| s == 1);
+        let layout = if w[2..].iter().all(|&k| k == 1)
+            && g.group == 1
+            && stride1
+            && g.pads.iter().all(|&p| p == 0)
+        {
+            WeightLayout::OutIn
+        } else if w.len() == 3 && depthwise(&w, g.group) && stride1 {
+            WeightLayout::Depthwise {
+                dilation: g.dilations[0],
+                pads: (g.pads[0], g.pads[1]),
+            }
+        } else {
+            return None;
+        };
+        let bias = node.input.get(2).filter(|b| !b.is_empty());
+        (!ir.is_const(&node.input[0])
+            && ir.is_initializer(&node.input[1])
+            && bias.is_none_or(|b| ir.is_initializer(b)))
+        .then(|| Linear {
+            input: node.input[0].clone(),
+            axis: 1,
+            weight: node.input[1].clone(),
+            layout,
+            bias: bias.cloned(),
+        })
     }
 
     /// X `[N, Cin, *S]`, W `[Cout, Cin/g, *K]`, B `[Cout]` -> Y `[N, Cout, *S']` with
@@ -179,7 +216,8 @@ impl OpRule for Conv {
 
     /// 1-D and 2-D. Pads are applied with `pad_with_zeros` (ONNX pads may be asymmetric).
     /// Depthwise 1-D convs with stride 1 run as K shifted multiply-adds (candle runs a grouped
-    /// conv as one GEMM per group, slow forward and backward); other convs use candle's conv.
+    /// conv as one GEMM per group, slow forward and backward); pointwise 1-D convs as one
+    /// matmul; other convs use candle's conv.
     fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
         let e = ce(node);
         let (xs, w) = (cin(node, x, 0)?, cin(node, x, 1)?);
@@ -216,6 +254,12 @@ impl OpRule for Conv {
                         });
                     }
                     acc.expect("kernel has at least one tap")
+                }
+                1 if wsh[2] == 1 && g.group == 1 && g.strides[0] == 1 => {
+                    // pointwise: W [Cout, Cin] @ x [N, Cin, T] (one GEMM forward and two
+                    // backward, where candle's conv1d runs im2col and conv_transpose)
+                    let w2 = w.reshape((wsh[0], wsh[1])).map_err(&e)?;
+                    w2.broadcast_matmul(&xp).map_err(&e)?
                 }
                 1 => xp
                     .conv1d(w, 0, g.strides[0], g.dilations[0], g.group)

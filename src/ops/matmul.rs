@@ -3,7 +3,10 @@
 //! Channels: `A [..., M, K] @ B [..., K, N]` couples A's last axis with B's row axis (a
 //! contraction, so A is gated there) and B's column axis with Y's last axis. A constant B
 //! (a Linear layer) makes its column axis a channel source.
-use super::{broadcast, ce, cin, need, out_shape, Links, OpRule, Read, ShapeOf};
+use super::{
+    broadcast, ce, cin, in_shape, need, out_shape, Linear, Links, OpRule, Read, ShapeOf,
+    WeightLayout,
+};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_i, NodeProto};
@@ -16,6 +19,23 @@ impl OpRule for MatMul {
     /// Either factor, when it is an initializer (a linear layer's weight).
     fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
         vec![0, 1]
+    }
+
+    /// `x [..., Cin] @ W [Cin, Cout]` with W a 2-D initializer and x computed.
+    fn linear(&self, node: &NodeProto, ir: &Ir) -> Option<Linear> {
+        let x = in_shape(node, ir, 0).ok()?;
+        let w = in_shape(node, ir, 1).ok()?;
+        (x.len() >= 2
+            && w.len() == 2
+            && ir.is_initializer(&node.input[1])
+            && !ir.is_const(&node.input[0]))
+        .then(|| Linear {
+            input: node.input[0].clone(),
+            axis: x.len() - 1,
+            weight: node.input[1].clone(),
+            layout: WeightLayout::InOut,
+            bias: None,
+        })
     }
 
     fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
@@ -134,6 +154,30 @@ impl OpRule for Gemm {
     /// B and C, when they are initializers (a linear layer's weight and bias).
     fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
         vec![0, 1, 2]
+    }
+
+    /// `A [M, K] B' + C` with `transA = 0`, `alpha = beta = 1`, B an initializer and C a
+    /// `[N]` initializer or absent.
+    fn linear(&self, node: &NodeProto, ir: &Ir) -> Option<Linear> {
+        let (ka, nb) = gemm_axes(node);
+        let alpha = crate::onnx::attr_f(node, "alpha").unwrap_or(1.0);
+        let beta = crate::onnx::attr_f(node, "beta").unwrap_or(1.0);
+        let c = node.input.get(2).filter(|c| !c.is_empty());
+        let c_ok = c
+            .is_none_or(|c| ir.is_initializer(c) && ir.fact(c).is_some_and(|f| f.shape.len() == 1));
+        (ka == 1 && alpha == 1.0 && beta == 1.0 && ir.is_initializer(&node.input[1]) && c_ok).then(
+            || Linear {
+                input: node.input[0].clone(),
+                axis: 1,
+                weight: node.input[1].clone(),
+                layout: if nb == 0 {
+                    WeightLayout::OutIn
+                } else {
+                    WeightLayout::InOut
+                },
+                bias: c.cloned(),
+            },
+        )
     }
 
     /// `Y [M, N] = alpha * A' B' + beta * C`.

@@ -84,6 +84,35 @@ pub struct ConstEdit {
     pub value: Tensor,
 }
 
+/// A node computing `y = W x (+ b)` at every position (or, depthwise, a per-channel FIR
+/// filter), mixing only channels and taps: the input `x` has its channels on `axis` of the
+/// activation `input`, the output its channels on the same axis. `weight` (an initializer)
+/// holds W in `layout`; `bias` (an initializer, `[c_out]`) is optional.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Linear {
+    pub input: String,
+    pub axis: usize,
+    pub weight: String,
+    pub layout: WeightLayout,
+    pub bias: Option<String>,
+}
+
+/// How a [`Linear`]'s weight initializer stores W.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `[c_out, c_in, 1, ...]` (a 1x1 Conv) or `[c_out, c_in]` (Gemm with `transB = 1`).
+    OutIn,
+    /// `[c_in, c_out]` (MatMul, Gemm with `transB = 0`).
+    InOut,
+    /// `[C, 1, K]`, a depthwise 1-D conv with stride 1 on `x [N, C, T]`:
+    /// `y[:, c, t] = sum_k W[c, 0, k] x_pad[:, c, t + k dilation] + b[c]`, with `x_pad` the
+    /// input zero-padded by `pads` (begin, end) on the time axis.
+    Depthwise {
+        dilation: usize,
+        pads: (usize, usize),
+    },
+}
+
 /// Shape lookup after pruning: value name -> new shape.
 pub type ShapeOf<'a> = &'a dyn Fn(&str) -> Vec<usize>;
 
@@ -135,6 +164,13 @@ pub trait OpRule: Sync {
             node,
             format!("op {} has no Candle lowering", node.op_type()),
         ))
+    }
+
+    /// When the node is a per-position linear map across channels with initializer weights
+    /// (a 1x1 Conv, a linear layer), how to read it, so that a least-squares refit
+    /// ([`crate::learn::refit`]) can re-solve its weights. The default: not linear.
+    fn linear(&self, _node: &NodeProto, _ir: &Ir) -> Option<Linear> {
+        None
     }
 
     /// Attribute and constant-input patches once inputs have their pruned shapes.
