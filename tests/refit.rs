@@ -129,15 +129,17 @@ fn after_pruning_the_refit_lowers_layer_and_output_errors_and_changes_only_those
     let dir = tempfile::tempdir().unwrap();
     common::tiny_set(dir.path(), 3);
     let (ir, gs, masks, s) = setup(Some(0.5));
-    let r = refit(
-        &ir,
-        &gs,
-        &masks,
-        &s,
-        dir.path(),
-        &opts(RefitScope::Sliced, 1e-4),
-    )
-    .unwrap();
+    let run = || {
+        refit(
+            &ir,
+            &gs,
+            &masks,
+            &s,
+            dir.path(),
+            &opts(RefitScope::Sliced, 1e-4),
+        )
+    };
+    let r = run().unwrap();
     assert!(!r.layers.is_empty());
     assert!(r.skipped.is_empty(), "{:?}", r.skipped);
     for l in &r.layers {
@@ -176,14 +178,6 @@ fn after_pruning_the_refit_lowers_layer_and_output_errors_and_changes_only_those
         }
     }
     // deterministic
-    let again = refit(
-        &ir,
-        &gs,
-        &masks,
-        &s,
-        dir.path(),
-        &opts(RefitScope::Sliced, 1e-4),
-    )
-    .unwrap();
+    let again = run().unwrap();
     assert_eq!(encode(&again.model), encode(&r.model));
 }

@@ -138,6 +138,12 @@ pub fn refit(
             .fact(&t.lin.weight)
             .map(|f| f.shape.clone())
             .unwrap_or_default();
+        let keep_out = t
+            .keep_out
+            .as_ref()
+            .map(|k| CTensor::new(k.iter().map(|&i| i as u32).collect::<Vec<_>>(), &dev))
+            .transpose()
+            .map_err(ce)?;
         let mut acc: Option<Normal> = None;
         for (ro, rs) in runs_o.iter_mut().zip(runs_s.iter_mut()) {
             ro.run_to(t.original + 1, &none)?;
@@ -148,12 +154,8 @@ pub fn refit(
             let x = rs.value(&t.lin.input).ok_or_else(|| {
                 Error::node(node, format!("input '{}' has no value", t.lin.input))
             })?;
-            let y = match &t.keep_out {
-                Some(k) => {
-                    let idx = CTensor::new(k.iter().map(|&i| i as u32).collect::<Vec<_>>(), &dev)
-                        .map_err(ce)?;
-                    y.index_select(&idx, t.lin.axis).map_err(ce)?
-                }
+            let y = match &keep_out {
+                Some(idx) => y.index_select(idx, t.lin.axis).map_err(ce)?,
                 None => y.clone(),
             };
             let a = acc.get_or_insert_with(|| {
