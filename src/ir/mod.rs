@@ -147,6 +147,15 @@ impl Ir {
     pub fn nodes(&self) -> &[NodeProto] {
         &self.graph().node
     }
+    /// The default-domain opset the model imports (1 when it names none).
+    pub fn opset(&self) -> i64 {
+        self.model
+            .opset_import
+            .iter()
+            .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
+            .and_then(|o| o.version)
+            .unwrap_or(1)
+    }
     pub fn fact(&self, name: &str) -> Option<&Fact> {
         self.facts.get(name)
     }

@@ -117,6 +117,7 @@ fn fold_i64(op: &str, a: &ArrayD<i64>, b: &ArrayD<i64>) -> Option<ArrayD<i64>> {
         "Sub" => |x, y| x - y,
         "Mul" => |x, y| x * y,
         "Div" => trunc_div,
+        "Mod" => floor_mod,
         "Max" => |x, y| x.max(y),
         "Min" => |x, y| x.min(y),
         "Equal" => |x, y| (x == y) as i64,
@@ -130,6 +131,15 @@ fn fold_i64(op: &str, a: &ArrayD<i64>, b: &ArrayD<i64>) -> Option<ArrayD<i64>> {
     let a = a.broadcast(shape.clone())?;
     let b = b.broadcast(shape)?;
     Some(Zip::from(&a).and(&b).map_collect(|&x, &y| f(x, y)))
+}
+
+/// ONNX integer Mod (`fmod = 0`): the result has the sign of the divisor.
+fn floor_mod(x: i64, y: i64) -> i64 {
+    if y == 0 {
+        0
+    } else {
+        x.rem_euclid(y) + if y < 0 && x.rem_euclid(y) != 0 { y } else { 0 }
+    }
 }
 
 /// ONNX integer Div truncates toward zero.

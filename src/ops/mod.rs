@@ -6,8 +6,13 @@ mod conv;
 mod elementwise;
 mod layout;
 mod matmul;
+mod norm;
+mod pool;
 mod reduce;
+mod resize;
+mod rnn;
 mod shape;
+mod softmax;
 
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
@@ -194,7 +199,16 @@ pub fn rule(node: &NodeProto) -> Option<&'static dyn OpRule> {
             &elementwise::Unary
         }
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Equal" | "Less" | "Greater"
-        | "And" | "Or" | "Where" | "PRelu" | "Clip" => &elementwise::Broadcast,
+        | "And" | "Or" | "Where" | "PRelu" | "Clip" | "Mod" => &elementwise::Broadcast,
+        "BatchNormalization" => &norm::BatchNorm,
+        "InstanceNormalization" => &norm::InstanceNorm,
+        "LayerNormalization" => &norm::LayerNorm,
+        "GroupNormalization" => &norm::GroupNorm,
+        "AveragePool" | "MaxPool" => &pool::Pool,
+        "GlobalAveragePool" | "GlobalMaxPool" => &pool::GlobalPool,
+        "Resize" | "Upsample" => &resize::Resize,
+        "Softmax" | "LogSoftmax" => &softmax::Softmax,
+        "LSTM" | "GRU" | "RNN" => &rnn::Rnn,
         "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2"
         | "ReduceSumSquare" => &reduce::Reduce,
         "Shape" => &shape::ShapeOp,
