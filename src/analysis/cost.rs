@@ -46,14 +46,19 @@ pub fn node_macs(ir: &Ir, shape: ops::ShapeOf) -> Vec<u64> {
         .collect()
 }
 
-/// Float initializers of rank >= 1 used by each node (first user only).
+/// Float initializers of rank >= 1 used by each node (first user only), except inputs the
+/// op holds state in ([`crate::ops::OpRule::state_inputs`]).
 pub fn node_params(ir: &Ir) -> Vec<u64> {
     let mut seen = HashSet::new();
     ir.nodes()
         .iter()
         .map(|n| {
+            let state = ops::rule(n).map(|r| r.state_inputs(n)).unwrap_or_default();
             n.input
                 .iter()
+                .enumerate()
+                .filter(|(i, _)| !state.contains(i))
+                .map(|(_, v)| v)
                 .filter(|v| ir.is_initializer(v) && seen.insert(v.as_str()))
                 .filter_map(|v| {
                     let init = &ir.graph().initializer[ir.init_index[v.as_str()]];

@@ -29,7 +29,8 @@ pub struct Group {
     /// Why the group cannot be pruned: "node 'X' (Op): reason".
     pub frozen: Option<String>,
     /// A residual or skip stream: some node sums two computed values that both carry the
-    /// group's channels in full (e.g. `x + block(x)`). Budgets keep such streams whole by
+    /// group's channels in full, and two or more layers produce them (e.g. `x + block(x)`
+    /// with `block` ending in its own conv). Budgets keep such streams whole by
     /// default, as in channel pruning of residual networks (He et al. 2017, ThiNet): they
     /// feed every block, so pruning them costs much quality and little latency.
     pub residual: bool,
@@ -182,13 +183,25 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
         g.members.sort();
         g.params.sort();
     }
+    // Distinct layers (weight initializers) producing each group's channels.
+    let mut producers: Vec<std::collections::HashSet<&str>> =
+        vec![Default::default(); groups.len()];
+    for &s in &sources {
+        if let Some(&g) = root_group.get(&uf.find(s)) {
+            producers[g].insert(slots[s].0.as_str());
+        }
+    }
+    let producers: Vec<usize> = producers.iter().map(|p| p.len()).collect();
     let mut gs = Groups { groups, by_value };
-    mark_residual(ir, &mut gs);
+    mark_residual(ir, &mut gs, &producers);
     Ok(gs)
 }
 
-/// Sets [`Group::residual`] for groups summed with another branch of themselves.
-fn mark_residual(ir: &Ir, gs: &mut Groups) {
+/// Sets [`Group::residual`] for groups summed with another branch of themselves whose
+/// channels come from two or more layers (`producers[g]`: distinct weight initializers).
+/// A sum of branches of one layer (the multi-scale fusion inside a U-Net block:
+/// strided depthwise convs, upsampling, adds) is not a stream.
+fn mark_residual(ir: &Ir, gs: &mut Groups, producers: &[usize]) {
     let mut residual = vec![];
     for node in ir.nodes() {
         if ir.is_folded(node) || !ops::rule(node).is_some_and(|r| r.sums_branches(node)) {
@@ -213,7 +226,12 @@ fn mark_residual(ir: &Ir, gs: &mut Groups) {
                 *count.entry(g).or_default() += 1;
             }
         }
-        residual.extend(count.into_iter().filter(|&(_, n)| n >= 2).map(|(g, _)| g));
+        residual.extend(
+            count
+                .into_iter()
+                .filter(|&(g, n)| n >= 2 && producers[g] >= 2)
+                .map(|(g, _)| g),
+        );
     }
     for g in residual {
         gs.groups[g].residual = true;

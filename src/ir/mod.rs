@@ -10,6 +10,8 @@ use crate::onnx::{self, ModelProto, NodeProto, Tensor};
 use crate::ops;
 use std::collections::HashMap;
 
+pub mod canon;
+
 /// What is statically known about one value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fact {
@@ -60,7 +62,18 @@ impl Ir {
     ///
     /// Errors: [`Error::Node`] naming the first node whose shape cannot be inferred
     /// (unknown op, inconsistent shapes, non-topological order).
+    ///
+    /// Exporter patterns are first rewritten into canonical forms ([`canon`]), so the IR's
+    /// model is the canonical one.
     pub fn new(model: ModelProto, samples: usize) -> Result<Ir> {
+        let ir = Ir::infer(model, samples)?;
+        match canon::canonicalize(&ir) {
+            Some(model) => Ir::infer(model, samples),
+            None => Ok(ir),
+        }
+    }
+
+    fn infer(model: ModelProto, samples: usize) -> Result<Ir> {
         let graph = model
             .graph
             .as_ref()
@@ -149,12 +162,7 @@ impl Ir {
     }
     /// The default-domain opset the model imports (1 when it names none).
     pub fn opset(&self) -> i64 {
-        self.model
-            .opset_import
-            .iter()
-            .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
-            .and_then(|o| o.version)
-            .unwrap_or(1)
+        onnx::opset(&self.model)
     }
     pub fn fact(&self, name: &str) -> Option<&Fact> {
         self.facts.get(name)

@@ -195,7 +195,8 @@ impl OpRule for Conv {
             links.source((w, 0));
             links.link((x, 1), (w, 1));
         } else if depthwise(ws, group) {
-            links.source((w, 0));
+            // Passes its input's channels through: it defines no channels of its own (so a
+            // sum of depthwise branches of one layer is not a multi-layer stream).
             links.link((x, 1), (y, 1));
         } else {
             let why = format!("grouped Conv (group={group}) is not depthwise");

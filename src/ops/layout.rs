@@ -145,38 +145,18 @@ impl OpRule for Reshape {
         }
     }
 
-    /// A constant target that spells out a pruned dim gets the new dim.
+    /// A target that spells out a pruned dim gets the new dim (0 and -1 stay).
     fn patch(&self, node: &mut NodeProto, ir: &Ir, new: ShapeOf) -> Result<Vec<ConstEdit>> {
         let t = &node.input[1];
-        let is_literal = ir.is_initializer(t)
+        let literal = ir.is_initializer(t)
             || ir
                 .producer
                 .get(t)
-                .map(|&p| ir.nodes()[p].op_type() == "Constant")
-                .unwrap_or(false);
-        let Some(old) = ir.fact(t).and_then(|f| f.value.as_ref()) else {
-            return Ok(vec![]);
-        };
-        if !is_literal {
-            return Ok(vec![]);
+                .is_some_and(|&p| ir.nodes()[p].op_type() == "Constant");
+        if !literal {
+            return Ok(vec![]); // computed from Shape: follows the new shapes
         }
-        let mut target = old.to_i64_vec();
-        let out = new(&node.output[0]);
-        let mut changed = false;
-        for (b, v) in target.iter_mut().enumerate() {
-            if *v > 0 && out.get(b).map(|&d| d as i64 != *v).unwrap_or(false) {
-                *v = out[b] as i64;
-                changed = true;
-            }
-        }
-        Ok(if changed {
-            vec![ConstEdit {
-                input: 1,
-                value: Tensor::vec_i64(target),
-            }]
-        } else {
-            vec![]
-        })
+        super::shape_vector_edits(node, ir, 1, &new(&node.output[0]), |old, _| old > 0)
     }
 
     /// To the inferred output shape.

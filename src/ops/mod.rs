@@ -86,6 +86,9 @@ impl Links {
 /// A constant input rewritten by [`OpRule::patch`] (e.g. a Reshape target).
 pub struct ConstEdit {
     pub input: usize,
+    /// When set, the edit is to input `via` of the Concat that produces input `input` (a
+    /// shape vector assembled from literal pieces and `Shape` slices).
+    pub via: Option<usize>,
     pub value: Tensor,
 }
 
@@ -155,6 +158,12 @@ pub trait OpRule: Sync {
     /// these, and nothing else): weights and biases, affine scales, activation slopes. The
     /// default: none (shapes, axes, exponents, epsilons and other structural constants).
     fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
+        vec![]
+    }
+
+    /// Inputs that hold state, not parameters, even when they are initializers (an RNN's
+    /// initial hidden state): not counted as params.
+    fn state_inputs(&self, _node: &NodeProto) -> Vec<usize> {
         vec![]
     }
 
@@ -317,6 +326,86 @@ pub(crate) fn broadcast(node: &NodeProto, shapes: &[&[usize]]) -> Result<Vec<usi
         }
     }
     Ok(out)
+}
+
+/// Edits to the shape vector in input `input` of `node` (a Reshape target, Resize sizes)
+/// so that it spells out `out`, the node's new output shape: each entry for which `fix`
+/// (old entry, new dim) is true gets the new dim. The vector is either a literal
+/// (initializer or `Constant`) or a `Concat` of literal pieces and `Shape` slices, as
+/// exporters write it; only literal pieces are edited (the rest follows the new shapes).
+pub(crate) fn shape_vector_edits(
+    node: &NodeProto,
+    ir: &Ir,
+    input: usize,
+    out: &[usize],
+    fix: impl Fn(i64, i64) -> bool,
+) -> Result<Vec<ConstEdit>> {
+    let literal = |v: &str| {
+        ir.is_initializer(v)
+            || ir
+                .producer
+                .get(v)
+                .is_some_and(|&p| ir.nodes()[p].op_type() == "Constant")
+    };
+    let value = |v: &str| {
+        ir.fact(v)
+            .and_then(|f| f.value.as_ref())
+            .map(|t| t.to_i64_vec())
+    };
+    let patched = |old: &[i64], at: usize| -> Option<Vec<i64>> {
+        let mut v = old.to_vec();
+        let mut changed = false;
+        for (i, e) in v.iter_mut().enumerate() {
+            if let Some(&d) = out.get(at + i) {
+                if *e != d as i64 && fix(*e, d as i64) {
+                    *e = d as i64;
+                    changed = true;
+                }
+            }
+        }
+        changed.then_some(v)
+    };
+    let Some(v) = node.input.get(input).filter(|v| !v.is_empty()) else {
+        return Ok(vec![]);
+    };
+    if literal(v) {
+        return Ok(value(v)
+            .and_then(|old| patched(&old, 0))
+            .map(|value| ConstEdit {
+                input,
+                via: None,
+                value: Tensor::vec_i64(value),
+            })
+            .into_iter()
+            .collect());
+    }
+    let Some(concat) = ir.producer.get(v).map(|&p| &ir.nodes()[p]) else {
+        return Ok(vec![]);
+    };
+    if concat.op_type() != "Concat" {
+        return Ok(vec![]);
+    }
+    let mut edits = vec![];
+    let mut at = 0;
+    for (k, piece) in concat.input.iter().enumerate() {
+        let Some(old) = value(piece) else {
+            return Err(Error::node(
+                node,
+                format!("shape piece '{piece}' is not static"),
+            ));
+        };
+        if literal(piece) {
+            if let Some(value) = patched(&old, at) {
+                edits.push(ConstEdit {
+                    input,
+                    via: Some(k),
+                    value: Tensor::vec_i64(value),
+                });
+            }
+        }
+        at += old.len();
+    }
+    Ok(edits)
 }
 
 /// True when optional input `i` is present.

@@ -137,29 +137,12 @@ impl OpRule for Resize {
         }
         Ok(vec![t])
     }
-    /// A literal `sizes` that spells out a pruned dim gets the new dim.
+    /// `sizes` that spell out a pruned dim get the new dim (the dynamo exporter writes
+    /// `Concat([1, C], Shape(x)[2:])`).
     fn patch(&self, node: &mut NodeProto, ir: &Ir, new: ShapeOf) -> Result<Vec<ConstEdit>> {
         let Some(zi) = slots(node).1.filter(|&z| present(node, z)) else {
             return Ok(vec![]);
         };
-        let literal = ir.is_initializer(&node.input[zi])
-            || ir
-                .producer
-                .get(&node.input[zi])
-                .is_some_and(|&p| ir.nodes()[p].op_type() == "Constant");
-        let out = new(&node.output[0]);
-        let old = ir
-            .fact(&node.input[zi])
-            .and_then(|f| f.value.as_ref())
-            .map(|v| v.to_i64_vec());
-        match old {
-            Some(old) if literal && old.iter().zip(&out).any(|(&a, &b)| a != b as i64) => {
-                Ok(vec![ConstEdit {
-                    input: zi,
-                    value: Tensor::vec_i64(out.iter().map(|&d| d as i64).collect()),
-                }])
-            }
-            _ => Ok(vec![]),
-        }
+        super::shape_vector_edits(node, ir, zi, &new(&node.output[0]), |_, _| true)
     }
 }

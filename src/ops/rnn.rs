@@ -106,4 +106,9 @@ impl OpRule for Rnn {
     fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
         vec![1, 2, 3]
     }
+
+    /// `initial_h` and `initial_c` (the dynamo exporter writes zero initializers).
+    fn state_inputs(&self, _node: &NodeProto) -> Vec<usize> {
+        vec![5, 6]
+    }
 }

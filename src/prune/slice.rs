@@ -63,6 +63,8 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
 
     // 2. per-op patches
     let mut extra = vec![];
+    let mut pending: Vec<(usize, onnx::NodeProto)> = vec![];
+    let mut clones: std::collections::HashMap<(usize, usize), usize> = Default::default();
     for ni in 0..graph.node.len() {
         if ir.is_folded(&ir.nodes()[ni]) {
             continue;
@@ -72,6 +74,38 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
         };
         let edits = rule.patch(&mut graph.node[ni], ir, &new_shape)?;
         for e in edits {
+            if let Some(k) = e.via {
+                // A piece of the Concat assembling input `e.input`. A Concat that other
+                // nodes share (exporters reuse shape vectors) is cloned for this node first.
+                let v = graph.node[ni].input[e.input].clone();
+                let Some(&p) = ir.producer.get(&v) else {
+                    continue;
+                };
+                let shared = ir.consumers.get(&v).is_some_and(|c| c.len() > 1);
+                let ci = match clones.get(&(ni, e.input)) {
+                    Some(&ci) => ci,
+                    None if shared => {
+                        let mut c = graph.node[p].clone();
+                        let out = format!("{v}.sepprune.{ni}");
+                        c.name = Some(format!("{}.sepprune.{ni}", c.name()));
+                        c.output = vec![out.clone()];
+                        graph.node[ni].input[e.input] = out;
+                        pending.push((p, c));
+                        clones.insert((ni, e.input), pending.len() - 1);
+                        pending.len() - 1
+                    }
+                    None => {
+                        let name = format!("{}.sepprune.{ni}", graph.node[p].input[k]);
+                        extra.push(i64_init(&name, &e.value));
+                        graph.node[p].input[k] = name;
+                        continue;
+                    }
+                };
+                let name = format!("{}.sepprune.{ni}", pending[ci].1.input[k]);
+                extra.push(i64_init(&name, &e.value));
+                pending[ci].1.input[k] = name;
+                continue;
+            }
             let old = graph.node[ni].input[e.input].clone();
             let single = ir
                 .consumers
@@ -84,16 +118,16 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
                 }
                 _ => {
                     let name = format!("{old}.sepprune.{ni}");
-                    let like = onnx::TensorProto {
-                        name: Some(name.clone()),
-                        data_type: Some(7),
-                        ..Default::default()
-                    };
-                    extra.push(onnx::tensor_to_proto(&e.value, &like));
+                    extra.push(i64_init(&name, &e.value));
                     graph.node[ni].input[e.input] = name;
                 }
             }
         }
+    }
+    // clones of shared Concats go right after their original (later ones first)
+    pending.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
+    for (p, c) in pending {
+        graph.node.insert(p + 1, c);
     }
     graph.initializer.extend(extra);
 
@@ -132,4 +166,14 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
         }
     }
     Ok(check)
+}
+
+/// An int64 initializer named `name` holding `value`.
+fn i64_init(name: &str, value: &crate::onnx::Tensor) -> onnx::TensorProto {
+    let like = onnx::TensorProto {
+        name: Some(name.to_string()),
+        data_type: Some(7),
+        ..Default::default()
+    };
+    onnx::tensor_to_proto(value, &like)
 }

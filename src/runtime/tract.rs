@@ -11,7 +11,13 @@ pub struct TractModel {
 impl TractModel {
     /// Optimizes `model` for a single f32 input of `shape` (e.g. `[1, 1, T]`).
     pub fn new(model: &ModelProto, shape: &[usize]) -> Result<TractModel> {
-        let bytes = onnx::encode(model);
+        // Intermediate value_info is only a hint, and exporters write it for the traced
+        // length (torch.export specialises some dims): tract would hold us to it.
+        let mut model = model.clone();
+        if let Some(g) = model.graph.as_mut() {
+            g.value_info.clear();
+        }
+        let bytes = onnx::encode(&model);
         let err = |e: TractError| Error::Runtime(format!("tract: {e:#}"));
         let plan = tract_onnx::onnx()
             .model_for_read(&mut bytes.as_slice())

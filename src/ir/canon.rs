@@ -1,0 +1,285 @@
+//! Canonical forms: exporter patterns rewritten, before analysis, into the forms the op
+//! rules understand (as tract's declutter passes do). Each rewrite computes the same
+//! function; the slimmed model is written in the canonical form.
+//!
+//! - **Decomposed GroupNorm with one group** (torch's `group_norm` export, TorchScript and
+//!   dynamo): `Reshape(x, [0|N, 1, -1]) -> InstanceNormalization(scale = [1], bias = [0]) ->
+//!   Reshape(., Shape(x))`. Its statistics run over channels merged with time, which no
+//!   channel rule can follow through the Reshape. It becomes the ReduceMean form of a
+//!   global layer norm over every axis but the batch, whose channel means the gate graph
+//!   takes over kept channels ([`crate::ops::Read::Mean`]).
+//! - **LayerNormalization** (opset 17): the same over axes `axis..`, then `* scale + bias`.
+//!
+//! Both become `d = x - ReduceMean(x); y = d / Sqrt(ReduceMean(d * d) + eps)` (population
+//! variance, as both ops define it). GroupNorm with more than one group keeps its form and
+//! its channels stay frozen.
+use super::Ir;
+use crate::onnx::{
+    self, attr_f, attr_i, int_attr, ints_attr, ModelProto, NodeProto, Tensor, TensorProto,
+};
+use std::collections::{HashMap, HashSet};
+
+/// One recognised pattern: the nodes it replaces and what replaces them.
+struct Rewrite {
+    /// Node indices removed.
+    remove: Vec<usize>,
+    /// Inserted where the first removed node was.
+    at: usize,
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+}
+
+/// The rewritten model, or `None` when no pattern matched.
+pub fn canonicalize(ir: &Ir) -> Option<ModelProto> {
+    let mut rewrites = vec![];
+    let mut taken: HashSet<usize> = HashSet::new();
+    for (ni, node) in ir.nodes().iter().enumerate() {
+        if taken.contains(&ni) {
+            continue;
+        }
+        let rw = match node.op_type() {
+            "Reshape" => group_norm_1(ir, ni),
+            "LayerNormalization" => layer_norm(ir, ni),
+            _ => None,
+        };
+        if let Some(rw) = rw.filter(|rw| rw.remove.iter().all(|i| !taken.contains(i))) {
+            taken.extend(rw.remove.iter().copied());
+            rewrites.push(rw);
+        }
+    }
+    if rewrites.is_empty() {
+        return None;
+    }
+    let mut model = ir.model.clone();
+    let graph = model.graph.as_mut()?;
+    let mut insert: HashMap<usize, Vec<NodeProto>> = HashMap::new();
+    for rw in rewrites {
+        insert.entry(rw.at).or_default().extend(rw.nodes);
+        graph.initializer.extend(rw.inits);
+    }
+    let old = std::mem::take(&mut graph.node);
+    for (i, n) in old.into_iter().enumerate() {
+        if let Some(new) = insert.remove(&i) {
+            graph.node.extend(new);
+        }
+        if !taken.contains(&i) {
+            graph.node.push(n);
+        }
+    }
+    Some(model)
+}
+
+/// The single consumer of `value`, when there is exactly one and it is not a graph output.
+fn only_consumer(ir: &Ir, value: &str) -> Option<usize> {
+    if ir.graph_outputs().iter().any(|o| o == value) {
+        return None;
+    }
+    match ir.consumers.get(value).map(|c| c.as_slice()) {
+        Some([(n, _)]) => Some(*n),
+        _ => None,
+    }
+}
+
+fn const_values(ir: &Ir, value: &str) -> Option<Vec<f64>> {
+    Some(match ir.fact(value)?.value.as_ref()? {
+        Tensor::F32(a) => a.iter().map(|&v| v as f64).collect(),
+        t => t.to_i64_vec().iter().map(|&v| v as f64).collect(),
+    })
+}
+
+/// `Reshape(x, [0|N, 1, -1]) -> InstanceNormalization([1], [0]) -> Reshape(., Shape(x))`.
+fn group_norm_1(ir: &Ir, r1: usize) -> Option<Rewrite> {
+    let nodes = ir.nodes();
+    let reshape = &nodes[r1];
+    let x = reshape.input.first()?.clone();
+    let rank = ir.fact(&x)?.rank();
+    let target = const_values(ir, reshape.input.get(1)?)?;
+    if rank < 3 {
+        return None;
+    }
+    let batch = ir.fact(&x)?.shape[0] as f64;
+    if target.len() != 3
+        || target[1] != 1.0
+        || target[2] != -1.0
+        || !(target[0] == 0.0 || target[0] == batch)
+    {
+        return None;
+    }
+    let inorm = only_consumer(ir, &reshape.output[0])?;
+    let n = &nodes[inorm];
+    if n.op_type() != "InstanceNormalization" || n.input.first() != Some(&reshape.output[0]) {
+        return None;
+    }
+    let (scale, bias) = (
+        const_values(ir, n.input.get(1)?)?,
+        const_values(ir, n.input.get(2)?)?,
+    );
+    if scale != [1.0] || bias != [0.0] {
+        return None;
+    }
+    let r2 = only_consumer(ir, &n.output[0])?;
+    let back = &nodes[r2];
+    if back.op_type() != "Reshape" || back.input.first() != Some(&n.output[0]) {
+        return None;
+    }
+    let shape_node = *ir.producer.get(back.input.get(1)?)?;
+    let s = &nodes[shape_node];
+    if s.op_type() != "Shape"
+        || s.input.first() != Some(&x)
+        || attr_i(s, "start").unwrap_or(0) != 0
+        || attr_i(s, "end").is_some()
+    {
+        return None;
+    }
+    let mut remove = vec![r1, inorm, r2];
+    if only_consumer(ir, &s.output[0]) == Some(r2) {
+        remove.push(shape_node);
+    }
+    let eps = attr_f(n, "epsilon").unwrap_or(1e-5);
+    let axes: Vec<i64> = (1..rank as i64).collect();
+    let (nodes, inits) = normalise(ir, &x, &back.output[0], &axes, eps, reshape.name());
+    Some(Rewrite {
+        at: r1.min(shape_node),
+        remove,
+        nodes,
+        inits,
+    })
+}
+
+/// `LayerNormalization(x, scale, bias?)` with only its first output used.
+fn layer_norm(ir: &Ir, ni: usize) -> Option<Rewrite> {
+    let n = &ir.nodes()[ni];
+    if n.output
+        .iter()
+        .skip(1)
+        .any(|o| !o.is_empty() && ir.consumers.contains_key(o))
+    {
+        return None;
+    }
+    let x = n.input.first()?.clone();
+    let rank = ir.fact(&x)?.rank() as i64;
+    let axis = attr_i(n, "axis").unwrap_or(-1);
+    let axis = if axis < 0 { axis + rank } else { axis };
+    if !(1..rank).contains(&axis) {
+        return None;
+    }
+    let axes: Vec<i64> = (axis..rank).collect();
+    let eps = attr_f(n, "epsilon").unwrap_or(1e-5);
+    let y = &n.output[0];
+    let normed = format!("{y}.sepprune.normed");
+    let (mut nodes, inits) = normalise(ir, &x, &normed, &axes, eps, n.name());
+    let scaled = format!("{y}.sepprune.scaled");
+    let has_bias = n.input.get(2).is_some_and(|b| !b.is_empty());
+    let scale_out = if has_bias { scaled.clone() } else { y.clone() };
+    nodes.push(op(
+        n.name(),
+        "Mul",
+        vec![normed, n.input[1].clone()],
+        &scale_out,
+        vec![],
+    ));
+    if has_bias {
+        nodes.push(op(
+            n.name(),
+            "Add",
+            vec![scaled, n.input[2].clone()],
+            y,
+            vec![],
+        ));
+    }
+    Some(Rewrite {
+        at: ni,
+        remove: vec![ni],
+        nodes,
+        inits,
+    })
+}
+
+fn op(
+    prefix: &str,
+    op_type: &str,
+    input: Vec<String>,
+    output: &str,
+    attribute: Vec<onnx::AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        name: Some(format!("{prefix}/sepprune/{op_type}.{output}")),
+        op_type: Some(op_type.into()),
+        input,
+        output: vec![output.to_string()],
+        attribute,
+        ..Default::default()
+    }
+}
+
+/// `y = (x - mean) / sqrt(mean((x - mean)^2) + eps)`, means over `axes` (kept dims).
+fn normalise(
+    ir: &Ir,
+    x: &str,
+    y: &str,
+    axes: &[i64],
+    eps: f32,
+    prefix: &str,
+) -> (Vec<NodeProto>, Vec<TensorProto>) {
+    let v = |s: &str| format!("{y}.sepprune.{s}");
+    let mut inits = vec![];
+    let eps_name = v("eps");
+    inits.push(onnx::tensor_to_proto(
+        &Tensor::F32(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[]), eps)),
+        &TensorProto {
+            name: Some(eps_name.clone()),
+            data_type: Some(1),
+            ..Default::default()
+        },
+    ));
+    // ReduceMean takes its axes as an input from opset 18 on.
+    let (axes_in, axes_attr) = if ir.opset() >= 18 {
+        let name = v("axes");
+        inits.push(onnx::tensor_to_proto(
+            &Tensor::vec_i64(axes.to_vec()),
+            &TensorProto {
+                name: Some(name.clone()),
+                data_type: Some(7),
+                ..Default::default()
+            },
+        ));
+        (vec![name], vec![])
+    } else {
+        (vec![], vec![ints_attr("axes", axes)])
+    };
+    let mean = |inp: String, out: &str| {
+        let mut input = vec![inp];
+        input.extend(axes_in.iter().cloned());
+        let mut attribute = axes_attr.clone();
+        attribute.push(int_attr("keepdims", 1));
+        op(prefix, "ReduceMean", input, out, attribute)
+    };
+    let nodes = vec![
+        mean(x.to_string(), &v("mean")),
+        op(
+            prefix,
+            "Sub",
+            vec![x.to_string(), v("mean")],
+            &v("centred"),
+            vec![],
+        ),
+        op(
+            prefix,
+            "Mul",
+            vec![v("centred"), v("centred")],
+            &v("sq"),
+            vec![],
+        ),
+        mean(v("sq"), &v("var")),
+        op(
+            prefix,
+            "Add",
+            vec![v("var"), eps_name],
+            &v("var_eps"),
+            vec![],
+        ),
+        op(prefix, "Sqrt", vec![v("var_eps")], &v("std"), vec![]),
+        op(prefix, "Div", vec![v("centred"), v("std")], y, vec![]),
+    ];
+    (nodes, inits)
+}
