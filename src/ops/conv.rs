@@ -15,14 +15,21 @@ use candle_core::Tensor as CTensor;
 pub struct Conv;
 pub struct ConvTranspose;
 
-struct Geometry {
-    group: usize,
-    strides: Vec<usize>,
-    dilations: Vec<usize>,
-    pads: Vec<usize>, // begins then ends
+/// Window geometry of a Conv or pool: strides, dilations and explicit pads (`auto_pad`
+/// resolved against the input `x`).
+pub(crate) struct Geometry {
+    pub group: usize,
+    pub strides: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub pads: Vec<usize>, // begins then ends
 }
 
-fn geometry(node: &NodeProto, x: &[usize], kernel: &[usize], transpose: bool) -> Result<Geometry> {
+pub(crate) fn geometry(
+    node: &NodeProto,
+    x: &[usize],
+    kernel: &[usize],
+    transpose: bool,
+) -> Result<Geometry> {
     let nd = kernel.len();
     let get = |name: &str, default: usize| -> Vec<usize> {
         attr_ints(node, name)

@@ -1,10 +1,11 @@
 //! Pooling: AveragePool, MaxPool (kernel, strides, pads, dilations, ceil_mode, auto_pad) and
 //! GlobalAveragePool / GlobalMaxPool. Pools act on each channel alone: the batch and
 //! channel axes (0 and 1) pass through, the spatial axes change size.
+use super::conv::{geometry, Geometry};
 use super::{ce, cin, need, Links, OpRule, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
-use crate::onnx::{attr_i, attr_ints, attr_s, NodeProto};
+use crate::onnx::{attr_i, attr_ints, NodeProto};
 use candle_core::Tensor as CTensor;
 
 pub struct Pool;
@@ -12,70 +13,27 @@ pub struct GlobalPool;
 
 struct Window {
     kernel: Vec<usize>,
-    strides: Vec<usize>,
-    pads: Vec<usize>, // begins then ends
-    dilations: Vec<usize>,
+    g: Geometry,
     ceil: bool,
 }
 
+/// The pool's kernel and the Conv window geometry ([`geometry`]) for input `x`.
 fn window(node: &NodeProto, x: &[usize]) -> Result<Window> {
     let kernel: Vec<usize> = attr_ints(node, "kernel_shape")
         .ok_or_else(|| Error::node(node, "pool without kernel_shape"))?
         .iter()
         .map(|&k| k as usize)
         .collect();
-    let nd = kernel.len();
-    if x.len() != nd + 2 {
+    if x.len() != kernel.len() + 2 {
         return Err(Error::node(
             node,
-            format!("kernel rank {nd} does not match input {x:?}"),
+            format!("kernel rank {} does not match input {x:?}", kernel.len()),
         ));
     }
-    let get = |name: &str, default: usize, n: usize| -> Vec<usize> {
-        attr_ints(node, name)
-            .filter(|v| !v.is_empty())
-            .map(|v| v.iter().map(|&d| d as usize).collect())
-            .unwrap_or(vec![default; n])
-    };
-    let strides = get("strides", 1, nd);
-    let dilations = get("dilations", 1, nd);
-    let mut pads = get("pads", 0, 2 * nd);
-    match attr_s(node, "auto_pad").as_deref().unwrap_or("NOTSET") {
-        "NOTSET" => {}
-        "VALID" => pads = vec![0; 2 * nd],
-        same if same.starts_with("SAME") => {
-            for i in 0..nd {
-                let out = x[2 + i].div_ceil(strides[i]);
-                let eff = (kernel[i] - 1) * dilations[i] + 1;
-                let total = ((out - 1) * strides[i] + eff).saturating_sub(x[2 + i]);
-                let small = total / 2;
-                let (a, b) = if same == "SAME_UPPER" {
-                    (small, total - small)
-                } else {
-                    (total - small, small)
-                };
-                pads[i] = a;
-                pads[nd + i] = b;
-            }
-        }
-        other => {
-            return Err(Error::node(
-                node,
-                format!("auto_pad {other} is not supported"),
-            ))
-        }
-    }
-    if strides.len() != nd || dilations.len() != nd || pads.len() != 2 * nd {
-        return Err(Error::node(
-            node,
-            "strides/dilations/pads do not match the kernel rank",
-        ));
-    }
+    let g = geometry(node, x, &kernel, false)?;
     Ok(Window {
         kernel,
-        strides,
-        pads,
-        dilations,
+        g,
         ceil: attr_i(node, "ceil_mode").unwrap_or(0) != 0,
     })
 }
@@ -86,8 +44,8 @@ impl OpRule for Pool {
         let w = window(node, &x.shape)?;
         let mut y = x.shape[..2].to_vec();
         for i in 0..w.kernel.len() {
-            let span = x.shape[2 + i] + w.pads[i] + w.pads[w.kernel.len() + i];
-            let eff = (w.kernel[i] - 1) * w.dilations[i] + 1;
+            let span = x.shape[2 + i] + w.g.pads[i] + w.g.pads[w.kernel.len() + i];
+            let eff = (w.kernel[i] - 1) * w.g.dilations[i] + 1;
             if span < eff {
                 return Err(Error::node(
                     node,
@@ -96,9 +54,9 @@ impl OpRule for Pool {
             }
             let steps = span - eff;
             let n = if w.ceil {
-                steps.div_ceil(w.strides[i])
+                steps.div_ceil(w.g.strides[i])
             } else {
-                steps / w.strides[i]
+                steps / w.g.strides[i]
             };
             y.push(n + 1);
         }
@@ -122,8 +80,8 @@ impl OpRule for Pool {
         let e = ce(node);
         let t = cin(node, x, 0)?;
         let w = window(node, t.dims())?;
-        if w.pads.iter().any(|&p| p != 0)
-            || w.dilations.iter().any(|&d| d != 1)
+        if w.g.pads.iter().any(|&p| p != 0)
+            || w.g.dilations.iter().any(|&d| d != 1)
             || w.ceil
             || node.output.len() > 1
         {
@@ -136,12 +94,12 @@ impl OpRule for Pool {
             1 => (
                 t.unsqueeze(2).map_err(&e)?,
                 (1, w.kernel[0]),
-                (1, w.strides[0]),
+                (1, w.g.strides[0]),
             ),
             2 => (
                 t.clone(),
                 (w.kernel[0], w.kernel[1]),
-                (w.strides[0], w.strides[1]),
+                (w.g.strides[0], w.g.strides[1]),
             ),
             _ => return Err(Error::node(node, "pool rank > 2 has no Candle lowering")),
         };

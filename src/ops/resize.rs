@@ -1,7 +1,7 @@
 //! Resize (opsets 10 to 19) and the older Upsample: interpolation along some axes. Axes that
 //! keep their size (batch, channels) pass channels through; only `nearest` mode has a
 //! Candle lowering (the upsampling of U-Net separators: SuDoRM-RF, TDANet, A-FRCNN).
-use super::{ce, cin, need_const, ConstEdit, Links, OpRule, ShapeOf};
+use super::{ce, cin, has_input, need_const, ConstEdit, Links, OpRule, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_s, NodeProto, Tensor};
@@ -18,10 +18,6 @@ fn slots(node: &NodeProto) -> (usize, Option<usize>) {
     }
 }
 
-fn present(node: &NodeProto, i: usize) -> bool {
-    node.input.get(i).is_some_and(|v| !v.is_empty())
-}
-
 /// Output shape and the per-axis scale (output / input).
 fn geometry(
     node: &NodeProto,
@@ -29,7 +25,7 @@ fn geometry(
     x: &[usize],
 ) -> Result<(Vec<usize>, Vec<f64>)> {
     let (si, zi) = slots(node);
-    if let Some(zi) = zi.filter(|&z| present(node, z)) {
+    if let Some(zi) = zi.filter(|&z| has_input(node, z)) {
         let sizes = need_const(node, inputs, zi)?.to_i64_vec();
         if sizes.len() != x.len() {
             return Err(Error::node(
@@ -140,7 +136,7 @@ impl OpRule for Resize {
     /// `sizes` that spell out a pruned dim get the new dim (the dynamo exporter writes
     /// `Concat([1, C], Shape(x)[2:])`).
     fn patch(&self, node: &mut NodeProto, ir: &Ir, new: ShapeOf) -> Result<Vec<ConstEdit>> {
-        let Some(zi) = slots(node).1.filter(|&z| present(node, z)) else {
+        let Some(zi) = slots(node).1.filter(|&z| has_input(node, z)) else {
             return Ok(vec![]);
         };
         super::shape_vector_edits(node, ir, zi, &new(&node.output[0]), |_, _| true)
