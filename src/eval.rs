@@ -29,10 +29,13 @@ pub fn eval(model: &ModelProto, data: &Path, rate: u32) -> Result<EvalReport> {
             });
         }
         let t = ex.mix.len();
-        if !plans.contains_key(&t) {
-            plans.insert(t, TractModel::new(model, &[1, 1, t])?);
-        }
-        let y = plans[&t].run(&ex.mix)?;
+        let plan = match plans.entry(t) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(TractModel::new(model, &[1, 1, t])?)
+            }
+        };
+        let y = plan.run(&ex.mix)?;
         let n_src = (y.len() / t).max(1);
         let est: Vec<Vec<f32>> = (0..n_src)
             .map(|k| y[k * t..((k + 1) * t).min(y.len())].to_vec())

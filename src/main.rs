@@ -336,7 +336,30 @@ fn print_check(r: &verify::CheckReport) {
     }
 }
 
-fn load_ir(path: &PathBuf, seconds: f64, rate: u32) -> Result<Ir> {
+/// The verification length: `seconds` at 16 kHz, or the analysis length when the model
+/// does not infer at that length (an export with a traced, fixed length, such as
+/// TorchScript's `nn.MultiheadAttention` with its sequence length baked into a Reshape).
+fn verify_length(ir: &Ir, seconds: f64, quiet: bool) -> usize {
+    let n = (seconds * 16000.0).round().max(1.0) as usize;
+    if n == ir.samples {
+        return n;
+    }
+    match Ir::new(ir.model.clone(), n) {
+        Ok(_) => n,
+        Err(e) => {
+            if !quiet {
+                eprintln!(
+                    "note: the model does not run at {n} samples ({e}); it looks like a \
+                     fixed-length export, so it is verified at {} samples",
+                    ir.samples
+                );
+            }
+            ir.samples
+        }
+    }
+}
+
+fn load_ir(path: &std::path::Path, seconds: f64, rate: u32) -> Result<Ir> {
     let model = onnx::load(path)?;
     let samples = (seconds * rate as f64).round() as usize;
     Ir::new(model, samples).with_context(|| format!("{}: shape inference failed", path.display()))
@@ -344,7 +367,7 @@ fn load_ir(path: &PathBuf, seconds: f64, rate: u32) -> Result<Ir> {
 
 /// A model at `seconds`, its channel groups, and masks read from `masks` when given.
 fn load_analyzed(
-    model: &PathBuf,
+    model: &std::path::Path,
     seconds: f64,
     masks: Option<PathBuf>,
 ) -> Result<(Ir, analysis::Groups, Option<Masks>)> {
@@ -724,7 +747,7 @@ fn main() -> Result<()> {
             let check = if no_verify {
                 None
             } else {
-                let n = (verify_seconds * 16000.0).round().max(1.0) as usize;
+                let n = verify_length(&ir, verify_seconds, json);
                 let x = verify::test_signal(n, 16000.0);
                 let ort_ok = ort_ready
                     .map(|h| h.join().unwrap_or(false))

@@ -95,9 +95,7 @@ pub fn find_regions(ir: &Ir, macs: &[u64]) -> Vec<Region> {
     let mut regions: Vec<Region> = (0..n)
         .map(|i| {
             let k = interval[i];
-            if k == usize::MAX {
-                Region::Encoder
-            } else if k < heavy || idx[i] == chain[heavy] {
+            if k == usize::MAX || k < heavy || idx[i] == chain[heavy] {
                 Region::Encoder
             } else if k == heavy {
                 Region::Separator

@@ -2,6 +2,7 @@
 //!
 //! - negative SI-SDR (Le Roux et al. 2019), in dB, per source then averaged;
 //! - negative SNR, `-10 log10(||s||² / ||s - ŝ||²)` dB;
+//!
 //! both with permutation-invariant training (PIT): the minimum over source permutations.
 use crate::audio::metrics::permutations;
 use crate::error::{Error, Result};

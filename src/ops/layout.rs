@@ -62,7 +62,7 @@ fn resolve_target(node: &NodeProto, x: &[usize], target: &[i64]) -> Result<Vec<u
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer_at {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(Error::node(
                 node,
                 format!("cannot reshape {x:?} to {target:?}"),
@@ -145,18 +145,11 @@ impl OpRule for Reshape {
         }
     }
 
-    /// A target that spells out a pruned dim gets the new dim (0 and -1 stay).
+    /// A target that spells out a pruned dim gets the new dim (0 and -1 stay); a piece
+    /// computed from a pruned channel count becomes a literal ([`super::shape_vec`]).
     fn patch(&self, node: &mut NodeProto, ir: &Ir, new: ShapeOf) -> Result<Vec<ConstEdit>> {
-        let t = &node.input[1];
-        let literal = ir.is_initializer(t)
-            || ir
-                .producer
-                .get(t)
-                .is_some_and(|&p| ir.nodes()[p].op_type() == "Constant");
-        if !literal {
-            return Ok(vec![]); // computed from Shape: follows the new shapes
-        }
-        super::shape_vector_edits(node, ir, 1, &new(&node.output[0]), |old, _| old > 0)
+        let out = new(&node.output[0]);
+        super::shape_vector_edits(node, ir, 1, &out, new, |old, _| old > 0)
     }
 
     /// To the inferred output shape.
@@ -327,7 +320,7 @@ impl OpRule for SqueezeUnsqueeze {
 }
 
 /// Per-axis (start, end, step) of a Slice, normalised and clamped (ONNX semantics).
-fn slice_params(
+pub(crate) fn slice_params(
     node: &NodeProto,
     inputs: &[Option<&Fact>],
     x: &[usize],

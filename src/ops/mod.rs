@@ -12,12 +12,14 @@ mod reduce;
 mod resize;
 mod rnn;
 mod shape;
+mod shape_vec;
 mod softmax;
 
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{NodeProto, Tensor};
 use candle_core::Tensor as CTensor;
+pub(crate) use shape_vec::shape_vector_edits;
 
 /// A channel slot: one axis of one value (activation or initializer).
 pub type Slot = (String, usize);
@@ -326,86 +328,6 @@ pub(crate) fn broadcast(node: &NodeProto, shapes: &[&[usize]]) -> Result<Vec<usi
         }
     }
     Ok(out)
-}
-
-/// Edits to the shape vector in input `input` of `node` (a Reshape target, Resize sizes)
-/// so that it spells out `out`, the node's new output shape: each entry for which `fix`
-/// (old entry, new dim) is true gets the new dim. The vector is either a literal
-/// (initializer or `Constant`) or a `Concat` of literal pieces and `Shape` slices, as
-/// exporters write it; only literal pieces are edited (the rest follows the new shapes).
-pub(crate) fn shape_vector_edits(
-    node: &NodeProto,
-    ir: &Ir,
-    input: usize,
-    out: &[usize],
-    fix: impl Fn(i64, i64) -> bool,
-) -> Result<Vec<ConstEdit>> {
-    let literal = |v: &str| {
-        ir.is_initializer(v)
-            || ir
-                .producer
-                .get(v)
-                .is_some_and(|&p| ir.nodes()[p].op_type() == "Constant")
-    };
-    let value = |v: &str| {
-        ir.fact(v)
-            .and_then(|f| f.value.as_ref())
-            .map(|t| t.to_i64_vec())
-    };
-    let patched = |old: &[i64], at: usize| -> Option<Vec<i64>> {
-        let mut v = old.to_vec();
-        let mut changed = false;
-        for (i, e) in v.iter_mut().enumerate() {
-            if let Some(&d) = out.get(at + i) {
-                if *e != d as i64 && fix(*e, d as i64) {
-                    *e = d as i64;
-                    changed = true;
-                }
-            }
-        }
-        changed.then_some(v)
-    };
-    let Some(v) = node.input.get(input).filter(|v| !v.is_empty()) else {
-        return Ok(vec![]);
-    };
-    if literal(v) {
-        return Ok(value(v)
-            .and_then(|old| patched(&old, 0))
-            .map(|value| ConstEdit {
-                input,
-                via: None,
-                value: Tensor::vec_i64(value),
-            })
-            .into_iter()
-            .collect());
-    }
-    let Some(concat) = ir.producer.get(v).map(|&p| &ir.nodes()[p]) else {
-        return Ok(vec![]);
-    };
-    if concat.op_type() != "Concat" {
-        return Ok(vec![]);
-    }
-    let mut edits = vec![];
-    let mut at = 0;
-    for (k, piece) in concat.input.iter().enumerate() {
-        let Some(old) = value(piece) else {
-            return Err(Error::node(
-                node,
-                format!("shape piece '{piece}' is not static"),
-            ));
-        };
-        if literal(piece) {
-            if let Some(value) = patched(&old, at) {
-                edits.push(ConstEdit {
-                    input,
-                    via: Some(k),
-                    value: Tensor::vec_i64(value),
-                });
-            }
-        }
-        at += old.len();
-    }
-    Ok(edits)
 }
 
 /// True when optional input `i` is present.

@@ -139,6 +139,6 @@ impl OpRule for Resize {
         let Some(zi) = slots(node).1.filter(|&z| has_input(node, z)) else {
             return Ok(vec![]);
         };
-        super::shape_vector_edits(node, ir, zi, &new(&node.output[0]), |_, _| true)
+        super::shape_vector_edits(node, ir, zi, &new(&node.output[0]), new, |_, _| true)
     }
 }
