@@ -8,8 +8,9 @@
 //! Per-channel ops in between (PRelu, depthwise conv, norm affine) may make a removed
 //! channel non-zero again, so gating only at the producer would not be exact; gating at
 //! every mixing read is. For a binary `g`, the gate graph computes the same function as
-//! the slimmed model with the same mask.
-use crate::analysis::Groups;
+//! the slimmed model with the same mask. A concatenation of groups (a channel Concat) is
+//! gated with the Concat of its parts' gates (ones for parts that are not pruned).
+use crate::analysis::{groups::Part, Groups};
 use crate::error::Result;
 use crate::ir::Ir;
 use crate::onnx::{self, int_attr, ModelProto, NodeProto, Tensor, TensorProto};
@@ -52,6 +53,93 @@ pub fn gate_name(group: usize) -> String {
     format!("sepprune.gate.{group}")
 }
 
+/// The gate vector a slot is multiplied by: `value` (shape `[size]`) names a group's gate
+/// initializer, or the Concat of its parts' gates for a concatenation.
+struct Gate {
+    /// `<group id>` or `c<concatenation id>`, for node and value names.
+    key: String,
+    value: String,
+    size: usize,
+}
+
+/// The gate of slot `(v, a)`, when it is in a prunable group or in a concatenation with a
+/// prunable part; builds a concatenation's gate (once) from its parts' gates, with ones for
+/// frozen and fixed parts.
+fn gate_of(
+    groups: &Groups,
+    v: &str,
+    a: usize,
+    nodes: &mut Vec<NodeProto>,
+    inits: &mut Vec<TensorProto>,
+    made: &mut HashSet<String>,
+) -> Option<Gate> {
+    if let Some(g) = groups.of(v, a) {
+        return g.frozen.is_none().then(|| Gate {
+            key: g.id.to_string(),
+            value: gate_name(g.id),
+            size: g.size,
+        });
+    }
+    let c = groups.concatenated_of(v, a)?;
+    let value = part_gate(groups, Part::Concatenated(c.id), nodes, inits, made)?;
+    Some(Gate {
+        key: format!("c{}", c.id),
+        value,
+        size: c.size,
+    })
+}
+
+/// The gate vector of a part, `None` when nothing in it is prunable (all ones).
+fn part_gate(
+    groups: &Groups,
+    part: Part,
+    nodes: &mut Vec<NodeProto>,
+    inits: &mut Vec<TensorProto>,
+    made: &mut HashSet<String>,
+) -> Option<String> {
+    match part {
+        Part::Group(g) => groups.groups[g].frozen.is_none().then(|| gate_name(g)),
+        Part::Fixed(_) => None,
+        Part::Concatenated(c) => {
+            let name = format!("sepprune.gate.c{c}");
+            if made.contains(&name) {
+                return Some(name);
+            }
+            let parts = &groups.concatenated[c].parts;
+            let gates: Vec<Option<String>> = parts
+                .iter()
+                .map(|&p| part_gate(groups, p, nodes, inits, made))
+                .collect();
+            if gates.iter().all(Option::is_none) {
+                return None;
+            }
+            let inputs = parts
+                .iter()
+                .zip(gates)
+                .map(|(&p, g)| {
+                    g.unwrap_or_else(|| {
+                        let n = groups.part_size(p);
+                        let ones = format!("sepprune.ones.{n}");
+                        if made.insert(ones.clone()) {
+                            inits.push(f32_init(&ones, &[n], vec![1.0; n]));
+                        }
+                        ones
+                    })
+                })
+                .collect();
+            made.insert(name.clone());
+            nodes.push(node(
+                "Concat",
+                format!("{name}.concat"),
+                inputs,
+                name.clone(),
+                vec![int_attr("axis", 0)],
+            ));
+            Some(name)
+        }
+    }
+}
+
 /// Builds the gate graph. Gates hold `masks` (1 = kept) or all ones when `masks` is None.
 pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<ModelProto> {
     if let Some(m) = masks {
@@ -84,7 +172,7 @@ pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<Mod
     }
     for (ni, n) in graph.node.iter().enumerate() {
         let mut n = n.clone();
-        let mut means: Vec<usize> = vec![];
+        let mut means: Vec<Gate> = vec![];
         if !ir.is_folded(&n) {
             if let Some(rule) = ops::rule(&n) {
                 for i in 0..n.input.len() {
@@ -95,12 +183,14 @@ pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<Mod
                     let rank = ir.fact(&v).map(|f| f.rank()).unwrap_or(0);
                     let mut reads = vec![];
                     for a in 0..rank {
-                        let Some(g) = groups.of(&v, a).filter(|g| g.frozen.is_none()) else {
+                        let Some(gate) =
+                            gate_of(groups, &v, a, &mut new_nodes, &mut inits, &mut made)
+                        else {
                             continue;
                         };
                         match rule.read(&n, ir, i, a) {
                             Read::Pointwise => {}
-                            r => reads.push((a, g.id, g.size, r)),
+                            r => reads.push((a, gate, r)),
                         }
                     }
                     if reads.is_empty() {
@@ -111,7 +201,8 @@ pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<Mod
                         n.input[i] = gv.clone();
                     } else {
                         let mut cur = v.clone();
-                        for &(a, id, size, _) in &reads {
+                        for (a, gate, _) in &reads {
+                            let (a, id, size) = (*a, &gate.key, gate.size);
                             let shape_name = format!("sepprune.gate.{id}.shape.r{rank}a{a}");
                             if made.insert(shape_name.clone()) {
                                 let mut dims = vec![size as i64];
@@ -128,7 +219,7 @@ pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<Mod
                                 new_nodes.push(node(
                                     "Reshape",
                                     format!("{bg}.reshape"),
-                                    vec![gate_name(id), shape_name],
+                                    vec![gate.value.clone(), shape_name],
                                     bg.clone(),
                                     vec![],
                                 ));
@@ -146,7 +237,7 @@ pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<Mod
                         gated_of.insert(key, cur.clone());
                         n.input[i] = cur;
                     }
-                    means.extend(reads.iter().filter(|r| r.3 == Read::Mean).map(|r| r.1));
+                    means.extend(reads.into_iter().filter(|r| r.2 == Read::Mean).map(|r| r.1));
                 }
             }
         }
@@ -160,8 +251,8 @@ pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<Mod
         n.output[0] = pre.clone();
         new_nodes.push(n);
         let mut cur = pre;
-        for id in means {
-            let size = groups.groups[id].size;
+        for gate in means {
+            let (id, size) = (&gate.key, gate.size);
             let scale = format!("sepprune.gate.{id}.mean_scale");
             if made.insert(scale.clone()) {
                 let sum = format!("sepprune.gate.{id}.sum");
@@ -170,7 +261,7 @@ pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<Mod
                 new_nodes.push(node(
                     "ReduceSum",
                     format!("{sum}.node"),
-                    vec![gate_name(id)],
+                    vec![gate.value.clone()],
                     sum.clone(),
                     vec![int_attr("keepdims", 0)],
                 ));

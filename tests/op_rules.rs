@@ -165,3 +165,64 @@ fn shape_subgraphs_fold_to_constants() {
     assert_eq!(v, vec![-1, 3, 25]);
     assert_eq!(ir.fact(&r).unwrap().shape, vec![2, 3, 25]);
 }
+
+/// x -> conv a (3 ch) and conv b (5 ch) -> Concat(axis 1) -> PRelu (8) -> conv (8 -> 2).
+fn concat_model(concat_out: bool) -> sepprune::onnx::ModelProto {
+    let mut g = G::new(&[1, 2, -1]);
+    let a = g.conv("x", 2, 3, 1, 1, 0);
+    let b = g.conv("x", 2, 5, 3, 1, 1);
+    let c = g.node("Concat", &[&a, &b], vec![int_attr("axis", 1)]);
+    if concat_out {
+        return g.output(&c, &[1, 8, -1]);
+    }
+    let slope = g.weight("slope", &[8, 1]);
+    let p = g.node("PRelu", &[&c, &slope], vec![]);
+    let y = g.conv(&p, 8, 2, 1, 1, 0);
+    g.output(&y, &[1, 2, -1])
+}
+
+#[test]
+fn channel_concat_is_an_offset_map_over_its_parts() {
+    use sepprune::analysis::groups::Part;
+    let (ir, gs) = groups_of(concat_model(false), 40);
+    let (ga, gb) = (gs.of("w0", 0).unwrap(), gs.of("w1", 0).unwrap());
+    assert!(ga.frozen.is_none() && gb.frozen.is_none());
+    assert_ne!(ga.id, gb.id, "each part keeps its own group");
+    let cat = gs
+        .concatenated_of("w4", 1)
+        .expect("consumer weight is concatenated");
+    assert_eq!(cat.parts, vec![Part::Group(ga.id), Part::Group(gb.id)]);
+    assert!(cat.params.contains(&("slope".into(), 0)));
+    // slicing: part b's channels sit at offset 3 of the consumer's input axis
+    let mut m = sepprune::prune::Masks::new();
+    m.insert(ga.id, 3, vec![0, 2]);
+    m.insert(gb.id, 5, vec![1, 4]);
+    let slim = sepprune::prune::slim(&ir, &gs, &m).unwrap();
+    let w = |ir: &Ir, n: &str| ir.initializer(n).unwrap();
+    let (old, new) = (w(&ir, "w4"), w(&slim, "w4"));
+    assert_eq!(new.shape(), vec![2, 4, 1]);
+    assert_eq!(new, old.select(1, &[0, 2, 4, 7]));
+    assert_eq!(w(&slim, "slope"), w(&ir, "slope").select(0, &[0, 2, 4, 7]));
+    // and the slimmed model computes the gate graph's function
+    let x = sepprune::verify::test_signal(2 * 57, 16000.0);
+    let r = sepprune::verify::check(
+        &ir,
+        &gs,
+        Some((&m, Some(&slim.model))),
+        0,
+        0,
+        &x,
+        sepprune::runtime::Runtime::Tract,
+    )
+    .unwrap();
+    assert!(r.passed, "{:?}", r.trials);
+}
+
+#[test]
+fn a_concatenation_reaching_a_graph_output_freezes_its_parts() {
+    let (_, gs) = groups_of(concat_model(true), 40);
+    for w in ["w0", "w1"] {
+        let why = gs.of(w, 0).unwrap().frozen.clone().unwrap_or_default();
+        assert!(why.contains("graph output"), "{w}: {why}");
+    }
+}

@@ -36,12 +36,46 @@ pub struct Group {
     pub residual: bool,
 }
 
+/// Where the channels of one stretch of a [`Concatenated`] axis come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Part {
+    /// A channel group's channels, in group order.
+    Group(usize),
+    /// Another concatenation (a Concat of Concats).
+    Concatenated(usize),
+    /// Channels no group defines (a graph input, a constant): never removed.
+    Fixed(usize),
+}
+
+/// The slots that carry a concatenation of channel groups: a Concat's output along its
+/// axis and every slot linked to it (the consumer conv's weight input axis, per-channel
+/// params). Their channels are the parts' channels in order, so removing channels of a
+/// part removes the same channels, shifted by the part's offset, here. Not a group
+/// itself: it defines no channels and is pruned only through its parts.
+#[derive(Clone, Debug, Serialize)]
+pub struct Concatenated {
+    pub id: usize,
+    /// Number of channels (the sum of the parts').
+    pub size: usize,
+    pub parts: Vec<Part>,
+    pub members: Vec<Slot>,
+    /// The initializer members: sliced along their axis when parts lose channels.
+    pub params: Vec<Slot>,
+    /// Why it must not change (then its parts are frozen too).
+    pub frozen: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Groups {
     pub groups: Vec<Group>,
+    /// Concatenations of groups (offset maps).
+    pub concatenated: Vec<Concatenated>,
     /// Value name -> (axis, group index) of each of its axes that is in a group.
     #[serde(skip)]
     pub by_value: HashMap<String, Vec<(usize, usize)>>,
+    /// Value name -> (axis, concatenation index) of each of its concatenated axes.
+    #[serde(skip)]
+    pub cat_by_value: HashMap<String, Vec<(usize, usize)>>,
 }
 
 impl Groups {
@@ -56,12 +90,71 @@ impl Groups {
             .find(|(a, _)| *a == axis)
             .map(|&(_, g)| &self.groups[g])
     }
+    /// Concatenation a slot carries, when it carries one.
+    pub fn concatenated_of(&self, value: &str, axis: usize) -> Option<&Concatenated> {
+        self.cat_by_value
+            .get(value)?
+            .iter()
+            .find(|(a, _)| *a == axis)
+            .map(|&(_, c)| &self.concatenated[c])
+    }
+    /// Channel count of a part once each group `g` keeps `kept(g)` channels (`None`: all).
+    pub fn part_count(&self, part: Part, kept: &dyn Fn(usize) -> Option<usize>) -> usize {
+        match part {
+            Part::Group(g) => kept(g).unwrap_or(self.groups[g].size),
+            Part::Concatenated(c) => self.concatenated[c]
+                .parts
+                .iter()
+                .map(|&p| self.part_count(p, kept))
+                .sum(),
+            Part::Fixed(n) => n,
+        }
+    }
+    /// Kept channel indices (ascending) of a part once each group `g` keeps `keep(g)`
+    /// (`None`: all of them).
+    pub fn part_keep(&self, part: Part, keep: &dyn Fn(usize) -> Option<Vec<usize>>) -> Vec<usize> {
+        match part {
+            Part::Group(g) => keep(g).unwrap_or_else(|| (0..self.groups[g].size).collect()),
+            Part::Concatenated(c) => {
+                let mut out = vec![];
+                let mut offset = 0;
+                for &p in &self.concatenated[c].parts {
+                    out.extend(self.part_keep(p, keep).into_iter().map(|i| i + offset));
+                    offset += self.part_size(p);
+                }
+                out
+            }
+            Part::Fixed(n) => (0..n).collect(),
+        }
+    }
+    /// Channel count of a part before pruning.
+    pub fn part_size(&self, part: Part) -> usize {
+        match part {
+            Part::Group(g) => self.groups[g].size,
+            Part::Concatenated(c) => self.concatenated[c].size,
+            Part::Fixed(n) => n,
+        }
+    }
+    /// Channel count of slot `(value, axis)` once each group `g` keeps `kept(g)` channels:
+    /// `None` for a slot in no group or concatenation.
+    pub fn slot_count(
+        &self,
+        value: &str,
+        axis: usize,
+        kept: &dyn Fn(usize) -> Option<usize>,
+    ) -> Option<usize> {
+        if let Some(g) = self.of(value, axis) {
+            return Some(kept(g.id).unwrap_or(g.size));
+        }
+        self.concatenated_of(value, axis)
+            .map(|c| self.part_count(Part::Concatenated(c.id), kept))
+    }
 }
 
-/// Finds the channel groups of a model.
+/// Finds the channel groups of a model, and the concatenations of groups.
 ///
-/// Errors: [`Error::Node`] when a rule links two slots of different sizes (a rule bug,
-/// reported rather than pruned through).
+/// Errors: [`Error::Node`] when a rule links two slots of different sizes, or concatenates
+/// parts whose sizes do not add up (a rule bug, reported rather than pruned through).
 pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
     let mut slots: Vec<Slot> = vec![];
     let mut index: HashMap<Slot, usize> = HashMap::new();
@@ -71,10 +164,12 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             slots.len() - 1
         })
     };
+    let size_of = |s: &Slot| ir.fact(&s.0).and_then(|f| f.shape.get(s.1)).copied();
     let mut pairs = vec![];
     let mut sources = vec![];
     let mut frozen: BTreeMap<usize, String> = BTreeMap::new();
     let mut touch: Vec<(usize, usize)> = vec![]; // (slot, node)
+    let mut concats: Vec<(Vec<usize>, usize, String)> = vec![]; // (parts, whole, node)
     for (ni, node) in ir.nodes().iter().enumerate() {
         if ir.is_folded(node) {
             continue;
@@ -85,9 +180,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             None => links.freeze_node(node, ir, "op has no rule"),
         }
         for (a, b) in &links.links {
-            let (fa, fb) = (ir.fact(&a.0), ir.fact(&b.0));
-            let da = fa.and_then(|f| f.shape.get(a.1)).copied();
-            let db = fb.and_then(|f| f.shape.get(b.1)).copied();
+            let (da, db) = (size_of(a), size_of(b));
             if da != db || da.is_none() {
                 return Err(Error::node(
                     node,
@@ -100,6 +193,23 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             pairs.push((ia, ib));
             touch.push((ia, ni));
             touch.push((ib, ni));
+        }
+        for (parts, whole) in &links.concats {
+            let sum: Option<usize> = parts.iter().map(size_of).sum();
+            if sum.is_none() || sum != size_of(whole) {
+                return Err(Error::node(
+                    node,
+                    format!("concatenates {parts:?} ({sum:?} channels) into {whole:?}"),
+                ));
+            }
+            let ps: Vec<usize> = parts.iter().map(|p| intern(p, &mut slots)).collect();
+            let w = intern(whole, &mut slots);
+            touch.extend(ps.iter().chain([&w]).map(|&i| (i, ni)));
+            concats.push((
+                ps,
+                w,
+                format!("node '{}' ({})", node.name(), node.op_type()),
+            ));
         }
         for s in &links.sources {
             let i = intern(s, &mut slots);
@@ -132,15 +242,50 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
     for (a, b) in pairs {
         uf.union(a, b);
     }
+    // Concats whose outputs are one class (their consumer's weight is shared, as in an
+    // unrolled block) must split it the same way: their parts are linked position by
+    // position. Linking may merge more classes, so repeat until nothing changes.
+    let mut conflicts: BTreeMap<usize, String> = BTreeMap::new(); // whole slot -> reason
+    loop {
+        let mut first: HashMap<usize, usize> = HashMap::new();
+        let mut merged = false;
+        for (ci, (parts, whole, at)) in concats.iter().enumerate() {
+            let root = uf.find(*whole);
+            let Some(&f) = first.get(&root) else {
+                first.insert(root, ci);
+                continue;
+            };
+            let other = &concats[f].0;
+            let sizes = |ps: &[usize]| ps.iter().map(|&p| size_of(&slots[p])).collect::<Vec<_>>();
+            if sizes(parts) != sizes(other) {
+                conflicts.entry(*whole).or_insert_with(|| {
+                    format!(
+                        "{at}: splits channels shared with '{}' differently",
+                        concats[f].2
+                    )
+                });
+                continue;
+            }
+            for (&a, &b) in parts.iter().zip(other) {
+                merged |= uf.union(a, b);
+            }
+        }
+        if !merged {
+            break;
+        }
+    }
+    let whole_roots: HashMap<usize, usize> = concats
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(ci, c)| (uf.find(c.1), ci))
+        .collect();
     // Groups in order of their first source (deterministic: node order).
     let mut root_group: HashMap<usize, usize> = HashMap::new();
     let mut groups: Vec<Group> = vec![];
     for &s in &sources {
         let root = uf.find(s);
-        let size = ir
-            .fact(&slots[s].0)
-            .map(|f| f.shape[slots[s].1])
-            .unwrap_or(0);
+        let size = size_of(&slots[s]).unwrap_or(0);
         if size <= 1 || root_group.contains_key(&root) {
             continue;
         }
@@ -156,18 +301,110 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             residual: false,
         });
     }
+    // Concatenations: classes of Concat outputs that no layer defines.
+    let mut root_cat: HashMap<usize, usize> = HashMap::new();
+    let mut cat_roots: Vec<(usize, usize)> = whole_roots.into_iter().collect();
+    cat_roots.sort_by_key(|&(_, ci)| ci);
+    for &(root, ci) in &cat_roots {
+        if root_group.contains_key(&root) {
+            let at = &concats[ci].2;
+            let g = root_group[&root];
+            conflicts.entry(concats[ci].1).or_insert_with(|| {
+                format!("{at}: concatenated channels are also group {g}'s (offset maps into a group are not implemented)")
+            });
+            continue;
+        }
+        root_cat.insert(root, root_cat.len());
+    }
+    let part_of = |slot: usize, uf: &mut UnionFind<usize>| -> Part {
+        let r = uf.find(slot);
+        match (root_group.get(&r), root_cat.get(&r)) {
+            (Some(&g), _) => Part::Group(g),
+            (None, Some(&c)) => Part::Concatenated(c),
+            _ => Part::Fixed(size_of(&slots[slot]).unwrap_or(0)),
+        }
+    };
+    let mut concatenated: Vec<Concatenated> = vec![];
+    let mut cat_frozen: Vec<Option<String>> = vec![];
+    for &(root, ci) in &cat_roots {
+        if !root_cat.contains_key(&root) {
+            continue;
+        }
+        let (parts, whole, _) = &concats[ci];
+        concatenated.push(Concatenated {
+            id: concatenated.len(),
+            size: size_of(&slots[*whole]).unwrap_or(0),
+            parts: parts.iter().map(|&p| part_of(p, &mut uf)).collect(),
+            members: vec![],
+            params: vec![],
+            frozen: None,
+        });
+        cat_frozen.push(None);
+    }
     let mut by_value: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+    let mut cat_by_value: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
     for (i, s) in slots.iter().enumerate() {
-        if let Some(&g) = root_group.get(&uf.find(i)) {
+        let root = uf.find(i);
+        let why = frozen.get(&i).or(conflicts.get(&i));
+        if let Some(&g) = root_group.get(&root) {
             let grp = &mut groups[g];
             grp.members.push(s.clone());
             if ir.is_initializer(&s.0) {
                 grp.params.push(s.clone());
             }
             if grp.frozen.is_none() {
-                grp.frozen = frozen.get(&i).cloned();
+                grp.frozen = why.cloned();
             }
             by_value.entry(s.0.clone()).or_default().push((s.1, g));
+        } else if let Some(&c) = root_cat.get(&root) {
+            let cat = &mut concatenated[c];
+            cat.members.push(s.clone());
+            if ir.is_initializer(&s.0) {
+                cat.params.push(s.clone());
+            }
+            if cat_frozen[c].is_none() {
+                cat_frozen[c] = why.cloned();
+            }
+            cat_by_value.entry(s.0.clone()).or_default().push((s.1, c));
+        }
+    }
+    // A frozen concatenation (it reaches a graph output, an op without a rule) or a
+    // conflicting one freezes its parts.
+    for (&slot, why) in &conflicts {
+        let mut hit = vec![part_of(slot, &mut uf)];
+        for (parts, whole, _) in &concats {
+            if *whole == slot {
+                hit.extend(parts.iter().map(|&p| part_of(p, &mut uf)));
+            }
+        }
+        for part in hit {
+            match part {
+                Part::Group(g) => groups[g].frozen.get_or_insert_with(|| why.clone()),
+                Part::Concatenated(c) => cat_frozen[c].get_or_insert_with(|| why.clone()),
+                Part::Fixed(_) => continue,
+            };
+        }
+    }
+    loop {
+        let mut changed = false;
+        for c in 0..concatenated.len() {
+            let Some(why) = cat_frozen[c].clone() else {
+                continue;
+            };
+            for &p in &concatenated[c].parts {
+                let slot = match p {
+                    Part::Group(g) => &mut groups[g].frozen,
+                    Part::Concatenated(k) => &mut cat_frozen[k],
+                    Part::Fixed(_) => continue,
+                };
+                if slot.is_none() {
+                    *slot = Some(format!("concatenated into a frozen axis: {why}"));
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
         }
     }
     let mut seen = std::collections::HashSet::new();
@@ -183,6 +420,11 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
         g.members.sort();
         g.params.sort();
     }
+    for (c, why) in concatenated.iter_mut().zip(cat_frozen) {
+        c.members.sort();
+        c.params.sort();
+        c.frozen = why;
+    }
     // Distinct layers (weight initializers) producing each group's channels.
     let mut producers: Vec<std::collections::HashSet<&str>> =
         vec![Default::default(); groups.len()];
@@ -192,7 +434,12 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
         }
     }
     let producers: Vec<usize> = producers.iter().map(|p| p.len()).collect();
-    let mut gs = Groups { groups, by_value };
+    let mut gs = Groups {
+        groups,
+        concatenated,
+        by_value,
+        cat_by_value,
+    };
     mark_residual(ir, &mut gs, &producers);
     Ok(gs)
 }

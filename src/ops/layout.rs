@@ -2,8 +2,10 @@
 //!
 //! Channel index maps: Transpose moves an axis; Squeeze/Unsqueeze shift it; Reshape keeps
 //! it when the axis survives as one dim of the same size (unit dims added or removed).
-//! A Reshape that merges or splits a channel axis, a Slice or Concat along it, and a Pad of
-//! it freeze the axis (offset and factorised maps are not implemented yet).
+//! Concat along a channel axis is an offset map: the output's channels are the parts'
+//! channels in order ([`super::Links::concat`]). A Reshape that merges or splits a channel
+//! axis, a Slice along it, and a Pad of it freeze the axis (factorised maps are not
+//! implemented yet).
 use super::{
     ce, cin, foldable, in_shape, need, need_const, norm_axis, out_shape, ConstEdit, Links, OpRule,
     ShapeOf,
@@ -485,22 +487,19 @@ impl OpRule for Concat {
         let Ok(axis) = norm_axis(node, attr_i(node, "axis").unwrap_or(0), y.rank()) else {
             return;
         };
-        for inp in node.input.iter().filter(|i| !i.is_empty()) {
-            for a in 0..y.rank() {
-                if a == axis {
-                    links.freeze(
-                        (inp, a),
-                        "Concat along the axis (offset maps not implemented)",
-                    );
-                } else {
-                    links.link((inp, a), (&node.output[0], a));
-                }
+        let inputs: Vec<&str> = node
+            .input
+            .iter()
+            .filter(|i| !i.is_empty())
+            .map(String::as_str)
+            .collect();
+        for inp in &inputs {
+            for a in (0..y.rank()).filter(|&a| a != axis) {
+                links.link((inp, a), (&node.output[0], a));
             }
         }
-        links.freeze(
-            (&node.output[0], axis),
-            "Concat along the axis (offset maps not implemented)",
-        );
+        let parts: Vec<(&str, usize)> = inputs.iter().map(|&i| (i, axis)).collect();
+        links.concat(&parts, (&node.output[0], axis));
     }
 
     fn lower(&self, node: &NodeProto, _ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {

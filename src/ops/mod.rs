@@ -46,6 +46,9 @@ pub struct Links {
     pub sources: Vec<Slot>,
     /// Slots that must not change, with the reason.
     pub frozen: Vec<(Slot, String)>,
+    /// `(parts, whole)`: the channels of slot `whole` are those of the `parts` slots, in
+    /// order (a Concat along a channel axis): an offset map, not an identity.
+    pub concats: Vec<(Vec<Slot>, Slot)>,
 }
 
 impl Links {
@@ -55,6 +58,12 @@ impl Links {
     }
     pub fn source(&mut self, s: (&str, usize)) {
         self.sources.push((s.0.to_string(), s.1));
+    }
+    pub fn concat(&mut self, parts: &[(&str, usize)], whole: (&str, usize)) {
+        self.concats.push((
+            parts.iter().map(|p| (p.0.to_string(), p.1)).collect(),
+            (whole.0.to_string(), whole.1),
+        ));
     }
     pub fn freeze(&mut self, s: (&str, usize), why: impl Into<String>) {
         self.frozen.push(((s.0.to_string(), s.1), why.into()));

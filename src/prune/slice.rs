@@ -17,11 +17,10 @@ pub fn pruned_shape(
     value: &str,
 ) -> Vec<usize> {
     let mut s = ir.fact(value).map(|f| f.shape.clone()).unwrap_or_default();
+    let kept = |g: usize| keep_count.get(&g).copied();
     for (a, d) in s.iter_mut().enumerate() {
-        if let Some(g) = groups.of(value, a) {
-            if let Some(&k) = keep_count.get(&g.id) {
-                *d = k;
-            }
+        if let Some(k) = groups.slot_count(value, a, &kept) {
+            *d = k;
         }
     }
     s
@@ -43,20 +42,31 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
     let mut model = ir.model.clone();
     let graph = model.graph.as_mut().expect("ir has a graph");
 
-    // 1. slice initializers
-    let mut cuts: HashMap<&str, Vec<(usize, &[usize])>> = HashMap::new();
+    // 1. slice initializers (members of groups, and of concatenations at the parts' offsets)
+    let mut cuts: HashMap<&str, Vec<(usize, Vec<usize>)>> = HashMap::new();
     for g in &groups.groups {
         if let Some(keep) = masks.keep(g.id).filter(|k| k.len() < g.size) {
             for (v, a) in &g.params {
-                cuts.entry(v.as_str()).or_default().push((*a, keep));
+                cuts.entry(v.as_str())
+                    .or_default()
+                    .push((*a, keep.to_vec()));
+            }
+        }
+    }
+    let keep_of = |g: usize| masks.keep(g).map(<[usize]>::to_vec);
+    for c in &groups.concatenated {
+        let keep = groups.part_keep(crate::analysis::groups::Part::Concatenated(c.id), &keep_of);
+        if keep.len() < c.size {
+            for (v, a) in &c.params {
+                cuts.entry(v.as_str()).or_default().push((*a, keep.clone()));
             }
         }
     }
     for (name, list) in &cuts {
         let i = ir.init_index[*name];
         let mut t = ir.initializer(name)?;
-        for &(axis, keep) in list {
-            t = t.select(axis, keep);
+        for (axis, keep) in list {
+            t = t.select(*axis, keep);
         }
         graph.initializer[i] = onnx::tensor_to_proto(&t, &graph.initializer[i]);
     }
