@@ -1,7 +1,8 @@
 //! The gate graph: one gate vector `g` (shape `[C]`, an initializer named
 //! `sepprune.gate.<group id>`) per prunable channel group, multiplied onto the group's
 //! activations wherever a consumer reads across channels (Conv/ConvTranspose/MatMul
-//! inputs: [`Read::Mix`]), and channel means taken over kept channels only
+//! inputs: [`Read::Mix`]; an RNN's recurrent weight: [`Read::Weight`]), and channel means
+//! taken over kept channels only
 //! ([`Read::Mean`]): `mean = ReduceMean(g*x) * C / sum(g)`, i.e.
 //! `sum(g*x) / (sum(g) * rest)` (DESIGN.md, "Gate graph, exact by construction").
 //!
@@ -177,9 +178,11 @@ pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<Mod
             if let Some(rule) = ops::rule(&n) {
                 for i in 0..n.input.len() {
                     let v = n.input[i].clone();
-                    if v.is_empty() || ir.is_const(&v) {
+                    if v.is_empty() {
                         continue;
                     }
+                    // constants are gated only where the op reads them as state weights
+                    let konst = ir.is_const(&v);
                     let rank = ir.fact(&v).map(|f| f.rank()).unwrap_or(0);
                     let mut reads = vec![];
                     for a in 0..rank {
@@ -190,6 +193,7 @@ pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<Mod
                         };
                         match rule.read(&n, ir, i, a) {
                             Read::Pointwise => {}
+                            Read::Mix | Read::Mean if konst => {}
                             r => reads.push((a, gate, r)),
                         }
                     }

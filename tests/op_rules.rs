@@ -226,3 +226,81 @@ fn a_concatenation_reaching_a_graph_output_freezes_its_parts() {
         assert!(why.contains("graph output"), "{w}: {why}");
     }
 }
+
+#[test]
+fn bidirectional_lstm_hidden_units_form_a_group_in_gate_blocks() {
+    use sepprune::analysis::groups::Part;
+    let mut g = G::new(&[1, 4, -1]);
+    let t = g.node("Transpose", &["x"], vec![ints_attr("perm", &[2, 0, 1])]); // [T, 1, 4]
+    let (w, r, b) = (
+        g.weight("W", &[2, 24, 4]),
+        g.weight("R", &[2, 24, 6]),
+        g.weight("B", &[2, 48]),
+    );
+    let direction = sepprune::onnx::AttributeProto {
+        name: Some("direction".into()),
+        r#type: Some(3), // STRING
+        s: Some(b"bidirectional".to_vec()),
+        ..Default::default()
+    };
+    let y = g.node(
+        "LSTM",
+        &[&t, &w, &r, &b],
+        vec![direction, int_attr("hidden_size", 6)],
+    ); // [T, 2, 1, 6]
+    let yt = g.node("Transpose", &[&y], vec![ints_attr("perm", &[0, 2, 1, 3])]);
+    let shp = g.const_i("shp", vec![0, 0, 12]);
+    let merged = g.node("Reshape", &[&yt, &shp], vec![]); // [T, 1, 12]: directions merged
+    let proj = g.weight("P", &[12, 3]);
+    let p = g.node("MatMul", &[&merged, &proj], vec![]);
+    let out = g.node("Transpose", &[&p], vec![ints_attr("perm", &[1, 2, 0])]);
+    let (ir, gs) = groups_of(g.output(&out, &[1, 3, -1]), 9);
+    let h = gs.of("R", 2).expect("hidden units form a group");
+    assert!(h.frozen.is_none(), "{:?}", h.frozen);
+    assert_eq!(h.size, 6);
+    let blocks = |v: &str, n: usize| {
+        let c = gs
+            .concatenated_of(v, 1)
+            .unwrap_or_else(|| panic!("{v} axis 1"));
+        assert_eq!(c.parts, vec![Part::Group(h.id); n], "{v}");
+    };
+    blocks("W", 4); // gates i, o, f, c
+    blocks("R", 4);
+    blocks("B", 8); // Wb and Rb
+    let both = gs
+        .concatenated_of("P", 0)
+        .expect("projection reads both directions");
+    assert_eq!(both.parts, vec![Part::Group(h.id); 2]);
+    assert!(
+        gs.of("W", 2).is_none(),
+        "input features: the graph input, no group"
+    );
+
+    let mut m = sepprune::prune::Masks::new();
+    m.insert(h.id, 6, vec![1, 4]);
+    let slim = sepprune::prune::slim(&ir, &gs, &m).unwrap();
+    let init = |ir: &Ir, n: &str| ir.initializer(n).unwrap();
+    assert_eq!(
+        init(&slim, "P"),
+        init(&ir, "P").select(0, &[1, 4, 7, 10]),
+        "both directions' units, at offsets 0 and 6"
+    );
+    assert_eq!(
+        init(&slim, "R"),
+        init(&ir, "R")
+            .select(1, &[1, 4, 7, 10, 13, 16, 19, 22])
+            .select(2, &[1, 4])
+    );
+    let x = sepprune::verify::test_signal(4 * 13, 16000.0);
+    let r = sepprune::verify::check(
+        &ir,
+        &gs,
+        Some((&m, Some(&slim.model))),
+        0,
+        0,
+        &x,
+        sepprune::runtime::Runtime::Tract,
+    )
+    .unwrap();
+    assert!(r.passed, "{:?}", r.trials);
+}

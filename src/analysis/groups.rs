@@ -310,7 +310,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             let at = &concats[ci].2;
             let g = root_group[&root];
             conflicts.entry(concats[ci].1).or_insert_with(|| {
-                format!("{at}: concatenated channels are also group {g}'s (offset maps into a group are not implemented)")
+                format!("{at}: group {g}'s channels are laid out in blocks that must keep the same channels (block-structured pruning is not implemented)")
             });
             continue;
         }

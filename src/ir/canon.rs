@@ -4,7 +4,7 @@
 //!
 //! - **Decomposed GroupNorm with one group** (torch's `group_norm` export, TorchScript and
 //!   dynamo): `Reshape(x, [0|N, 1, -1]) -> InstanceNormalization(scale = [1], bias = [0]) ->
-//!   Reshape(., Shape(x))`. Its statistics run over channels merged with time, which no
+//!   Reshape(., Shape(x) or x's static shape)`. Its statistics run over channels merged with time, which no
 //!   channel rule can follow through the Reshape. It becomes the ReduceMean form of a
 //!   global layer norm over every axis but the batch, whose channel means the gate graph
 //!   takes over kept channels ([`crate::ops::Read::Mean`]).
@@ -87,7 +87,8 @@ fn const_values(ir: &Ir, value: &str) -> Option<Vec<f64>> {
     })
 }
 
-/// `Reshape(x, [0|N, 1, -1]) -> InstanceNormalization([1], [0]) -> Reshape(., Shape(x))`.
+/// `Reshape(x, [0|N, 1, -1]) -> InstanceNormalization([1], [0]) -> Reshape(., Shape(x))`,
+/// or with x's static shape as the last target.
 fn group_norm_1(ir: &Ir, r1: usize) -> Option<Rewrite> {
     let nodes = ir.nodes();
     let reshape = &nodes[r1];
@@ -122,24 +123,35 @@ fn group_norm_1(ir: &Ir, r1: usize) -> Option<Rewrite> {
     if back.op_type() != "Reshape" || back.input.first() != Some(&n.output[0]) {
         return None;
     }
-    let shape_node = *ir.producer.get(back.input.get(1)?)?;
-    let s = &nodes[shape_node];
-    if s.op_type() != "Shape"
-        || s.input.first() != Some(&x)
-        || attr_i(s, "start").unwrap_or(0) != 0
-        || attr_i(s, "end").is_some()
-    {
-        return None;
-    }
+    // back to x's shape: `Shape(x)` (TorchScript) or x's static shape as a literal (dynamo)
+    let target = back.input.get(1)?;
     let mut remove = vec![r1, inorm, r2];
-    if only_consumer(ir, &s.output[0]) == Some(r2) {
-        remove.push(shape_node);
+    let mut at = r1;
+    match ir.producer.get(target).map(|&p| (p, &nodes[p])) {
+        Some((p, s)) if s.op_type() == "Shape" => {
+            if s.input.first() != Some(&x)
+                || attr_i(s, "start").unwrap_or(0) != 0
+                || attr_i(s, "end").is_some()
+            {
+                return None;
+            }
+            if only_consumer(ir, &s.output[0]) == Some(r2) {
+                remove.push(p);
+            }
+            at = at.min(p);
+        }
+        _ => {
+            let want: Vec<f64> = ir.fact(&x)?.shape.iter().map(|&d| d as f64).collect();
+            if const_values(ir, target)? != want {
+                return None;
+            }
+        }
     }
     let eps = attr_f(n, "epsilon").unwrap_or(1e-5);
     let axes: Vec<i64> = (1..rank as i64).collect();
     let (nodes, inits) = normalise(ir, &x, &back.output[0], &axes, eps, reshape.name());
     Some(Rewrite {
-        at: r1.min(shape_node),
+        at,
         remove,
         nodes,
         inits,

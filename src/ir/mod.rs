@@ -229,6 +229,20 @@ fn input_shape(inp: &onnx::ValueInfoProto, samples: usize) -> Result<Vec<usize>>
     let last_dynamic = dims
         .iter()
         .rposition(|d| !matches!(d.value, Some(Value::DimValue(v)) if v > 0));
+    if last_dynamic.is_none() {
+        // a fixed-length export: its length is the last non-unit dim
+        let fixed = dims.iter().rev().find_map(|d| match d.value {
+            Some(Value::DimValue(v)) if v > 1 => Some(v as usize),
+            _ => None,
+        });
+        if let Some(n) = fixed.filter(|&n| n != samples) {
+            return Err(Error::Other(format!(
+                "graph input '{}' has a fixed length of {n} samples (a static shape), not \
+                 {samples}",
+                inp.name()
+            )));
+        }
+    }
     Ok(dims
         .iter()
         .enumerate()

@@ -80,16 +80,27 @@ fn resolve_target(node: &NodeProto, x: &[usize], target: &[i64]) -> Result<Vec<u
     Ok(out)
 }
 
-/// Pairs (input axis, output axis) of non-unit dims that a reshape keeps as they are; the
-/// second list holds the non-unit input and output axes that are merged or split.
-pub(crate) fn reshape_axis_map(
-    x: &[usize],
-    y: &[usize],
-) -> (Vec<(usize, usize)>, Vec<usize>, Vec<usize>) {
+/// How a reshape maps the non-unit axes of its input to those of its output: runs of
+/// axes whose products match, in order.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct AxisMap {
+    /// (input axis, output axis): one axis kept as it is.
+    pub kept: Vec<(usize, usize)>,
+    /// (input axes, output axis): input axes merged into one, row-major.
+    pub merged: Vec<(Vec<usize>, usize)>,
+    /// (input axis, output axes): one input axis split into several.
+    pub split: Vec<(usize, Vec<usize>)>,
+    /// Input and output axes in a many-to-many run (or left over).
+    pub bad_x: Vec<usize>,
+    pub bad_y: Vec<usize>,
+}
+
+/// The [`AxisMap`] of a reshape from `x` to `y`.
+pub(crate) fn reshape_axis_map(x: &[usize], y: &[usize]) -> AxisMap {
     let xs: Vec<usize> = (0..x.len()).filter(|&i| x[i] != 1).collect();
     let ys: Vec<usize> = (0..y.len()).filter(|&i| y[i] != 1).collect();
     let (mut i, mut j) = (0, 0);
-    let (mut kept, mut bad_x, mut bad_y) = (vec![], vec![], vec![]);
+    let mut m = AxisMap::default();
     while i < xs.len() && j < ys.len() {
         let (si, sj) = (i, j);
         let (mut px, mut py) = (x[xs[i]], y[ys[j]]);
@@ -106,17 +117,28 @@ pub(crate) fn reshape_axis_map(
                 break;
             }
         }
-        if i - si == 1 && j - sj == 1 {
-            kept.push((xs[si], ys[sj]));
-        } else {
-            bad_x.extend(&xs[si..i]);
-            bad_y.extend(&ys[sj..j]);
+        match (i - si, j - sj) {
+            _ if px != py => {
+                m.bad_x.extend(&xs[si..i]);
+                m.bad_y.extend(&ys[sj..j]);
+            }
+            (1, 1) => m.kept.push((xs[si], ys[sj])),
+            (_, 1) => m.merged.push((xs[si..i].to_vec(), ys[sj])),
+            (1, _) => m.split.push((xs[si], ys[sj..j].to_vec())),
+            _ => {
+                m.bad_x.extend(&xs[si..i]);
+                m.bad_y.extend(&ys[sj..j]);
+            }
         }
     }
-    bad_x.extend(&xs[i.min(xs.len())..]);
-    bad_y.extend(&ys[j.min(ys.len())..]);
-    (kept, bad_x, bad_y)
+    m.bad_x.extend(&xs[i.min(xs.len())..]);
+    m.bad_y.extend(&ys[j.min(ys.len())..]);
+    m
 }
+
+/// Most blocks a merged or split channel axis may have: beyond it (a time axis folded
+/// into channels) the axis is frozen rather than mapped block by block.
+const MAX_BLOCKS: usize = 64;
 
 impl OpRule for Reshape {
     fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
@@ -135,14 +157,44 @@ impl OpRule for Reshape {
         let (Some(xf), Some(yf)) = (ir.fact(x), ir.fact(y)) else {
             return;
         };
-        let (kept, bad_x, bad_y) = reshape_axis_map(&xf.shape, &yf.shape);
-        for (a, b) in kept {
+        let m = reshape_axis_map(&xf.shape, &yf.shape);
+        for (a, b) in m.kept {
             links.link((x, a), (y, b));
         }
-        for a in bad_x {
+        // Merging [.., D, C] into D*C: the merged axis holds D copies of C's channels (a
+        // bidirectional RNN's directions, attention heads); splitting is the inverse. The
+        // outer axes must stay whole.
+        let mut blocks = |outer: &[usize],
+                          dims: &[usize],
+                          inner: (&str, usize),
+                          whole: (&str, usize),
+                          v: &str| {
+            let n: usize = outer.iter().map(|&a| dims[a]).product();
+            if n > MAX_BLOCKS {
+                links.freeze(inner, "Reshape folds this axis with many others");
+                links.freeze(whole, "Reshape folds this axis with many others");
+            } else {
+                links.concat(&vec![inner; n], whole);
+            }
+            for &a in outer {
+                links.freeze(
+                    (v, a),
+                    "Reshape merges or splits this axis with an inner one",
+                );
+            }
+        };
+        for (axes, b) in &m.merged {
+            let (&inner, outer) = axes.split_last().expect("a merge has axes");
+            blocks(outer, &xf.shape, (x, inner), (y, *b), x);
+        }
+        for (a, axes) in &m.split {
+            let (&inner, outer) = axes.split_last().expect("a split has axes");
+            blocks(outer, &yf.shape, (y, inner), (x, *a), y);
+        }
+        for a in m.bad_x {
             links.freeze((x, a), "Reshape merges or splits this axis");
         }
-        for b in bad_y {
+        for b in m.bad_y {
             links.freeze((y, b), "Reshape merges or splits this axis");
         }
     }

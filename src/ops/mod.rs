@@ -34,6 +34,10 @@ pub enum Read {
     /// A mean across the axis (ReduceMean): gated, and rescaled so that the statistic is
     /// taken over kept channels only: `mean = sum(g*x) / (sum(g) * rest)`.
     Mean,
+    /// A weight initializer whose axis is contracted with the op's own state (an RNN's
+    /// recurrent weight R against the hidden state): the weight itself is gated, since no
+    /// activation outside the op carries that state.
+    Weight,
 }
 
 /// Channel coupling facts emitted by a rule; the group analysis unions them.

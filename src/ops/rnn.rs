@@ -3,13 +3,20 @@
 //!
 //! Shapes (`layout = 0`): X `[T, B, I]`, W `[D, G*H, I]`, R `[D, G*H, H]`, B `[D, 2*G*H]`,
 //! Y `[T, D, B, H]`, Y_h and Y_c `[D, B, H]`, with G = 4 (LSTM, gates i, o, f, c), 3 (GRU,
-//! z, r, h) or 1 (RNN); `layout = 1` puts the batch first. The hidden channels sit in G
-//! blocks of W, R and B, which the identity channel links of the group analysis cannot
-//! express yet: every axis of a recurrent node is frozen and reported.
-use super::{need, Links, OpRule, ShapeOf};
+//! z, r, h) or 1 (RNN); `layout = 1` puts the batch first.
+//!
+//! Channels: the input features I link X to W's last axis (contracted: gated at X). The
+//! hidden size H is a channel group the layer defines (its source is R's last axis): it is
+//! Y's and the states' last axis, and W, R (rows) and B hold it in G (B: 2G) blocks, in the
+//! ONNX gate order, so those axes are concatenations of G copies of the group (removing
+//! unit j removes rows j, H+j, ..). Both directions keep the same units. Inside the layer
+//! the units talk through R's columns, so the gate graph gates R itself ([`Read::Weight`]):
+//! a unit with gate 0 then reaches nothing, as in the slimmed layer.
+use super::{need, ConstEdit, Links, OpRule, Read, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
-use crate::onnx::{attr_i, attr_s, NodeProto};
+use crate::onnx::{attr_i, attr_s, set_attr_i, NodeProto, Tensor};
+use ndarray::{ArrayD, IxDyn};
 
 pub struct Rnn;
 
@@ -96,11 +103,94 @@ impl OpRule for Rnn {
     }
 
     fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
-        links.freeze_node(
-            node,
-            ir,
-            "recurrent hidden channels (gate blocks) are not grouped yet",
-        );
+        let g = gates(node);
+        let batch_first = attr_i(node, "layout").unwrap_or(0) == 1;
+        let input = |i: usize| node.input.get(i).filter(|v| !v.is_empty());
+        let output = |i: usize| node.output.get(i).filter(|v| !v.is_empty());
+        let (Some(x), Some(w), Some(r)) = (input(0), input(1), input(2)) else {
+            return links.freeze_node(node, ir, "missing X, W or R");
+        };
+        if ir.fact(r).is_none_or(|f| f.rank() != 3) {
+            return links.freeze_node(node, ir, "R must be rank 3");
+        }
+        links.link((x, 2), (w, 2));
+        let hidden = (r.as_str(), 2);
+        links.source(hidden);
+        if let Some(y) = output(0) {
+            links.link(hidden, (y, 3));
+        }
+        for o in [1, 2].into_iter().filter_map(output) {
+            links.link(hidden, (o, 2));
+        }
+        // an initializer state (often one zeros tensor shared by several layers) is
+        // re-made in `patch`, so that it does not couple the layers' hidden units
+        for s in [5, 6].into_iter().filter_map(input) {
+            if !ir.is_initializer(s) {
+                links.link(hidden, (s, 2));
+            }
+        }
+        links.concat(&vec![hidden; g], (w, 1));
+        links.concat(&vec![hidden; g], (r, 1));
+        if let Some(b) = input(3) {
+            links.concat(&vec![hidden; 2 * g], (b, 1));
+        }
+        if let Some(p) = input(7) {
+            links.concat(&vec![hidden; 3], (p, 1));
+        }
+        // batch, time and direction axes are never channels
+        let (t, b) = if batch_first { (1, 0) } else { (0, 1) };
+        for a in [t, b] {
+            links.freeze((x, a), "RNN batch or time axis");
+        }
+    }
+
+    /// X's features are contracted with W; R's columns with the hidden state.
+    fn read(&self, _node: &NodeProto, _ir: &Ir, input: usize, axis: usize) -> Read {
+        match (input, axis) {
+            (0, 2) => Read::Mix,
+            (2, 2) => Read::Weight,
+            _ => Read::Pointwise,
+        }
+    }
+
+    /// `hidden_size` follows R; an initializer state of one repeated value (zeros) is
+    /// re-made with the new hidden size.
+    ///
+    /// Errors: an initializer state with distinct values (its units cannot be told apart
+    /// from here).
+    fn patch(&self, node: &mut NodeProto, ir: &Ir, new: ShapeOf) -> Result<Vec<ConstEdit>> {
+        let h = new(&node.input[2]).get(2).copied().unwrap_or(0);
+        if attr_i(node, "hidden_size").is_some() {
+            set_attr_i(node, "hidden_size", h as i64);
+        }
+        let mut edits = vec![];
+        for i in [5, 6] {
+            let Some(v) = node.input.get(i).filter(|v| ir.is_initializer(v)) else {
+                continue;
+            };
+            let t = ir.initializer(v)?;
+            let mut shape = t.shape();
+            if shape.len() != 3 || shape[2] == h {
+                continue;
+            }
+            let Tensor::F32(a) = &t else {
+                return Err(Error::node(node, format!("state '{v}' is not float")));
+            };
+            let first = a.iter().next().copied().unwrap_or(0.0);
+            if a.iter().any(|&x| x != first) {
+                return Err(Error::node(
+                    node,
+                    format!("initial state '{v}' holds distinct values per unit"),
+                ));
+            }
+            shape[2] = h;
+            edits.push(ConstEdit {
+                input: i,
+                via: None,
+                value: Tensor::F32(ArrayD::from_elem(IxDyn(&shape), first)),
+            });
+        }
+        Ok(edits)
     }
 
     fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {

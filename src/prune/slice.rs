@@ -76,7 +76,13 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
     let mut pending: Vec<(usize, onnx::NodeProto)> = vec![];
     let mut clones: std::collections::HashMap<(usize, usize), usize> = Default::default();
     for ni in 0..graph.node.len() {
-        if ir.is_folded(&ir.nodes()[ni]) {
+        // folded nodes compute shapes, except constant tensors that carry channels (a
+        // ConstantOfShape initial state)
+        let n = &ir.nodes()[ni];
+        let carries = |o: &String| {
+            groups.by_value.contains_key(o.as_str()) || groups.cat_by_value.contains_key(o.as_str())
+        };
+        if ir.is_folded(n) && !n.output.iter().any(carries) {
             continue;
         }
         let Some(rule) = ops::rule(&graph.node[ni]) else {
@@ -106,13 +112,13 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
                     }
                     None => {
                         let name = format!("{}.sepprune.{ni}", graph.node[p].input[k]);
-                        extra.push(i64_init(&name, &e.value));
+                        extra.push(const_init(&name, &e.value));
                         graph.node[p].input[k] = name;
                         continue;
                     }
                 };
                 let name = format!("{}.sepprune.{ni}", pending[ci].1.input[k]);
-                extra.push(i64_init(&name, &e.value));
+                extra.push(const_init(&name, &e.value));
                 pending[ci].1.input[k] = name;
                 continue;
             }
@@ -127,8 +133,8 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
                     graph.initializer[i] = onnx::tensor_to_proto(&e.value, &graph.initializer[i])
                 }
                 _ => {
-                    let name = format!("{old}.sepprune.{ni}");
-                    extra.push(i64_init(&name, &e.value));
+                    let name = format!("{old}.sepprune.{ni}.{}", e.input);
+                    extra.push(const_init(&name, &e.value));
                     graph.node[ni].input[e.input] = name;
                 }
             }
@@ -142,8 +148,22 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
     graph.initializer.extend(extra);
 
     // 3. value_info dims
+    let init_dims: HashMap<String, Vec<usize>> = graph
+        .initializer
+        .iter()
+        .map(|t| {
+            (
+                t.name().to_string(),
+                t.dims.iter().map(|&d| d as usize).collect(),
+            )
+        })
+        .collect();
     for vi in graph.value_info.iter_mut().chain(graph.output.iter_mut()) {
-        let want = new_shape(vi.name());
+        // initializers (some exporters list them too) as they now are
+        let want = match init_dims.get(vi.name()) {
+            Some(d) => d.clone(),
+            None => new_shape(vi.name()),
+        };
         if let Some(onnx::pb::type_proto::Value::TensorType(tt)) =
             vi.r#type.as_mut().and_then(|t| t.value.as_mut())
         {
@@ -178,11 +198,10 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
     Ok(check)
 }
 
-/// An int64 initializer named `name` holding `value`.
-fn i64_init(name: &str, value: &crate::onnx::Tensor) -> onnx::TensorProto {
+/// An initializer named `name` holding `value` (int64 or float32, as `value` is).
+fn const_init(name: &str, value: &crate::onnx::Tensor) -> onnx::TensorProto {
     let like = onnx::TensorProto {
         name: Some(name.to_string()),
-        data_type: Some(7),
         ..Default::default()
     };
     onnx::tensor_to_proto(value, &like)
