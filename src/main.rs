@@ -816,6 +816,15 @@ fn main() -> Result<()> {
                 "check": check,
                 "refit": refitted,
             });
+            let kept = sep(&b) as f64 / sep(&a) as f64;
+            if let Some(r) = ratio.filter(|&r| kept > 1.0 - r + 0.05 && !prune_residual) {
+                eprintln!(
+                    "note: {:.1}% of the separator MACs kept, {:.1}% asked: the rest sits in \
+                     residual streams, which the budget keeps whole unless --prune-residual",
+                    100.0 * kept,
+                    100.0 * (1.0 - r)
+                );
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {

@@ -304,3 +304,49 @@ fn bidirectional_lstm_hidden_units_form_a_group_in_gate_blocks() {
     .unwrap();
     assert!(r.passed, "{:?}", r.trials);
 }
+
+#[test]
+fn a_layer_split_into_heads_is_pruned_head_dim_wise() {
+    use sepprune::analysis::groups::Part;
+    let mut g = G::new(&[1, 4, -1]);
+    let t = g.node("Transpose", &["x"], vec![ints_attr("perm", &[0, 2, 1])]); // [1, T, 4]
+    let wq = g.weight("Wq", &[4, 8]);
+    let q = g.node("MatMul", &[&t, &wq], vec![]); // [1, T, 8]
+    let split = g.const_i("split", vec![0, 0, 2, 4]);
+    let heads = g.node("Reshape", &[&q, &split], vec![]); // [1, T, 2 heads, 4]
+    let act = g.node("Tanh", &[&heads], vec![]);
+    let merge = g.const_i("merge", vec![0, 0, 8]);
+    let m = g.node("Reshape", &[&act, &merge], vec![]);
+    let wo = g.weight("Wo", &[8, 4]);
+    let o = g.node("MatMul", &[&m, &wo], vec![]);
+    let y = g.node("Transpose", &[&o], vec![ints_attr("perm", &[0, 2, 1])]);
+    let (ir, gs) = groups_of(g.output(&y, &[1, 4, -1]), 11);
+    let hd = gs.of(&heads, 3).expect("head_dim is the group");
+    assert_eq!(hd.size, 4);
+    assert!(hd.frozen.is_none(), "{:?}", hd.frozen);
+    for (v, a) in [("Wq", 1), ("Wo", 0)] {
+        let c = gs.concatenated_of(v, a).unwrap();
+        assert_eq!(c.parts, vec![Part::Group(hd.id); 2], "{v}");
+    }
+    let mut masks = sepprune::prune::Masks::new();
+    masks.insert(hd.id, 4, vec![0, 3]);
+    let slim = sepprune::prune::slim(&ir, &gs, &masks).unwrap();
+    let init = |ir: &Ir, n: &str| ir.initializer(n).unwrap();
+    assert_eq!(init(&slim, "Wq"), init(&ir, "Wq").select(1, &[0, 3, 4, 7]));
+    assert_eq!(
+        init(&slim, "split"),
+        sepprune::onnx::Tensor::vec_i64(vec![0, 0, 2, 2])
+    );
+    let x = sepprune::verify::test_signal(4 * 11, 16000.0);
+    let r = sepprune::verify::check(
+        &ir,
+        &gs,
+        Some((&masks, Some(&slim.model))),
+        0,
+        0,
+        &x,
+        sepprune::runtime::Runtime::Tract,
+    )
+    .unwrap();
+    assert!(r.passed, "{:?}", r.trials);
+}

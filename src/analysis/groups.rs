@@ -280,12 +280,51 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
         .rev()
         .map(|(ci, c)| (uf.find(c.1), ci))
         .collect();
+    // Block layouts: a layer's channels laid out as n copies of one class (attention heads
+    // `[heads, head_dim]`, a packed `[3, E]` q/k/v projection) are pruned block-wise: the
+    // class of the block becomes the group, the layer's axis a concatenation of its copies.
+    // Nested layouts (3E -> E -> head_dim) resolve one level per pass.
+    let mut proxy: HashMap<usize, usize> = HashMap::new(); // whole root -> block root
+    let mut rep: HashMap<usize, usize> = HashMap::new(); // block root -> a slot of it
+    let source_roots: std::collections::HashSet<usize> =
+        sources.iter().map(|&s| uf.find(s)).collect();
+    loop {
+        let defined: std::collections::HashSet<usize> =
+            source_roots.iter().chain(rep.keys()).copied().collect();
+        let mut promoted = false;
+        for (parts, whole, _) in &concats {
+            let w = uf.find(*whole);
+            let first = uf.find(parts[0]);
+            let copies = parts.len() > 1 && parts.iter().all(|&p| uf.find(p) == first);
+            if defined.contains(&w)
+                && !proxy.contains_key(&w)
+                && copies
+                && first != w
+                && !source_roots.contains(&first)
+            {
+                // (several layers may copy one block class: q and k heads share head_dim)
+                proxy.insert(w, first);
+                rep.entry(first).or_insert(parts[0]);
+                promoted = true;
+            }
+        }
+        if !promoted {
+            break;
+        }
+    }
+    let block_of = |mut r: usize| {
+        while let Some(&b) = proxy.get(&r) {
+            r = b;
+        }
+        r
+    };
     // Groups in order of their first source (deterministic: node order).
     let mut root_group: HashMap<usize, usize> = HashMap::new();
     let mut groups: Vec<Group> = vec![];
     for &s in &sources {
-        let root = uf.find(s);
-        let size = size_of(&slots[s]).unwrap_or(0);
+        let root = block_of(uf.find(s));
+        let slot = rep.get(&root).copied().unwrap_or(s);
+        let size = size_of(&slots[slot]).unwrap_or(0);
         if size <= 1 || root_group.contains_key(&root) {
             continue;
         }
@@ -429,7 +468,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
     let mut producers: Vec<std::collections::HashSet<&str>> =
         vec![Default::default(); groups.len()];
     for &s in &sources {
-        if let Some(&g) = root_group.get(&uf.find(s)) {
+        if let Some(&g) = root_group.get(&block_of(uf.find(s))) {
             producers[g].insert(slots[s].0.as_str());
         }
     }

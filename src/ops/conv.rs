@@ -4,7 +4,7 @@
 //! (the output channel axis is weight axis 1). Depthwise (`g == Cin == Cout`, one filter
 //! per channel) couples input and output channels; other grouped convs are frozen.
 use super::{
-    ce, cin, has_input, in_shape, need, ConstEdit, Linear, Links, OpRule, Read, ShapeOf,
+    ce, cin, has_input, in_shape, need, ConstEdit, Linear, Links, OpRule, Read, ShapeOf, Sliced,
     WeightLayout,
 };
 use crate::error::{Error, Result};
@@ -284,9 +284,9 @@ impl OpRule for Conv {
     }
 
     /// Depthwise: `group` follows the (pruned) channel count.
-    fn patch(&self, node: &mut NodeProto, _ir: &Ir, new: ShapeOf) -> Result<Vec<ConstEdit>> {
-        let x = new(&node.input[0]);
-        let w = new(&node.input[1]);
+    fn patch(&self, node: &mut NodeProto, _ir: &Ir, new: &Sliced) -> Result<Vec<ConstEdit>> {
+        let x = new.of(&node.input[0]);
+        let w = new.of(&node.input[1]);
         let group = attr_i(node, "group").unwrap_or(1);
         if group > 1 && w[1] > 0 {
             set_attr_i(node, "group", (x[1] / w[1]) as i64);

@@ -8,7 +8,7 @@
 //! implemented yet).
 use super::{
     ce, cin, foldable, in_shape, need, need_const, norm_axis, out_shape, ConstEdit, Links, OpRule,
-    ShapeOf,
+    Sliced,
 };
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
@@ -201,8 +201,8 @@ impl OpRule for Reshape {
 
     /// A target that spells out a pruned dim gets the new dim (0 and -1 stay); a piece
     /// computed from a pruned channel count becomes a literal ([`super::shape_vec`]).
-    fn patch(&self, node: &mut NodeProto, ir: &Ir, new: ShapeOf) -> Result<Vec<ConstEdit>> {
-        let out = new(&node.output[0]);
+    fn patch(&self, node: &mut NodeProto, ir: &Ir, new: &Sliced) -> Result<Vec<ConstEdit>> {
+        let out = new.of(&node.output[0]);
         super::shape_vector_edits(node, ir, 1, &out, new, |old, _| old > 0)
     }
 

@@ -139,6 +139,20 @@ pub enum WeightLayout {
 /// Shape lookup after pruning: value name -> new shape.
 pub type ShapeOf<'a> = &'a dyn Fn(&str) -> Vec<usize>;
 
+/// What [`OpRule::patch`] knows once channels are removed: every value's new shape, and
+/// which axes carry channels (their sizes are static, unlike a time axis).
+pub struct Sliced<'a> {
+    pub shape: ShapeOf<'a>,
+    pub is_channel: &'a dyn Fn(&str, usize) -> bool,
+}
+
+impl Sliced<'_> {
+    /// The new shape of `value`.
+    pub fn of(&self, value: &str) -> Vec<usize> {
+        (self.shape)(value)
+    }
+}
+
 pub trait OpRule: Sync {
     /// Output facts from input facts (`None` for an omitted optional input). Folds the
     /// outputs when all inputs are constant and small.
@@ -203,7 +217,7 @@ pub trait OpRule: Sync {
     }
 
     /// Attribute and constant-input patches once inputs have their pruned shapes.
-    fn patch(&self, _node: &mut NodeProto, _ir: &Ir, _new: ShapeOf) -> Result<Vec<ConstEdit>> {
+    fn patch(&self, _node: &mut NodeProto, _ir: &Ir, _new: &Sliced) -> Result<Vec<ConstEdit>> {
         Ok(vec![])
     }
 }

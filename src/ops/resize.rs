@@ -1,7 +1,7 @@
 //! Resize (opsets 10 to 19) and the older Upsample: interpolation along some axes. Axes that
 //! keep their size (batch, channels) pass channels through; only `nearest` mode has a
 //! Candle lowering (the upsampling of U-Net separators: SuDoRM-RF, TDANet, A-FRCNN).
-use super::{ce, cin, has_input, need_const, ConstEdit, Links, OpRule, ShapeOf};
+use super::{ce, cin, has_input, need_const, ConstEdit, Links, OpRule, ShapeOf, Sliced};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_s, NodeProto, Tensor};
@@ -135,10 +135,10 @@ impl OpRule for Resize {
     }
     /// `sizes` that spell out a pruned dim get the new dim (the dynamo exporter writes
     /// `Concat([1, C], Shape(x)[2:])`).
-    fn patch(&self, node: &mut NodeProto, ir: &Ir, new: ShapeOf) -> Result<Vec<ConstEdit>> {
+    fn patch(&self, node: &mut NodeProto, ir: &Ir, new: &Sliced) -> Result<Vec<ConstEdit>> {
         let Some(zi) = slots(node).1.filter(|&z| has_input(node, z)) else {
             return Ok(vec![]);
         };
-        super::shape_vector_edits(node, ir, zi, &new(&node.output[0]), new, |_, _| true)
+        super::shape_vector_edits(node, ir, zi, &new.of(&node.output[0]), new, |_, _| true)
     }
 }

@@ -12,7 +12,7 @@
 //! unit j removes rows j, H+j, ..). Both directions keep the same units. Inside the layer
 //! the units talk through R's columns, so the gate graph gates R itself ([`Read::Weight`]):
 //! a unit with gate 0 then reaches nothing, as in the slimmed layer.
-use super::{need, ConstEdit, Links, OpRule, Read, ShapeOf};
+use super::{need, ConstEdit, Links, OpRule, Read, ShapeOf, Sliced};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_i, attr_s, set_attr_i, NodeProto, Tensor};
@@ -135,7 +135,7 @@ impl OpRule for Rnn {
             links.concat(&vec![hidden; 2 * g], (b, 1));
         }
         if let Some(p) = input(7) {
-            links.concat(&vec![hidden; 3], (p, 1));
+            links.concat(&[hidden; 3], (p, 1));
         }
         // batch, time and direction axes are never channels
         let (t, b) = if batch_first { (1, 0) } else { (0, 1) };
@@ -158,8 +158,8 @@ impl OpRule for Rnn {
     ///
     /// Errors: an initializer state with distinct values (its units cannot be told apart
     /// from here).
-    fn patch(&self, node: &mut NodeProto, ir: &Ir, new: ShapeOf) -> Result<Vec<ConstEdit>> {
-        let h = new(&node.input[2]).get(2).copied().unwrap_or(0);
+    fn patch(&self, node: &mut NodeProto, ir: &Ir, new: &Sliced) -> Result<Vec<ConstEdit>> {
+        let h = new.of(&node.input[2]).get(2).copied().unwrap_or(0);
         if attr_i(node, "hidden_size").is_some() {
             set_attr_i(node, "hidden_size", h as i64);
         }

@@ -1,7 +1,7 @@
 //! Shape-arithmetic ops: Shape, Constant, ConstantOfShape, Range, Gather. With static
 //! input shapes their outputs fold to constants, so shape subgraphs vanish from the later
 //! passes; a pruned model recomputes them at run time from the slimmer shapes.
-use super::{foldable, need, need_const, norm_axis, ConstEdit, Links, OpRule, ShapeOf};
+use super::{foldable, need, need_const, norm_axis, ConstEdit, Links, OpRule, Sliced};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr, attr_i, attr_t, tensor_from_proto, NodeProto, Tensor};
@@ -89,8 +89,8 @@ impl OpRule for ConstantOfShape {
     fn couple(&self, _node: &NodeProto, _ir: &Ir, _links: &mut Links) {}
 
     /// The shape input spells out the new output shape (an RNN's zero initial state).
-    fn patch(&self, node: &mut NodeProto, ir: &Ir, new: ShapeOf) -> Result<Vec<ConstEdit>> {
-        let out = new(&node.output[0]);
+    fn patch(&self, node: &mut NodeProto, ir: &Ir, new: &Sliced) -> Result<Vec<ConstEdit>> {
+        let out = new.of(&node.output[0]);
         super::shape_vector_edits(node, ir, 0, &out, new, |_, _| true)
     }
 }

@@ -10,7 +10,7 @@
 //! that the consumer's new output shape needs. Channel counts are static, so the literal
 //! keeps the model valid at every input length; a piece that mixes a pruned channel count
 //! with other dims (`C * T`) cannot be written as a literal and is an error.
-use super::{layout::slice_params, ConstEdit, ShapeOf};
+use super::{layout::slice_params, ConstEdit, Sliced};
 use crate::error::{Error, Result};
 use crate::ir::Ir;
 use crate::onnx::{attr_i, NodeProto, Tensor};
@@ -149,7 +149,7 @@ pub(crate) fn shape_vector_edits(
     ir: &Ir,
     input: usize,
     out: &[usize],
-    new: ShapeOf,
+    new: &Sliced,
     fix: impl Fn(i64, i64) -> bool,
 ) -> Result<Vec<ConstEdit>> {
     let Some(v) = node.input.get(input).filter(|v| !v.is_empty()) else {
@@ -207,26 +207,27 @@ pub(crate) fn shape_vector_edits(
 }
 
 /// The literal that replaces computed piece `piece` (old value `old`), or `None` when it
-/// computes the right dims on its own: an element that reads no pruned dim keeps its old
-/// value, and a copy of a pruned dim gets that dim's new size. When an element would
-/// compute something else (`C / heads` with `C` pruned, or a copy of a pruned dim where
-/// the consumer's own dim is not pruned), the whole piece must become a literal.
+/// computes the dims `want` asks for on its own: an element that reads no pruned dim keeps
+/// its old value, and a copy of a pruned dim gets that dim's new size. Otherwise (`C / heads`
+/// with `C` pruned, or `E / heads` of an unpruned `E` for pruned heads) the piece becomes a
+/// literal, which is valid at every input length only when each dim it reads is a channel
+/// axis (static).
 fn computed_piece(
     node: &NodeProto,
     ir: &Ir,
     piece: &str,
     old: &[i64],
     want: impl Fn(usize) -> Option<i64>,
-    new: ShapeOf,
+    new: &Sliced,
 ) -> Result<Option<Vec<i64>>> {
     let Some(reads) = dim_reads(ir, piece) else {
         return Ok(None); // not shape arithmetic we can follow: re-inference checks it
     };
-    let new_dim = |(x, a): &(String, usize)| new(x).get(*a).map(|&d| d as i64);
+    let new_dim = |(x, a): &(String, usize)| new.of(x).get(*a).map(|&d| d as i64);
     let changed = |d: &(String, usize)| ir.fact(&d.0).map(|f| f.shape[d.1] as i64) != new_dim(d);
     let follows = |i: usize, r: &Read| {
         if !r.dims.iter().any(changed) {
-            return true;
+            return want(i).is_none_or(|w| w == old[i]);
         }
         r.copy && r.dims.len() == 1 && r.dims.iter().next().and_then(new_dim) == want(i)
     };
@@ -235,12 +236,13 @@ fn computed_piece(
     }
     let mut value = old.to_vec();
     for (i, r) in reads.iter().enumerate() {
-        if let Some(d) = r.dims.iter().find(|d| !changed(d)) {
+        if let Some(d) = r.dims.iter().find(|d| !(new.is_channel)(&d.0, d.1)) {
             return Err(Error::node(
                 node,
                 format!(
-                    "shape piece '{piece}' mixes a pruned channel count with dim {} of '{}', \
-                     which is not pruned; it cannot be written as a literal",
+                    "shape piece '{piece}' must change with the removed channels but also reads \
+                     dim {} of '{}', which is not a channel axis; it cannot be written as a \
+                     literal",
                     d.1, d.0
                 ),
             ));

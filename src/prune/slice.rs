@@ -39,6 +39,12 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
         .map(|(&g, m)| (g, m.keep.len()))
         .collect();
     let new_shape = |v: &str| pruned_shape(ir, groups, &keep_count, v);
+    let is_channel =
+        |v: &str, a: usize| groups.of(v, a).is_some() || groups.concatenated_of(v, a).is_some();
+    let sliced = ops::Sliced {
+        shape: &new_shape,
+        is_channel: &is_channel,
+    };
     let mut model = ir.model.clone();
     let graph = model.graph.as_mut().expect("ir has a graph");
 
@@ -88,7 +94,7 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
         let Some(rule) = ops::rule(&graph.node[ni]) else {
             continue;
         };
-        let edits = rule.patch(&mut graph.node[ni], ir, &new_shape)?;
+        let edits = rule.patch(&mut graph.node[ni], ir, &sliced)?;
         for e in edits {
             if let Some(k) = e.via {
                 // A piece of the Concat assembling input `e.input`. A Concat that other
