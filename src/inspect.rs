@@ -1,5 +1,5 @@
 //! The `inspect` report: params and MACs per node and region, and the channel groups.
-use crate::analysis::{analyze_groups, profile, Groups, Profile, Region};
+use crate::analysis::{analyze_groups, Groups, Profile, Region};
 use crate::error::Result;
 use crate::ir::Ir;
 use serde::Serialize;
@@ -23,6 +23,8 @@ pub struct GroupReport {
 #[derive(Serialize)]
 pub struct Report {
     pub samples: usize,
+    /// The ptflops release whose MACs conventions apply.
+    pub ptflops: crate::ops::Ptflops,
     pub params: u64,
     pub macs: u64,
     pub regions: serde_json::Value,
@@ -33,8 +35,14 @@ pub struct Report {
     pub profile: Profile,
 }
 
+/// The report under ptflops 0.7.5 conventions.
 pub fn inspect(ir: &Ir) -> Result<(Report, Groups)> {
-    let prof = profile(ir);
+    inspect_as(ir, crate::ops::Ptflops::default())
+}
+
+/// The report under the MACs conventions of ptflops release `ptflops`.
+pub fn inspect_as(ir: &Ir, ptflops: crate::ops::Ptflops) -> Result<(Report, Groups)> {
+    let prof = crate::analysis::cost::profile_as(ir, ptflops);
     let groups = analyze_groups(ir)?;
     let by_name: HashMap<&str, usize> = prof
         .nodes
@@ -84,6 +92,7 @@ pub fn inspect(ir: &Ir) -> Result<(Report, Groups)> {
         .sum();
     let report = Report {
         samples: prof.samples,
+        ptflops,
         params: prof.params,
         macs: prof.macs,
         regions: serde_json::to_value(&prof.regions).unwrap_or_default(),
@@ -107,7 +116,15 @@ fn fmt_count(v: u64) -> String {
 pub fn render(r: &Report, per_node: bool) -> String {
     let mut s = String::new();
     use std::fmt::Write;
-    let _ = writeln!(s, "input: {} samples", r.samples);
+    let _ = writeln!(
+        s,
+        "input: {} samples (MACs by ptflops {} conventions)",
+        r.samples,
+        serde_json::to_value(r.ptflops)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+    );
     let _ = writeln!(
         s,
         "total: {} params, {}Mac",

@@ -34,6 +34,10 @@ enum Cmd {
         /// List every node with params or MACs.
         #[arg(long)]
         nodes: bool,
+        /// MACs conventions of this ptflops release (they differ on ConvTranspose: 0.7.5
+        /// counts input positions, 0.7.4 and earlier output positions).
+        #[arg(long, value_enum, default_value_t = sepprune::ops::Ptflops::V075)]
+        ptflops: sepprune::ops::Ptflops,
     },
     /// Physically remove channels: by a MACs budget (`--ratio`) or from a masks file.
     Prune {
@@ -386,9 +390,10 @@ fn main() -> Result<()> {
             rate,
             json,
             nodes,
+            ptflops,
         } => {
             let ir = load_ir(&model, seconds, rate)?;
-            let (report, _) = inspect::inspect(&ir)?;
+            let (report, _) = inspect::inspect_as(&ir, ptflops)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

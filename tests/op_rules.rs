@@ -350,3 +350,23 @@ fn a_layer_split_into_heads_is_pruned_head_dim_wise() {
     .unwrap();
     assert!(r.passed, "{:?}", r.trials);
 }
+
+#[test]
+fn conv_transpose_macs_follow_the_chosen_ptflops_release() {
+    use sepprune::analysis::cost::profile_as;
+    use sepprune::ops::Ptflops;
+    let ir = Ir::new(common::tiny_tasnet(), 400).unwrap();
+    let dec = |p: Ptflops| {
+        let prof = profile_as(&ir, p);
+        prof.nodes
+            .iter()
+            .find(|n| n.op == "ConvTranspose")
+            .unwrap()
+            .macs
+    };
+    // decoder: 16 basis signals -> 1 channel, kernel 8, stride 4, no bias:
+    // 0.7.5 counts its 99 input frames, 0.7.4 its 400 output samples
+    let per_position = 16 * 8;
+    assert_eq!(dec(Ptflops::V075), per_position * 99);
+    assert_eq!(dec(Ptflops::V074), per_position * 400);
+}

@@ -1,5 +1,6 @@
 //! Params and MACs per node, per region and in total (ptflops conventions, see
-//! `docs/NOTES.md`): params are the float initializers of rank >= 1, each counted once;
+//! `docs/NOTES.md`): params are the learnable float initializers of rank >= 1 (weights,
+//! biases, affine scales; not buffers), each counted once;
 //! MACs come from each op's rule ([`crate::ops::OpRule::macs`]).
 use super::regions::{find_regions, Region};
 use crate::ir::Ir;
@@ -32,33 +33,39 @@ pub struct Profile {
     pub nodes: Vec<NodeCost>,
 }
 
-/// MACs of every node with shapes given by `shape` (the IR's own, or pruned ones).
+/// MACs of every node with shapes given by `shape` (the IR's own, or pruned ones), under
+/// ptflops 0.7.5 conventions.
 pub fn node_macs(ir: &Ir, shape: ops::ShapeOf) -> Vec<u64> {
+    node_macs_as(ir, shape, ops::Ptflops::default())
+}
+
+/// [`node_macs`] under the conventions of another ptflops release.
+pub fn node_macs_as(ir: &Ir, shape: ops::ShapeOf, ptflops: ops::Ptflops) -> Vec<u64> {
     ir.nodes()
         .iter()
         .map(|n| {
             if ir.is_folded(n) {
                 0
             } else {
-                ops::rule(n).map(|r| r.macs(n, shape)).unwrap_or(0)
+                ops::rule(n).map(|r| r.macs(n, shape, ptflops)).unwrap_or(0)
             }
         })
         .collect()
 }
 
-/// Float initializers of rank >= 1 used by each node (first user only), except inputs the
-/// op holds state in ([`crate::ops::OpRule::state_inputs`]).
+/// Float initializers of rank >= 1 that each node uses as learnable parameters
+/// ([`crate::ops::OpRule::params`]: weights, biases, affine scales, slopes), counted at their
+/// first user. Like ptflops, which counts a module's `parameters()`, this leaves out buffers
+/// (a positional-encoding table read through a Slice) and RNN initial states.
 pub fn node_params(ir: &Ir) -> Vec<u64> {
     let mut seen = HashSet::new();
     ir.nodes()
         .iter()
         .map(|n| {
-            let state = ops::rule(n).map(|r| r.state_inputs(n)).unwrap_or_default();
-            n.input
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !state.contains(i))
-                .map(|(_, v)| v)
+            let learnable = ops::rule(n).map(|r| r.params(n, ir)).unwrap_or_default();
+            learnable
+                .into_iter()
+                .filter_map(|i| n.input.get(i))
                 .filter(|v| ir.is_initializer(v) && seen.insert(v.as_str()))
                 .filter_map(|v| {
                     let init = &ir.graph().initializer[ir.init_index[v.as_str()]];
@@ -71,10 +78,15 @@ pub fn node_params(ir: &Ir) -> Vec<u64> {
         .collect()
 }
 
-/// Full profile of a model at the IR's input length.
+/// Full profile of a model at the IR's input length (ptflops 0.7.5 conventions).
 pub fn profile(ir: &Ir) -> Profile {
+    profile_as(ir, ops::Ptflops::default())
+}
+
+/// [`profile`] under the conventions of another ptflops release.
+pub fn profile_as(ir: &Ir, ptflops: ops::Ptflops) -> Profile {
     let shape = |v: &str| ir.fact(v).map(|f| f.shape.clone()).unwrap_or_default();
-    let macs = node_macs(ir, &shape);
+    let macs = node_macs_as(ir, &shape, ptflops);
     let params = node_params(ir);
     let regions_of = find_regions(ir, &macs);
     let mut regions: BTreeMap<Region, RegionCost> = BTreeMap::new();

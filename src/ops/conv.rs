@@ -4,8 +4,8 @@
 //! (the output channel axis is weight axis 1). Depthwise (`g == Cin == Cout`, one filter
 //! per channel) couples input and output channels; other grouped convs are frozen.
 use super::{
-    ce, cin, has_input, in_shape, need, ConstEdit, Linear, Links, OpRule, Read, ShapeOf, Sliced,
-    WeightLayout,
+    ce, cin, has_input, in_shape, need, ConstEdit, Linear, Links, OpRule, Ptflops, Read, ShapeOf,
+    Sliced, WeightLayout,
 };
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
@@ -168,7 +168,7 @@ impl OpRule for Conv {
     }
 
     /// ptflops: `prod(K) * Cin/g * Cout * prod(S')` per batch, plus `Cout * prod(S')` for the bias.
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         let w = shape(&node.input[1]);
         let y = shape(&node.output[0]);
         let positions: usize = y[0] * y[2..].iter().product::<usize>();
@@ -346,11 +346,15 @@ impl OpRule for ConvTranspose {
         Ok(vec![Fact::shape(y)])
     }
 
-    /// ptflops 0.7.5 counts ConvTranspose over input positions:
-    /// `prod(K) * Cin * Cout/g * prod(S)`, plus `Cout * prod(S)` for the bias.
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    /// ptflops 0.7.5 counts ConvTranspose over input positions S:
+    /// `prod(K) * Cin * Cout/g * prod(S)`, plus `Cout * prod(S)` for the bias; 0.7.4 and
+    /// earlier the same over the output positions S'.
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, ptflops: Ptflops) -> u64 {
         let w = shape(&node.input[1]);
-        let x = shape(&node.input[0]);
+        let x = match ptflops {
+            Ptflops::V075 => shape(&node.input[0]),
+            Ptflops::V074 => shape(&node.output[0]),
+        };
         let group = attr_i(node, "group").unwrap_or(1).max(1) as usize;
         let positions: usize = x[0] * x[2..].iter().product::<usize>();
         let per: usize = w.iter().product();

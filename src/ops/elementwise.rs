@@ -5,7 +5,7 @@
 //! is coupled to the output axis it aligns with (numpy right alignment). A per-channel
 //! constant (a norm's gamma/beta, a PRelu slope vector) is therefore a group member and is
 //! sliced with it; broadcast axes (size 1) are not.
-use super::{broadcast, ce, cin, foldable, need, Links, OpRule, ShapeOf};
+use super::{broadcast, ce, cin, foldable, need, Links, OpRule, Ptflops, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_i, NodeProto, Tensor};
@@ -64,7 +64,7 @@ impl OpRule for Unary {
 
     /// ptflops counts ReLU/LeakyReLU/ELU as one MAC per output element; other
     /// activations are not counted.
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         match node.op_type() {
             "Relu" | "LeakyRelu" | "Elu" => shape(&node.output[0]).iter().product::<usize>() as u64,
             _ => 0,
@@ -256,7 +256,7 @@ impl OpRule for Broadcast {
     }
 
     /// ptflops counts PReLU as one MAC per output element; `x + y`, `x * y` are not counted.
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         if node.op_type() == "PRelu" {
             shape(&node.output[0]).iter().product::<usize>() as u64
         } else {

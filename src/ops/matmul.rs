@@ -4,7 +4,7 @@
 //! contraction, so A is gated there) and B's column axis with Y's last axis. A constant B
 //! (a Linear layer) makes its column axis a channel source.
 use super::{
-    broadcast, ce, cin, in_shape, need, out_shape, Linear, Links, OpRule, Read, ShapeOf,
+    broadcast, ce, cin, in_shape, need, out_shape, Linear, Links, OpRule, Ptflops, Read, ShapeOf,
     WeightLayout,
 };
 use crate::error::{Error, Result};
@@ -73,7 +73,7 @@ impl OpRule for MatMul {
     }
 
     /// ptflops (Linear / matmul): `numel(A) * N`.
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         let a = shape(&node.input[0]);
         let b = shape(&node.input[1]);
         (a.iter().product::<usize>() * b.last().copied().unwrap_or(1)) as u64
@@ -197,7 +197,7 @@ impl OpRule for Gemm {
         Ok(vec![Fact::shape(vec![a[1 - ka], b[nb]])])
     }
 
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         let y = shape(&node.output[0]);
         let a = shape(&node.input[0]);
         let (ka, _) = gemm_axes(node);

@@ -136,6 +136,20 @@ pub enum WeightLayout {
     },
 }
 
+/// Which ptflops release's conventions MACs follow (they differ on ConvTranspose).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Ptflops {
+    /// ptflops 0.7.5 and later: ConvTranspose over its input positions.
+    #[default]
+    #[value(name = "0.7.5")]
+    #[serde(rename = "0.7.5")]
+    V075,
+    /// ptflops 0.7.4 and earlier: ConvTranspose over its output positions.
+    #[value(name = "0.7.4")]
+    #[serde(rename = "0.7.4")]
+    V074,
+}
+
 /// Shape lookup after pruning: value name -> new shape.
 pub type ShapeOf<'a> = &'a dyn Fn(&str) -> Vec<usize>;
 
@@ -158,8 +172,8 @@ pub trait OpRule: Sync {
     /// outputs when all inputs are constant and small.
     fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>>;
 
-    /// MACs under ptflops conventions (ptflops 0.7.5 unless noted), from the shapes.
-    fn macs(&self, _node: &NodeProto, _shape: ShapeOf) -> u64 {
+    /// MACs under the conventions of ptflops release `ptflops`, from the shapes.
+    fn macs(&self, _node: &NodeProto, _shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         0
     }
 

@@ -8,7 +8,7 @@
 //! across its trailing axes and GroupNormalization across groups of channels; both are
 //! rewritten into ReduceMean form by [`crate::ir::canon`] where the pattern allows, and a
 //! node left over freezes the axes it normalises.
-use super::{ce, cin, in_shape, need, norm_axis, Links, OpRule, ShapeOf};
+use super::{ce, cin, in_shape, need, norm_axis, Links, OpRule, Ptflops, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_f, attr_i, NodeProto};
@@ -70,7 +70,7 @@ impl OpRule for BatchNorm {
         }
         same_shape(node, inputs)
     }
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         norm_macs(node, shape, true)
     }
     fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
@@ -104,7 +104,7 @@ impl OpRule for InstanceNorm {
     fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         same_shape(node, inputs)
     }
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         norm_macs(node, shape, true)
     }
     fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
@@ -156,7 +156,7 @@ impl OpRule for LayerNorm {
         }
         Ok(out)
     }
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         norm_macs(node, shape, node.input.len() > 1)
     }
     /// Leading axes pass through; the normalised axes are frozen (statistics across them).
@@ -192,7 +192,7 @@ impl OpRule for GroupNorm {
     fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         same_shape(node, inputs)
     }
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         norm_macs(node, shape, true)
     }
     fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {

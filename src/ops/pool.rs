@@ -2,7 +2,7 @@
 //! GlobalAveragePool / GlobalMaxPool. Pools act on each channel alone: the batch and
 //! channel axes (0 and 1) pass through, the spatial axes change size.
 use super::conv::{geometry, Geometry};
-use super::{ce, cin, need, Links, OpRule, ShapeOf};
+use super::{ce, cin, need, Links, OpRule, Ptflops, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_i, attr_ints, NodeProto};
@@ -63,7 +63,7 @@ impl OpRule for Pool {
         Ok(node.output.iter().map(|_| Fact::shape(y.clone())).collect())
     }
     /// ptflops `pool_flops_counter_hook`: one per input element.
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         shape(&node.input[0]).iter().product::<usize>() as u64
     }
     fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
@@ -128,7 +128,7 @@ impl OpRule for GlobalPool {
         y[2..].iter_mut().for_each(|d| *d = 1);
         Ok(vec![Fact::shape(y)])
     }
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         shape(&node.input[0]).iter().product::<usize>() as u64
     }
     fn couple(&self, node: &NodeProto, _ir: &Ir, links: &mut Links) {

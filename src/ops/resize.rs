@@ -1,7 +1,7 @@
 //! Resize (opsets 10 to 19) and the older Upsample: interpolation along some axes. Axes that
 //! keep their size (batch, channels) pass channels through; only `nearest` mode has a
 //! Candle lowering (the upsampling of U-Net separators: SuDoRM-RF, TDANet, A-FRCNN).
-use super::{ce, cin, has_input, need_const, ConstEdit, Links, OpRule, ShapeOf, Sliced};
+use super::{ce, cin, has_input, need_const, ConstEdit, Links, OpRule, Ptflops, ShapeOf, Sliced};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_s, NodeProto, Tensor};
@@ -95,7 +95,7 @@ impl OpRule for Resize {
         Ok(vec![Fact::shape(geometry(node, inputs, &x.shape)?.0)])
     }
     /// ptflops `upsample_flops_counter_hook`: one per output element.
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         shape(&node.output[0]).iter().product::<usize>() as u64
     }
     /// Axes of equal size pass channels through.

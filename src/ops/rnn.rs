@@ -12,7 +12,7 @@
 //! unit j removes rows j, H+j, ..). Both directions keep the same units. Inside the layer
 //! the units talk through R's columns, so the gate graph gates R itself ([`Read::Weight`]):
 //! a unit with gate 0 then reaches nothing, as in the slimmed layer.
-use super::{need, ConstEdit, Links, OpRule, Read, ShapeOf, Sliced};
+use super::{need, ConstEdit, Links, OpRule, Ptflops, Read, ShapeOf, Sliced};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_i, attr_s, set_attr_i, NodeProto, Tensor};
@@ -81,7 +81,7 @@ impl OpRule for Rnn {
     /// ptflops `rnn_flops_counter_hook` per layer and direction, times batch and sequence
     /// length: `G*H*I + G*H*H` for the two products, `2*G*H` for the biases, plus the
     /// elementwise terms (LSTM `10*H`, GRU `7*H`, RNN `H`).
-    fn macs(&self, node: &NodeProto, shape: ShapeOf) -> u64 {
+    fn macs(&self, node: &NodeProto, shape: ShapeOf, _ptflops: Ptflops) -> u64 {
         let (x, w) = (shape(&node.input[0]), shape(&node.input[1]));
         if x.len() != 3 || w.len() != 3 {
             return 0;
