@@ -748,6 +748,8 @@ fn main() -> Result<()> {
             let slim = prune::slim(&ir, &groups, &masks)
                 .with_context(|| format!("{}: slicing failed", model.display()))?;
             let slim_ir = slim;
+            // what is written and verified: the exporter's norm forms put back
+            let exported = slim_ir.exported(&slim_ir.model);
             let slice_seconds = t0.elapsed().as_secs_f64();
             let check = if no_verify {
                 None
@@ -765,7 +767,7 @@ fn main() -> Result<()> {
                 let r = verify::check(
                     &ir,
                     &groups,
-                    Some((&masks, Some(&slim_ir.model))),
+                    Some((&masks, Some(&exported))),
                     0,
                     seed,
                     &x,
@@ -802,8 +804,11 @@ fn main() -> Result<()> {
                 }
                 None => None,
             };
-            let written = refitted.as_ref().map_or(&slim_ir.model, |r| &r.model);
-            onnx::save(written, &output, Some(&model), force)?;
+            let written = match &refitted {
+                Some(r) => slim_ir.exported(&r.model),
+                None => exported,
+            };
+            onnx::save(&written, &output, Some(&model), force)?;
             if let Some(p) = save_masks {
                 masks.write(&p)?;
             }

@@ -122,7 +122,7 @@ pub fn compress(
     let check = verify::check(
         &ir,
         &groups,
-        Some((&masks, Some(&slim_ir.model))),
+        Some((&masks, Some(&slim_ir.exported(&slim_ir.model)))),
         2,
         o.seed,
         &x,
@@ -161,7 +161,8 @@ pub fn compress(
     } else {
         None
     };
-    let final_model = tuned.as_ref().map_or(start, |t| &t.model);
+    // the exporter's norm forms put back (runtimes fuse them)
+    let final_model = &slim_ir.exported(tuned.as_ref().map_or(start, |t| &t.model));
     let before = eval::eval(&model, data, 16000)?;
     let pruned = eval::eval(&slim_ir.model, data, 16000)?;
     let after_refit = match &refitted {

@@ -66,6 +66,11 @@ fn ort_check(model: &Path, lengths: &[usize]) -> serde_json::Value {
     serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
 }
 
+fn op_types(m: &sepprune::onnx::ModelProto) -> std::collections::BTreeSet<String> {
+    let g = m.graph.as_ref().unwrap();
+    g.node.iter().map(|n| n.op_type().to_string()).collect()
+}
+
 /// The lengths among `lengths` at which the original model infers. Every fixture runs at
 /// any length except two kinds of export that bake the export length (1 s) into the graph:
 /// TorchScript's trace of TDANet's `nn.MultiheadAttention` (a Reshape target) and dynamo's
@@ -93,7 +98,7 @@ fn every_fixture_slims_to_the_gate_graph_function_in_ort_and_tract_at_three_leng
     for (fi, path) in fixtures().iter().enumerate() {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let model = sepprune::onnx::load(path).unwrap();
-        let ir = Ir::new(model, 16000).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let ir = Ir::new(model.clone(), 16000).unwrap_or_else(|e| panic!("{name}: {e}"));
         let gs = analyze_groups(&ir).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(gs.prunable().count() > 0, "{name}: no prunable group");
         pruned_somewhere += 1;
@@ -101,10 +106,17 @@ fn every_fixture_slims_to_the_gate_graph_function_in_ort_and_tract_at_three_leng
         for (k, keep) in [0.9, 0.6, 0.3].into_iter().enumerate() {
             let m = masks_keeping(&gs, keep, (fi * 10 + k) as u64);
             let slimmed = slim(&ir, &gs, &m).unwrap_or_else(|e| panic!("{name} keep {keep}: {e}"));
+            // what is written: the exporter's norm forms put back, the same ops as before
+            let written = slimmed.exported(&slimmed.model);
+            assert_eq!(
+                op_types(&written),
+                op_types(&model),
+                "{name}: ops of the written model"
+            );
             for rt in [Runtime::Ort, Runtime::Tract] {
                 for &n in &runnable {
                     let x = verify::test_signal(n, 16000.0);
-                    let r = verify::check(&ir, &gs, Some((&m, Some(&slimmed.model))), 0, 0, &x, rt)
+                    let r = verify::check(&ir, &gs, Some((&m, Some(&written))), 0, 0, &x, rt)
                         .unwrap_or_else(|e| panic!("{name} keep {keep} {} {n}: {e}", rt.name()));
                     for t in &r.trials {
                         assert!(
@@ -119,7 +131,7 @@ fn every_fixture_slims_to_the_gate_graph_function_in_ort_and_tract_at_three_leng
             }
             if k == 1 {
                 let out = tmp.path().join(&name);
-                std::fs::write(&out, sepprune::onnx::encode(&slimmed.model)).unwrap();
+                std::fs::write(&out, sepprune::onnx::encode(&written)).unwrap();
                 let v = ort_check(&out, &runnable);
                 assert_eq!(v["checker"], true, "{name}: onnx.checker");
             }

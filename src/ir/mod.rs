@@ -54,6 +54,9 @@ pub struct Ir {
     pub consumers: HashMap<String, Vec<(usize, usize)>>,
     /// Initializer name -> index in `graph.initializer`.
     pub init_index: HashMap<String, usize>,
+    /// The canonical rewrites applied to the exported model ([`canon::restore`] undoes
+    /// them on a model to write).
+    pub rewrites: Vec<canon::Applied>,
 }
 
 impl Ir {
@@ -68,9 +71,18 @@ impl Ir {
     pub fn new(model: ModelProto, samples: usize) -> Result<Ir> {
         let ir = Ir::infer(model, samples)?;
         match canon::canonicalize(&ir) {
-            Some(model) => Ir::infer(model, samples),
+            Some((model, rewrites)) => Ok(Ir {
+                rewrites,
+                ..Ir::infer(model, samples)?
+            }),
             None => Ok(ir),
         }
+    }
+
+    /// `model` (this IR's model, or one with the same nodes and new initializers) in the
+    /// exporter's form: the canonical rewrites undone ([`canon::restore`]).
+    pub fn exported(&self, model: &ModelProto) -> ModelProto {
+        canon::restore(model, self)
     }
 
     fn infer(model: ModelProto, samples: usize) -> Result<Ir> {
@@ -151,6 +163,7 @@ impl Ir {
             producer,
             consumers,
             init_index,
+            rewrites: vec![],
         })
     }
 

@@ -184,7 +184,8 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
     }
 
     // 4. validate by re-inference
-    let check = Ir::new(model, ir.samples)?;
+    let mut check = Ir::new(model, ir.samples)?;
+    check.rewrites = ir.rewrites.clone();
     for node in check.nodes() {
         for o in node
             .output
