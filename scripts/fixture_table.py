@@ -1,6 +1,7 @@
 """Issue 4's table over the fixtures (and any other models given): params, MACs, separator
 coverage, `prune --ratio 0.5` (and with `--prune-residual` when residual streams hold the
-budget), exactness of the slimmed model, ORT and tract latency ratios, and what onnxsim's
+budget), exactness of the slimmed model, ORT and tract latency ratios
+(original / slimmed, 1 s of input, one thread; "a / b" when both budgets ran), and what onnxsim's
 structured pruning (its `apply_structured_pruning`, asked for 30% sparsity) removes from
 the same file.
 
@@ -52,14 +53,16 @@ def main():
                 r = run("inspect", m, "--json")
                 out = os.path.join(tmp, "p.onnx")
                 kept, err = prune(m, out)
-                resid = "—"
+                resid, outs = "—", [out]
                 if kept > 0.55:
-                    k2, e2 = prune(m, os.path.join(tmp, "r.onnx"), "--prune-residual")
+                    outs.append(os.path.join(tmp, "r.onnx"))
+                    k2, e2 = prune(m, outs[1], "--prune-residual")
                     resid, err = f"{k2:.1%}", max(err, e2)
-                b = run("bench", m, out, "--seconds", "1", "--runs", "20", "--json")
-                speed = {x["runtime"]: x["speedup"] for x in b if x["model"] == out}
+                b = run("bench", m, *outs, "--seconds", "1", "--runs", "20", "--json")
+                speed = lambda rt: " / ".join(
+                    f"{x['speedup']:.2f}x" for o in outs for x in b if x["model"] == o and x["runtime"] == rt)
                 print(f"| {name} | {r['params']:,} | {r['macs'] / 1e6:.1f} M | {r['separator_coverage']:.1%} "
-                      f"| {kept:.1%} | {resid} | {err:.1e} | {speed.get('ort', 0):.2f}x | {speed.get('tract', 0):.2f}x "
+                      f"| {kept:.1%} | {resid} | {err:.1e} | {speed('ort')} | {speed('tract')} "
                       f"| {onnxsim_sparsity(m, tmp)} |", flush=True)
             except Exception as e:
                 print(f"| {name} | error: {e} |", flush=True)
