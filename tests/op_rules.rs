@@ -370,3 +370,30 @@ fn conv_transpose_macs_follow_the_chosen_ptflops_release() {
     assert_eq!(dec(Ptflops::V075), per_position * 99);
     assert_eq!(dec(Ptflops::V074), per_position * 400);
 }
+
+#[test]
+fn a_weight_read_through_identity_takes_its_consumers_region() {
+    use sepprune::analysis::{find_regions, Region};
+    // TorchScript shares an unrolled block's weights through Identity nodes at the top of
+    // the graph; they are constants, not encoder nodes
+    let mut g = G::new(&[1, 2, -1]);
+    let w = g.weight("shared", &[16, 16, 1]); // too large to fold
+    let wi = g.node("Identity", &[&w], vec![]);
+    let a = g.conv("x", 2, 16, 3, 1, 1);
+    let mut h = a;
+    for _ in 0..3 {
+        h = g.node("Conv", &[&h, &wi], vec![]);
+        h = g.node("Relu", &[&h], vec![]);
+    }
+    let y = g.conv(&h, 16, 2, 1, 1, 0);
+    let (ir, _) = groups_of(g.output(&y, &[1, 2, -1]), 64);
+    let macs = sepprune::analysis::cost::node_macs(&ir, &|v: &str| {
+        ir.fact(v).map(|f| f.shape.clone()).unwrap_or_default()
+    });
+    let regions = find_regions(&ir, &macs);
+    let at = |name: &str| ir.nodes().iter().position(|n| n.output[0] == name).unwrap();
+    let first_use = ir.consumers[&wi][0].0;
+    assert!(!ir.is_folded(&ir.nodes()[at(&wi)]));
+    assert_eq!(regions[at(&wi)], regions[first_use]);
+    assert_ne!(regions[at(&wi)], Region::Encoder);
+}

@@ -40,7 +40,17 @@ pub fn find_regions(ir: &Ir, macs: &[u64]) -> Vec<Region> {
     let root = g.add_node(usize::MAX);
     let sink = g.add_node(usize::MAX);
     let inputs = ir.graph_inputs();
-    let data = |ni: usize| !ir.is_folded(&nodes[ni]);
+    // data nodes: computed from a graph input; the rest (folded shapes, an Identity or
+    // Transpose of a weight) are constant subgraphs
+    let mut live = vec![false; n];
+    for (ni, node) in nodes.iter().enumerate() {
+        live[ni] = !ir.is_folded(node)
+            && node
+                .input
+                .iter()
+                .any(|v| inputs.contains(v) || ir.producer.get(v).is_some_and(|&p| live[p]));
+    }
+    let data = |ni: usize| live[ni];
     for (ni, node) in nodes.iter().enumerate().filter(|(i, _)| data(*i)) {
         for v in node
             .input
@@ -104,7 +114,7 @@ pub fn find_regions(ir: &Ir, macs: &[u64]) -> Vec<Region> {
             }
         })
         .collect();
-    // Constant (shape) subgraphs take the region of the data node they feed.
+    // Constant subgraphs take the region of the data node they feed.
     for i in (0..n).rev() {
         if !data(i) {
             let r = nodes[i]
