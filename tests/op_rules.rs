@@ -11,6 +11,29 @@ fn groups_of(m: sepprune::onnx::ModelProto, samples: usize) -> (Ir, sepprune::an
     (ir, g)
 }
 
+/// The slimmed model computes the gate graph's function under `masks` (tract, on an input
+/// of `samples` values in all).
+fn assert_slim_equals_gated(
+    ir: &Ir,
+    gs: &sepprune::analysis::Groups,
+    masks: &sepprune::prune::Masks,
+    slim: &Ir,
+    samples: usize,
+) {
+    let x = sepprune::verify::test_signal(samples, 16000.0);
+    let r = sepprune::verify::check(
+        ir,
+        gs,
+        Some((masks, Some(&slim.model))),
+        0,
+        0,
+        &x,
+        sepprune::runtime::Runtime::Tract,
+    )
+    .unwrap();
+    assert!(r.passed, "{:?}", r.trials);
+}
+
 #[test]
 fn conv_prelu_conv_forms_one_group_with_every_per_channel_tensor() {
     let mut g = G::new(&[1, 4, -1]);
@@ -204,18 +227,7 @@ fn channel_concat_is_an_offset_map_over_its_parts() {
     assert_eq!(new, old.select(1, &[0, 2, 4, 7]));
     assert_eq!(w(&slim, "slope"), w(&ir, "slope").select(0, &[0, 2, 4, 7]));
     // and the slimmed model computes the gate graph's function
-    let x = sepprune::verify::test_signal(2 * 57, 16000.0);
-    let r = sepprune::verify::check(
-        &ir,
-        &gs,
-        Some((&m, Some(&slim.model))),
-        0,
-        0,
-        &x,
-        sepprune::runtime::Runtime::Tract,
-    )
-    .unwrap();
-    assert!(r.passed, "{:?}", r.trials);
+    assert_slim_equals_gated(&ir, &gs, &m, &slim, 2 * 57);
 }
 
 #[test]
@@ -291,18 +303,7 @@ fn bidirectional_lstm_hidden_units_form_a_group_in_gate_blocks() {
             .select(1, &[1, 4, 7, 10, 13, 16, 19, 22])
             .select(2, &[1, 4])
     );
-    let x = sepprune::verify::test_signal(4 * 13, 16000.0);
-    let r = sepprune::verify::check(
-        &ir,
-        &gs,
-        Some((&m, Some(&slim.model))),
-        0,
-        0,
-        &x,
-        sepprune::runtime::Runtime::Tract,
-    )
-    .unwrap();
-    assert!(r.passed, "{:?}", r.trials);
+    assert_slim_equals_gated(&ir, &gs, &m, &slim, 4 * 13);
 }
 
 #[test]
@@ -337,18 +338,7 @@ fn a_layer_split_into_heads_is_pruned_head_dim_wise() {
         init(&slim, "split"),
         sepprune::onnx::Tensor::vec_i64(vec![0, 0, 2, 2])
     );
-    let x = sepprune::verify::test_signal(4 * 11, 16000.0);
-    let r = sepprune::verify::check(
-        &ir,
-        &gs,
-        Some((&masks, Some(&slim.model))),
-        0,
-        0,
-        &x,
-        sepprune::runtime::Runtime::Tract,
-    )
-    .unwrap();
-    assert!(r.passed, "{:?}", r.trials);
+    assert_slim_equals_gated(&ir, &gs, &masks, &slim, 4 * 11);
 }
 
 #[test]
