@@ -382,6 +382,13 @@ fn load_analyzed(
 }
 
 fn main() -> Result<()> {
+    // a closed pipe (`sepprune inspect ... | head`) ends the process quietly, as for any
+    // Unix filter, instead of panicking in `println!`
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Inspect {
