@@ -72,15 +72,18 @@ fn real_model_gate_graph_matches_tract() {
 }
 
 /// Central finite differences in f64 against Candle's backward, for gates and weights.
-#[test]
-fn gradients_match_finite_differences() {
-    let n = 300;
-    let model = common::tiny_tasnet();
+/// Backward (f64) of a fixed projection of the gate graph's output, against central finite
+/// differences, on every gate and on the initializers `pick` selects (three entries each).
+fn assert_gradients(
+    model: sepprune::onnx::ModelProto,
+    n: usize,
+    pick: fn(&str) -> bool,
+    min_checked: usize,
+) {
     let ir = Ir::new(model, n).unwrap();
     let gs = analyze_groups(&ir).unwrap();
     let gated = gate_graph(&ir, &gs, None).unwrap();
     let gated_ir = Ir::new(gated, n).unwrap();
-    // every gate (one per group), conv weights, depthwise weights, PRelu slopes, the encoder
     let mut names: Vec<String> = gs.prunable().map(|gr| gate_name(gr.id)).collect();
     for w in gated_ir
         .graph()
@@ -88,16 +91,17 @@ fn gradients_match_finite_differences() {
         .iter()
         .map(|i| i.name().to_string())
     {
-        if w.starts_with("dw") || w.starts_with("slope") || w == "enc" || w.starts_with("w") {
+        if pick(&w) {
             names.push(w);
         }
     }
+    let channels = gated_ir.fact(&gated_ir.graph_inputs()[0]).unwrap().shape[1];
     let g = CandleGraph::new(gated_ir, &Device::Cpu, DType::F64, &names).unwrap();
-    let x: Vec<f64> = verify::test_signal(n, 16000.0)
+    let x: Vec<f64> = verify::test_signal(n * channels, 16000.0)
         .iter()
         .map(|&v| v as f64)
         .collect();
-    let x = CTensor::from_vec(x, (1, 1, n), &Device::Cpu).unwrap();
+    let x = CTensor::from_vec(x, (1, channels, n), &Device::Cpu).unwrap();
     // a fixed random projection of the output makes a scalar loss
     let y0 = g.forward(&x, &HashMap::new()).unwrap();
     let r: Vec<f64> = (0..y0.elem_count())
@@ -146,7 +150,27 @@ fn gradients_match_finite_differences() {
             checked += 1;
         }
     }
-    assert!(checked >= 20, "only {checked} entries checked");
+    assert!(checked >= min_checked, "only {checked} entries checked");
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    // every gate (one per group), conv weights, depthwise weights, PRelu slopes, the encoder
+    let pick =
+        |w: &str| w.starts_with("dw") || w.starts_with("slope") || w == "enc" || w.starts_with("w");
+    assert_gradients(common::tiny_tasnet(), 300, pick, 20);
+}
+
+#[test]
+fn lstm_gradients_match_finite_differences() {
+    // the hidden-unit gate (on R's columns and on both directions' outputs), W, R, B and
+    // the projection
+    assert_gradients(
+        common::tiny_bilstm(),
+        9,
+        |w| ["W", "R", "B", "P"].contains(&w),
+        15,
+    );
 }
 
 #[test]

@@ -242,31 +242,7 @@ fn a_concatenation_reaching_a_graph_output_freezes_its_parts() {
 #[test]
 fn bidirectional_lstm_hidden_units_form_a_group_in_gate_blocks() {
     use sepprune::analysis::groups::Part;
-    let mut g = G::new(&[1, 4, -1]);
-    let t = g.node("Transpose", &["x"], vec![ints_attr("perm", &[2, 0, 1])]); // [T, 1, 4]
-    let (w, r, b) = (
-        g.weight("W", &[2, 24, 4]),
-        g.weight("R", &[2, 24, 6]),
-        g.weight("B", &[2, 48]),
-    );
-    let direction = sepprune::onnx::AttributeProto {
-        name: Some("direction".into()),
-        r#type: Some(3), // STRING
-        s: Some(b"bidirectional".to_vec()),
-        ..Default::default()
-    };
-    let y = g.node(
-        "LSTM",
-        &[&t, &w, &r, &b],
-        vec![direction, int_attr("hidden_size", 6)],
-    ); // [T, 2, 1, 6]
-    let yt = g.node("Transpose", &[&y], vec![ints_attr("perm", &[0, 2, 1, 3])]);
-    let shp = g.const_i("shp", vec![0, 0, 12]);
-    let merged = g.node("Reshape", &[&yt, &shp], vec![]); // [T, 1, 12]: directions merged
-    let proj = g.weight("P", &[12, 3]);
-    let p = g.node("MatMul", &[&merged, &proj], vec![]);
-    let out = g.node("Transpose", &[&p], vec![ints_attr("perm", &[1, 2, 0])]);
-    let (ir, gs) = groups_of(g.output(&out, &[1, 3, -1]), 9);
+    let (ir, gs) = groups_of(common::tiny_bilstm(), 9);
     let h = gs.of("R", 2).expect("hidden units form a group");
     assert!(h.frozen.is_none(), "{:?}", h.frozen);
     assert_eq!(h.size, 6);

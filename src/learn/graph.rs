@@ -232,6 +232,13 @@ impl Run<'_> {
             let outs = rule.lower(node, &g.ir, &ins)?;
             for (name, t) in node.output.iter().zip(outs) {
                 if !name.is_empty() {
+                    // floats made from nothing (a ConstantOfShape fill) take the graph's dtype
+                    let t = if t.dtype().is_float() && t.dtype() != g.dtype {
+                        t.to_dtype(g.dtype)
+                            .map_err(|e| Error::node(node, format!("candle: {e}")))?
+                    } else {
+                        t
+                    };
                     self.values.insert(name.clone(), t);
                 }
             }

@@ -399,7 +399,8 @@ impl OpRule for ConvTranspose {
         }
     }
 
-    /// 1-D, group 1: through `conv_transpose2d` on `[N, C, 1, T]` with no padding, then
+    /// 1-D: through `conv_transpose2d` on `[N, C, 1, T]` with no padding (one call per
+    /// group: input channels `[k*Cin/g, (k+1)*Cin/g)` give outputs `[k*Cout/g, ..)`), then
     /// cropped by the pads and extended by `output_padding` (candle's `conv_transpose1d` has
     /// no backward and a wrong CPU forward for batch > 1; NOTES.md).
     fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
@@ -407,21 +408,27 @@ impl OpRule for ConvTranspose {
         let (xs, w) = (cin(node, x, 0)?, cin(node, x, 1)?);
         let (xsh, wsh) = (in_shape(node, ir, 0)?, in_shape(node, ir, 1)?);
         let g = geometry(node, &xsh, &wsh[2..], true)?;
-        if wsh.len() != 3 || g.group != 1 {
+        if wsh.len() != 3 {
             return Err(Error::node(
                 node,
-                "Candle lowering covers 1-D ConvTranspose with group 1",
+                "Candle lowering covers 1-D ConvTranspose",
             ));
         }
         let out_pad = attr_ints(node, "output_padding")
             .filter(|v| !v.is_empty())
             .map(|v| v[0] as usize)
             .unwrap_or(0);
-        let full = xs
-            .unsqueeze(2)
-            .and_then(|t| t.conv_transpose2d(&w.unsqueeze(2)?, 0, 0, g.strides[0], g.dilations[0]))
-            .and_then(|t| t.squeeze(2))
+        let per = wsh[0] / g.group; // input channels per group
+        let parts = (0..g.group)
+            .map(|k| {
+                let xk = xs.narrow(1, k * per, per)?.unsqueeze(2)?;
+                let wk = w.narrow(0, k * per, per)?.unsqueeze(2)?;
+                xk.conv_transpose2d(&wk, 0, 0, g.strides[0], g.dilations[0])?
+                    .squeeze(2)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
             .map_err(&e)?;
+        let full = CTensor::cat(&parts, 1).map_err(&e)?;
         // output_padding extends the full output at the end; the pads crop both ends
         let full = full.pad_with_zeros(2, 0, out_pad).map_err(&e)?;
         let len = full.dim(2).map_err(&e)?;

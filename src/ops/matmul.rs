@@ -131,6 +131,8 @@ impl OpRule for MatMul {
         } else {
             b.clone()
         };
+        // candle's CPU matmul needs each operand's last two axes in a plain layout
+        let (a2, b2) = (a2.contiguous().map_err(&e)?, b2.contiguous().map_err(&e)?);
         let y = a2
             .broadcast_matmul(&b2)
             .and_then(|y| {

@@ -12,10 +12,11 @@
 //! unit j removes rows j, H+j, ..). Both directions keep the same units. Inside the layer
 //! the units talk through R's columns, so the gate graph gates R itself ([`Read::Weight`]):
 //! a unit with gate 0 then reaches nothing, as in the slimmed layer.
-use super::{need, ConstEdit, Links, OpRule, Ptflops, Read, ShapeOf, Sliced};
+use super::{ce, cin, need, ConstEdit, Links, OpRule, Ptflops, Read, ShapeOf, Sliced};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
-use crate::onnx::{attr_i, attr_s, set_attr_i, NodeProto, Tensor};
+use crate::onnx::{attr, attr_i, attr_s, set_attr_i, NodeProto, Tensor};
+use candle_core::Tensor as CTensor;
 use ndarray::{ArrayD, IxDyn};
 
 pub struct Rnn;
@@ -191,6 +192,115 @@ impl OpRule for Rnn {
             });
         }
         Ok(edits)
+    }
+
+    /// LSTM with the default activations (sigmoid, tanh, tanh), no peepholes, clip or
+    /// coupled input-forget gate, full-length sequences; forward, reverse or bidirectional,
+    /// either layout. Per direction, with gates in ONNX order (i, o, f, c):
+    /// `g = x_t W^T + h R^T + Wb + Rb`, `c = f c + i tanh(g_c)`, `h = o tanh(c)`. The input
+    /// products of all steps run as one matmul.
+    ///
+    /// Errors: GRU and RNN, and any attribute or input outside that set.
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let e = ce(node);
+        let bad = |what: &str| Err(Error::node(node, format!("Candle lowering of {what}")));
+        if node.op_type() != "LSTM" {
+            return bad(&format!("{} is not implemented", node.op_type()));
+        }
+        if attr(node, "activations").is_some()
+            || attr(node, "clip").is_some()
+            || attr_i(node, "input_forget").unwrap_or(0) != 0
+            || super::has_input(node, 7)
+        {
+            return bad("LSTM covers default activations without clip, peepholes or input_forget");
+        }
+        let batch_first = attr_i(node, "layout").unwrap_or(0) == 1;
+        let xs = cin(node, x, 0)?;
+        let xs = if batch_first {
+            xs.transpose(0, 1).map_err(&e)?
+        } else {
+            xs.clone()
+        }; // [T, B, I]
+        let (t_len, b, i_len) = xs.dims3().map_err(&e)?;
+        if super::has_input(node, 4) {
+            let full = ir
+                .fact(&node.input[4])
+                .and_then(|f| f.value.as_ref())
+                .is_some_and(|v| v.to_i64_vec().iter().all(|&l| l == t_len as i64));
+            if !full {
+                return bad("LSTM covers full-length sequences only");
+            }
+        }
+        let (w, r) = (cin(node, x, 1)?, cin(node, x, 2)?); // [D, 4H, I], [D, 4H, H]
+        let (d_len, gh, h_len) = r.dims3().map_err(&e)?;
+        let reverse = attr_s(node, "direction").as_deref() == Some("reverse");
+        let state = |k: usize| -> Result<Option<CTensor>> {
+            match x.get(k).and_then(|t| t.as_ref()) {
+                None => Ok(None),
+                Some(s) if batch_first => Ok(Some(s.transpose(0, 1).map_err(&e)?)), // [D, B, H]
+                Some(s) => Ok(Some(s.clone())),
+            }
+        };
+        let (h0, c0) = (state(5)?, state(6)?);
+        let flat = xs.reshape((t_len * b, i_len)).map_err(&e)?;
+        let (mut ys, mut hs, mut cs) = (vec![], vec![], vec![]);
+        for d in 0..d_len {
+            let run = || -> candle_core::Result<(Vec<CTensor>, CTensor, CTensor)> {
+                let wd = w.get(d)?; // [4H, I]
+                let rt = r.get(d)?.t()?; // [H, 4H]
+                let mut xw = flat.matmul(&wd.t()?)?.reshape((t_len, b, gh))?;
+                if let Some(bias) = x.get(3).and_then(|t| t.as_ref()) {
+                    let bd = bias.get(d)?;
+                    let bsum = (bd.narrow(0, 0, gh)? + bd.narrow(0, gh, gh)?)?;
+                    xw = xw.broadcast_add(&bsum)?;
+                }
+                let zeros = || CTensor::zeros((b, h_len), xs.dtype(), xs.device());
+                let mut h = match &h0 {
+                    Some(s) => s.get(d)?,
+                    None => zeros()?,
+                };
+                let mut c = match &c0 {
+                    Some(s) => s.get(d)?,
+                    None => zeros()?,
+                };
+                let backward = reverse || d == 1;
+                let mut out = vec![None; t_len];
+                for step in 0..t_len {
+                    let t = if backward { t_len - 1 - step } else { step };
+                    let g = (xw.get(t)? + h.matmul(&rt)?)?; // [B, 4H]
+                    let gate = |k: usize| g.narrow(1, k * h_len, h_len);
+                    let (i, o, f) = (
+                        candle_nn::ops::sigmoid(&gate(0)?)?,
+                        candle_nn::ops::sigmoid(&gate(1)?)?,
+                        candle_nn::ops::sigmoid(&gate(2)?)?,
+                    );
+                    c = ((f * &c)? + (i * gate(3)?.tanh()?)?)?;
+                    h = (o * c.tanh()?)?;
+                    out[t] = Some(h.clone());
+                }
+                let out = out.into_iter().flatten().collect();
+                Ok((out, h, c))
+            };
+            let (out, h, c) = run().map_err(&e)?;
+            ys.push(CTensor::stack(&out, 0).map_err(&e)?); // [T, B, H]
+            hs.push(h);
+            cs.push(c);
+        }
+        let y = CTensor::stack(&ys, 1).map_err(&e)?; // [T, D, B, H]
+        let (yh, yc) = (
+            CTensor::stack(&hs, 0).map_err(&e)?,
+            CTensor::stack(&cs, 0).map_err(&e)?,
+        ); // [D, B, H]
+        let (y, yh, yc) = if batch_first {
+            (
+                y.permute((2, 0, 1, 3)).map_err(&e)?,
+                yh.transpose(0, 1).map_err(&e)?,
+                yc.transpose(0, 1).map_err(&e)?,
+            )
+        } else {
+            (y, yh, yc)
+        };
+        Ok([y, yh, yc].into_iter().take(node.output.len()).collect())
     }
 
     fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {

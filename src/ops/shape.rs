@@ -5,6 +5,7 @@ use super::{foldable, need, need_const, norm_axis, ConstEdit, Links, OpRule, Sli
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr, attr_i, attr_t, tensor_from_proto, NodeProto, Tensor};
+use candle_core::{DType, Tensor as CTensor};
 use ndarray::{ArrayD, IxDyn};
 
 pub struct ShapeOp;
@@ -88,6 +89,22 @@ impl OpRule for ConstantOfShape {
     /// A constant fill is the same for any channels: no coupling (its consumers decide).
     fn couple(&self, _node: &NodeProto, _ir: &Ir, _links: &mut Links) {}
 
+    /// The fill value in the inferred output shape (float fills in the graph's dtype).
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let shape = super::out_shape(node, ir, 0)?;
+        let device = super::cin(node, x, 0)?.device().clone();
+        let (fill, dtype) = match attr_t(node, "value").map(tensor_from_proto).transpose()? {
+            Some(Tensor::I64(a)) => (a.iter().next().copied().unwrap_or(0) as f64, DType::I64),
+            Some(Tensor::F32(a)) => (a.iter().next().copied().unwrap_or(0.0) as f64, DType::F32),
+            None => (0.0, DType::F32),
+        };
+        // (the Candle graph casts float fills to its own dtype)
+        let y = CTensor::full(fill, shape, &device)
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(super::ce(node))?;
+        Ok(vec![y])
+    }
+
     /// The shape input spells out the new output shape (an RNN's zero initial state).
     fn patch(&self, node: &mut NodeProto, ir: &Ir, new: &Sliced) -> Result<Vec<ConstEdit>> {
         let out = new.of(&node.output[0]);
@@ -143,6 +160,34 @@ impl OpRule for Gather {
             }
         }
         Ok(vec![Fact { shape, value }])
+    }
+
+    /// Constant indices (read from the IR) select along the axis; the result takes the
+    /// inferred shape (a scalar index drops the axis).
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let e = super::ce(node);
+        let data = super::cin(node, x, 0)?;
+        let axis = norm_axis(node, attr_i(node, "axis").unwrap_or(0), data.rank())?;
+        let n = data.dim(axis).map_err(&e)? as i64;
+        let idx: Vec<i64> = ir
+            .fact(&node.input[1])
+            .and_then(|f| f.value.as_ref())
+            .ok_or_else(|| Error::node(node, "Candle lowering needs constant indices"))?
+            .to_i64_vec()
+            .into_iter()
+            .map(|i| if i < 0 { i + n } else { i })
+            .collect();
+        let idx = CTensor::new(idx, data.device()).map_err(&e)?;
+        let y = data
+            .index_select(&idx, axis)
+            .and_then(|y| {
+                y.reshape(
+                    super::out_shape(node, ir, 0)
+                        .map_err(|err| candle_core::Error::Msg(err.to_string()))?,
+                )
+            })
+            .map_err(&e)?;
+        Ok(vec![y])
     }
 
     fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {

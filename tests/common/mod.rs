@@ -249,6 +249,38 @@ pub fn tiny_tasnet() -> ModelProto {
     g.output(&y, &[1, 1, -1])
 }
 
+/// x `[1, 4, T]` -> Transpose -> bidirectional LSTM (hidden 6: W `[2, 24, 4]`, R
+/// `[2, 24, 6]`, B `[2, 48]`) -> both directions merged by Reshape `[T, 1, 12]` -> MatMul P
+/// `[12, 3]` -> `[1, 3, T]`.
+pub fn tiny_bilstm() -> ModelProto {
+    use sepprune::onnx::{int_attr, ints_attr};
+    let mut g = G::new(&[1, 4, -1]);
+    let t = g.node("Transpose", &["x"], vec![ints_attr("perm", &[2, 0, 1])]); // [T, 1, 4]
+    let (w, r, b) = (
+        g.weight("W", &[2, 24, 4]),
+        g.weight("R", &[2, 24, 6]),
+        g.weight("B", &[2, 48]),
+    );
+    let direction = AttributeProto {
+        name: Some("direction".into()),
+        r#type: Some(3), // STRING
+        s: Some(b"bidirectional".to_vec()),
+        ..Default::default()
+    };
+    let y = g.node(
+        "LSTM",
+        &[&t, &w, &r, &b],
+        vec![direction, int_attr("hidden_size", 6)],
+    ); // [T, 2, 1, 6]
+    let yt = g.node("Transpose", &[&y], vec![ints_attr("perm", &[0, 2, 1, 3])]);
+    let shp = g.const_i("shp", vec![0, 0, 12]);
+    let merged = g.node("Reshape", &[&yt, &shp], vec![]); // [T, 1, 12]
+    let proj = g.weight("P", &[12, 3]);
+    let p = g.node("MatMul", &[&merged, &proj], vec![]);
+    let out = g.node("Transpose", &[&p], vec![ints_attr("perm", &[1, 2, 0])]);
+    g.output(&out, &[1, 3, -1])
+}
+
 /// A tiny enhancement set of `files` mixtures (a tone plus noise, 900 samples), with the
 /// tone as reference.
 pub fn tiny_set(dir: &std::path::Path, files: usize) {
