@@ -5,6 +5,11 @@
 //! output axis, e.g. Conv weight axis 0). A group is frozen when any of its slots is frozen
 //! (a graph input or output, an op with no rule, an unsupported index map); the reason names
 //! the node and op. Frozen groups are reported and never pruned.
+//!
+//! Offset maps: a class that a Concat (or a Reshape merging `[D, C]`) assembles from parts
+//! is a [`Concatenated`] of groups, sliced at each part's offset. When a layer defines such a
+//! class whose parts are all copies of one class (attention heads, a packed q/k/v
+//! projection), that block class becomes the group instead (pruned alike in every copy).
 use crate::error::{Error, Result};
 use crate::ir::Ir;
 use crate::ops::{self, Links, Slot};
