@@ -14,7 +14,8 @@ use super::{layout::slice_params, ConstEdit, Sliced};
 use crate::error::{Error, Result};
 use crate::ir::Ir;
 use crate::onnx::{attr_i, NodeProto, Tensor};
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 
 /// What one element of a folded int64 vector is computed from.
 #[derive(Clone, Debug, Default)]
@@ -46,10 +47,30 @@ fn literal(ir: &Ir, v: &str) -> bool {
 /// For each element of the folded vector `v` (flattened), the input dims it depends on.
 /// `None` when `v` is not folded or a producer is not a shape-arithmetic op.
 pub(crate) fn dim_reads(ir: &Ir, v: &str) -> Option<Reads> {
-    reads(ir, v, 0)
+    reads(ir, v, 0, &RefCell::new(HashMap::new()))
 }
 
-fn reads(ir: &Ir, v: &str, depth: usize) -> Option<Reads> {
+/// [`dim_reads`], each value traced once (`memo`: shape subgraphs share their pieces).
+fn reads(
+    ir: &Ir,
+    v: &str,
+    depth: usize,
+    memo: &RefCell<HashMap<String, Option<Reads>>>,
+) -> Option<Reads> {
+    if let Some(r) = memo.borrow().get(v) {
+        return r.clone();
+    }
+    let r = trace(ir, v, depth, memo);
+    memo.borrow_mut().insert(v.to_string(), r.clone());
+    r
+}
+
+fn trace(
+    ir: &Ir,
+    v: &str,
+    depth: usize,
+    memo: &RefCell<HashMap<String, Option<Reads>>>,
+) -> Option<Reads> {
     let fact = ir.fact(v)?;
     let n = fact.value.as_ref()?.len();
     if literal(ir, v) {
@@ -59,7 +80,7 @@ fn reads(ir: &Ir, v: &str, depth: usize) -> Option<Reads> {
         return None;
     }
     let node = &ir.nodes()[*ir.producer.get(v)?];
-    let input = |i: usize| reads(ir, node.input.get(i)?, depth + 1);
+    let input = |i: usize| reads(ir, node.input.get(i)?, depth + 1, memo);
     let out = match node.op_type() {
         "Shape" => {
             let x = &node.input[0];
