@@ -338,28 +338,37 @@ fn conv_transpose_macs_follow_the_chosen_ptflops_release() {
 }
 
 #[test]
-fn a_weight_read_through_identity_takes_its_consumers_region() {
+fn a_weight_shared_through_identity_is_prunable_and_constants_take_their_consumers_region() {
     use sepprune::analysis::{find_regions, Region};
     // TorchScript shares an unrolled block's weights through Identity nodes at the top of
-    // the graph; they are constants, not encoder nodes
+    // the graph: the Identity is bypassed, so the shared layer is prunable
     let mut g = G::new(&[1, 2, -1]);
     let w = g.weight("shared", &[16, 16, 1]); // too large to fold
     let wi = g.node("Identity", &[&w], vec![]);
+    // a constant subgraph feeding data: a Transpose of a bias table
+    let table = g.weight("table", &[1, 9, 16]);
+    let perm = g.node("Transpose", &[&table], vec![ints_attr("perm", &[0, 2, 1])]);
     let a = g.conv("x", 2, 16, 3, 1, 1);
-    let mut h = a;
+    let mut h = g.node("Add", &[&a, &perm], vec![]);
     for _ in 0..3 {
         h = g.node("Conv", &[&h, &wi], vec![]);
         h = g.node("Relu", &[&h], vec![]);
     }
     let y = g.conv(&h, 16, 2, 1, 1, 0);
-    let (ir, _) = groups_of(g.output(&y, &[1, 2, -1]), 64);
+    let (ir, gs) = groups_of(g.output(&y, &[1, 2, -1]), 9);
+    assert!(ir.nodes().iter().all(|n| n.op_type() != "Identity"));
+    let shared = gs
+        .of("shared", 0)
+        .expect("the shared weight defines a group");
+    assert!(shared.frozen.is_none(), "{:?}", shared.frozen);
+    assert_eq!(gs.of("shared", 1).map(|g| g.id), Some(shared.id));
     let macs = sepprune::analysis::cost::node_macs(&ir, &|v: &str| {
         ir.fact(v).map(|f| f.shape.clone()).unwrap_or_default()
     });
     let regions = find_regions(&ir, &macs);
     let at = |name: &str| ir.nodes().iter().position(|n| n.output[0] == name).unwrap();
-    let first_use = ir.consumers[&wi][0].0;
-    assert!(!ir.is_folded(&ir.nodes()[at(&wi)]));
-    assert_eq!(regions[at(&wi)], regions[first_use]);
-    assert_ne!(regions[at(&wi)], Region::Encoder);
+    let consumer = ir.consumers[&perm][0].0;
+    assert!(!ir.is_folded(&ir.nodes()[at(&perm)]));
+    assert_eq!(regions[at(&perm)], regions[consumer]);
+    assert_ne!(regions[at(&perm)], Region::Encoder);
 }

@@ -87,6 +87,43 @@ pub fn restore(model: &ModelProto, ir: &Ir) -> ModelProto {
     model
 }
 
+/// `model` with every `Identity` of an initializer removed, its consumers reading the
+/// initializer itself (TorchScript shares an unrolled block's weights this way; a layer
+/// whose weight is computed would be frozen). An Identity computes nothing, so this
+/// rewrite is not undone in the written model. `None` when there is none.
+pub fn bypass_weight_identities(model: &ModelProto) -> Option<ModelProto> {
+    let graph = model.graph.as_ref()?;
+    let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
+    let alias: HashMap<String, String> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "Identity" && n.domain().is_empty())
+        .filter_map(|n| {
+            let (x, y) = (n.input.first()?, n.output.first()?);
+            (inits.contains(x.as_str()) && !outputs.contains(y.as_str()))
+                .then(|| (y.clone(), x.clone()))
+        })
+        .collect();
+    if alias.is_empty() {
+        return None;
+    }
+    let mut model = model.clone();
+    let graph = model.graph.as_mut()?;
+    graph
+        .node
+        .retain(|n| !(n.op_type() == "Identity" && n.output.iter().any(|o| alias.contains_key(o))));
+    for n in &mut graph.node {
+        for i in &mut n.input {
+            if let Some(x) = alias.get(i) {
+                *i = x.clone();
+            }
+        }
+    }
+    graph.value_info.retain(|v| !alias.contains_key(v.name()));
+    Some(model)
+}
+
 /// The rewritten model and what was applied, or `None` when no pattern matched.
 pub fn canonicalize(ir: &Ir) -> Option<(ModelProto, Vec<Applied>)> {
     let mut rewrites = vec![];
