@@ -2,7 +2,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sepprune::learn::refit::{RefitOptions, RefitScope};
-use sepprune::prune::{self, Criterion, Masks, Scope};
+use sepprune::prune::{self, Criterion, Masks, Residual, Scope};
 use sepprune::{analysis, gates, inspect, ir::Ir, onnx, verify};
 use std::path::PathBuf;
 
@@ -71,8 +71,12 @@ enum Cmd {
         /// Group ids (from `inspect`) to keep whole; the budget comes from the others.
         #[arg(long, value_delimiter = ',')]
         keep_groups: Vec<usize>,
-        /// Also prune residual and skip streams (kept whole by default; `inspect` marks them).
-        #[arg(long)]
+        /// Residual and skip streams (`inspect` marks them): kept whole while the other
+        /// groups can meet the budget (auto), never pruned (keep), or pruned like the rest.
+        #[arg(long, value_enum, default_value_t = Residual::Auto)]
+        residual: Residual,
+        /// Shorthand for `--residual prune`.
+        #[arg(long, conflicts_with = "residual")]
         prune_residual: bool,
         /// Also write the masks used here.
         #[arg(long)]
@@ -226,8 +230,12 @@ enum Cmd {
         /// Scores checkpoint (resumed when present).
         #[arg(long)]
         checkpoint: Option<PathBuf>,
-        /// Also learn residual and skip streams.
-        #[arg(long)]
+        /// Residual and skip streams: learned only when the other groups cannot meet
+        /// `--target-macs` (auto), never (keep), or always (prune).
+        #[arg(long, value_enum, default_value_t = Residual::Auto)]
+        residual: Residual,
+        /// Shorthand for `--residual prune`.
+        #[arg(long, conflicts_with = "residual")]
         prune_residual: bool,
         /// Run Candle on the first CUDA GPU (a build with `--features cuda`).
         #[arg(long)]
@@ -326,6 +334,15 @@ struct MixArgs {
     /// OUT/train and OUT/test, which share no utterance and no noise recording.
     #[arg(long)]
     holdout: Option<usize>,
+}
+
+/// `--prune-residual` is the shorthand of `--residual prune`.
+fn residual_choice(residual: Residual, prune_residual: bool) -> Residual {
+    if prune_residual {
+        Residual::Prune
+    } else {
+        residual
+    }
 }
 
 fn print_check(r: &verify::CheckReport) {
@@ -525,6 +542,7 @@ fn main() -> Result<()> {
             seconds,
             crops_per_file,
             checkpoint,
+            residual,
             prune_residual,
             cuda,
             json,
@@ -549,7 +567,7 @@ fn main() -> Result<()> {
                 crops_per_file,
                 teacher,
                 budget: prune::Budget {
-                    prune_residual,
+                    residual: residual_choice(residual, prune_residual),
                     ..prune::Budget::new(target_macs.map(|t| 1.0 - t).unwrap_or(0.0))
                 },
                 checkpoint,
@@ -704,6 +722,7 @@ fn main() -> Result<()> {
             verify_runtime,
             verify_seconds,
             keep_groups,
+            residual,
             prune_residual,
             data,
             seconds,
@@ -719,7 +738,8 @@ fn main() -> Result<()> {
                 .then(|| std::thread::spawn(sepprune::runtime::ort::available));
             let ir = load_ir(&model, 1.0, 16000)?;
             let groups = analysis::analyze_groups(&ir)?;
-            let masks = match (ratio, masks) {
+            let residual = residual_choice(residual, prune_residual);
+            let (masks, streams_pruned) = match (ratio, masks) {
                 (Some(r), _) => {
                     let budget = prune::Budget {
                         ratio: r,
@@ -728,9 +748,9 @@ fn main() -> Result<()> {
                         scope,
                         round_to,
                         keep_groups,
-                        prune_residual,
+                        residual,
                     };
-                    if criterion == Criterion::Taylor {
+                    let b = if criterion == Criterion::Taylor {
                         let data = data
                             .as_ref()
                             .context("--criterion taylor needs --data DIR")?;
@@ -744,12 +764,12 @@ fn main() -> Result<()> {
                             &candle_core::Device::Cpu,
                         )
                         .with_context(|| format!("Taylor scores on {}", data.display()))?
-                        .masks
                     } else {
-                        prune::masks_for_ratio(&ir, &groups, &budget)?.masks
-                    }
+                        prune::masks_for_ratio(&ir, &groups, &budget)?
+                    };
+                    (b.masks, b.residual)
                 }
-                (None, Some(p)) => Masks::read(&p)?,
+                (None, Some(p)) => (Masks::read(&p)?, false),
                 (None, None) => unreachable!("clap requires one"),
             };
             let slim = prune::slim(&ir, &groups, &masks)
@@ -834,12 +854,19 @@ fn main() -> Result<()> {
                 "refit": refitted,
             });
             let kept = sep(&b) as f64 / sep(&a) as f64;
-            if let Some(r) = ratio.filter(|&r| kept > 1.0 - r + 0.05 && !prune_residual) {
+            if let Some(r) = ratio.filter(|&r| kept > 1.0 - r + 0.05 && residual == Residual::Keep)
+            {
                 eprintln!(
                     "note: {:.1}% of the separator MACs kept, {:.1}% asked: the rest sits in \
-                     residual streams, which the budget keeps whole unless --prune-residual",
+                     residual streams, which --residual keep keeps whole",
                     100.0 * kept,
                     100.0 * (1.0 - r)
+                );
+            }
+            if streams_pruned && residual == Residual::Auto {
+                eprintln!(
+                    "note: residual streams pruned too: the other groups alone could not meet \
+                     the budget (--residual keep keeps them whole)"
                 );
             }
             if json {

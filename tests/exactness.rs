@@ -4,7 +4,7 @@ mod common;
 use proptest::prelude::*;
 use sepprune::analysis::analyze_groups;
 use sepprune::ir::Ir;
-use sepprune::prune::{masks_for_ratio, slim, Budget, Criterion};
+use sepprune::prune::{masks_for_ratio, slim, Budget, Criterion, Residual};
 use sepprune::runtime::{rel_err, tract::TractModel};
 use sepprune::{gates, verify};
 
@@ -134,7 +134,7 @@ fn kept_groups_stay_whole_and_the_budget_comes_from_the_rest() {
         &Budget {
             criterion: Criterion::L2,
             keep_groups: narrow.clone(),
-            prune_residual: true,
+            residual: Residual::Prune,
             ..Budget::new(0.3)
         },
     )
@@ -187,11 +187,41 @@ fn residual_and_skip_streams_are_marked_and_kept_whole_by_default() {
         &ir,
         &gs,
         &Budget {
-            prune_residual: true,
+            residual: Residual::Prune,
             ..Budget::new(0.4)
         },
     )
     .unwrap();
     assert!(residual.iter().any(|id| all.masks.keep(*id).is_some()));
+    assert!(all.residual && !b.residual);
     slim(&ir, &gs, &b.masks).unwrap();
+}
+
+#[test]
+fn residual_streams_are_pruned_when_the_other_groups_cannot_meet_the_budget() {
+    let ir = tiny(1000);
+    let gs = analyze_groups(&ir).unwrap();
+    let residual: Vec<usize> = gs.prunable().filter(|g| g.residual).map(|g| g.id).collect();
+    let at = |ratio: f64, residual: Residual| {
+        masks_for_ratio(
+            &ir,
+            &gs,
+            &Budget {
+                residual,
+                ..Budget::new(ratio)
+            },
+        )
+        .unwrap()
+    };
+    let kept = |b: &sepprune::prune::Budgeted| b.scope_macs.1 as f64 / b.scope_macs.0 as f64;
+    // keeping the streams whole, 90% cannot be removed...
+    let keep = at(0.9, Residual::Keep);
+    assert!(kept(&keep) > 0.15, "kept {}", kept(&keep));
+    assert!(residual.iter().all(|id| keep.masks.keep(*id).is_none()));
+    // ...so the default prunes them too, reaches the budget and says so
+    let auto = at(0.9, Residual::Auto);
+    assert!(auto.residual);
+    assert!(residual.iter().any(|id| auto.masks.keep(*id).is_some()));
+    assert!((kept(&auto) - 0.1).abs() < 0.05, "kept {}", kept(&auto));
+    assert_eq!(auto.masks, at(0.9, Residual::Prune).masks);
 }

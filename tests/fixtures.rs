@@ -187,26 +187,27 @@ fn the_three_exports_of_a_model_get_the_same_groups_and_macs() {
     }
 }
 
+/// `prune --ratio 0.5` (default budget: L1, separator scope, residual streams pruned only
+/// when needed) removes half the separator's MACs within 5 points on every fixture; on the
+/// fixtures with attention, the result is also checked exact in ORT.
 #[test]
-fn default_budget_prunes_every_fixture_with_attention_exactly() {
+fn default_budget_meets_the_ratio_on_every_fixture() {
     use sepprune::prune::{masks_for_ratio, Budget};
     for path in fixtures() {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let ir = Ir::new(sepprune::onnx::load(&path).unwrap(), 16000).unwrap();
+        let gs = analyze_groups(&ir).unwrap();
+        let m =
+            masks_for_ratio(&ir, &gs, &Budget::new(0.5)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let kept = m.scope_macs.1 as f64 / m.scope_macs.0 as f64;
+        assert!(
+            (kept - 0.5).abs() <= 0.05,
+            "{name}: {:.1}% of separator MACs kept",
+            100.0 * kept
+        );
         if !(name.starts_with("tdanet") || name.starts_with("dptnet")) {
             continue;
         }
-        let ir = Ir::new(sepprune::onnx::load(&path).unwrap(), 16000).unwrap();
-        let gs = analyze_groups(&ir).unwrap();
-        let mut b = Budget::new(0.5);
-        b.criterion = sepprune::prune::Criterion::Random;
-        let m = match masks_for_ratio(&ir, &gs, &b) {
-            Ok(m) => m,
-            // TDANet's TorchScript exports: every prunable group is a residual stream
-            Err(e) if name.starts_with("tdanet.ts") && e.to_string().contains("residual") => {
-                continue
-            }
-            Err(e) => panic!("{name}: {e}"),
-        };
         let slimmed = slim(&ir, &gs, &m.masks).unwrap_or_else(|e| panic!("{name}: {e}"));
         for n in runnable_lengths(&name, &ir, &[8000, 16000, 59200]) {
             let x = verify::test_signal(n, 16000.0);

@@ -156,6 +156,7 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
             masks,
             scope_macs: (full.0, now.0),
             total_macs: (full.1, now.1),
+            residual: cands.iter().any(|g| g.residual),
         }
     };
     Ok(Learned {

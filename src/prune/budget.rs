@@ -8,10 +8,13 @@
 //! or L2 norm of all the group's parameter slices (every coupled weight, bias and scale),
 //! as Torch-Pruning's group importance does, or at random (seeded).
 //!
-//! Residual and skip streams ([`crate::analysis::Group::residual`]) stay whole unless
-//! [`Budget::prune_residual`] is set: on the real Conv-TasNet, pruning them with the rest
-//! costs 13 dB of SI-SDRi at 50% and speeds ORT up by 0.76 of the MACs ratio, against
-//! -0.07 dB and 0.98 when only the blocks' hidden channels are pruned.
+//! Residual and skip streams ([`crate::analysis::Group::residual`]) stay whole while the
+//! other groups can meet the budget ([`Residual::Auto`]): on the real Conv-TasNet, pruning
+//! them with the rest costs 13 dB of SI-SDRi at 50% and speeds ORT up by 0.76 of the MACs
+//! ratio, against -0.07 dB and 0.98 when only the blocks' hidden channels are pruned. When
+//! the other groups cannot meet it (a model whose MACs sit mostly in its streams, such as
+//! a small TDANet), the streams are pruned too, at the same fraction, and
+//! [`Budgeted::residual`] says so.
 use super::{pruned_shape, Masks};
 use crate::analysis::{cost::node_macs, find_regions, Group, Groups, Region};
 use crate::error::{Error, Result};
@@ -70,6 +73,22 @@ pub struct Budgeted {
     pub scope_macs: (u64, u64),
     /// MACs of the whole model before and after.
     pub total_macs: (u64, u64),
+    /// Residual or skip streams were among the pruned groups' candidates.
+    pub residual: bool,
+}
+
+/// Whether a budget may prune residual and skip streams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Residual {
+    /// Only when the other groups cannot meet the budget (within half a point of the
+    /// scope's MACs).
+    #[default]
+    Auto,
+    /// Never: the budget is met by the other groups as far as they can.
+    Keep,
+    /// Always, like every other group.
+    Prune,
 }
 
 /// What to remove and how to choose channels.
@@ -85,12 +104,13 @@ pub struct Budget {
     pub round_to: usize,
     /// Group ids that stay whole; the budget is met by the other groups in scope.
     pub keep_groups: Vec<usize>,
-    /// Also prune residual and skip streams.
-    pub prune_residual: bool,
+    /// Whether residual and skip streams may be pruned.
+    pub residual: Residual,
 }
 
 impl Budget {
-    /// `ratio` of the separator's MACs by L1 norm, residual streams whole, any count.
+    /// `ratio` of the separator's MACs by L1 norm, residual streams whole while the others
+    /// suffice, any count.
     pub fn new(ratio: f64) -> Budget {
         Budget {
             ratio,
@@ -99,7 +119,7 @@ impl Budget {
             scope: Scope::Separator,
             round_to: 1,
             keep_groups: vec![],
-            prune_residual: false,
+            residual: Residual::Auto,
         }
     }
 }
@@ -155,8 +175,9 @@ impl<'a> Cost<'a> {
     }
 }
 
-/// The groups a budget may prune: prunable, wholly in scope, not kept whole, and residual
-/// streams only with `prune_residual`.
+/// The groups a budget may prune: prunable, wholly in scope, not kept whole; residual
+/// streams as `b.residual` says ([`Residual::Auto`]: when the other groups, each cut to one
+/// channel, cannot bring the scope's MACs within half a point of the target).
 ///
 /// Errors: [`Error::Masks`] when a kept group does not exist or no group qualifies.
 pub fn candidates<'g>(groups: &'g Groups, cost: &Cost, b: &Budget) -> Result<Vec<&'g Group>> {
@@ -166,19 +187,29 @@ pub fn candidates<'g>(groups: &'g Groups, cost: &Cost, b: &Budget) -> Result<Vec
             groups.groups.len()
         )));
     }
-    let cands: Vec<_> = groups
+    let eligible: Vec<&Group> = groups
         .prunable()
         .filter(|g| {
-            !b.keep_groups.contains(&g.id)
-                && (b.prune_residual || !g.residual)
-                && g.node_index.iter().all(|&n| cost.in_scope(n))
+            !b.keep_groups.contains(&g.id) && g.node_index.iter().all(|&n| cost.in_scope(n))
         })
         .collect();
+    let plain: Vec<&Group> = eligible.iter().copied().filter(|g| !g.residual).collect();
+    let with_residual = match b.residual {
+        Residual::Prune => true,
+        Residual::Keep => false,
+        Residual::Auto => {
+            let full = cost.macs(&HashMap::new()).0 as f64;
+            let least: HashMap<usize, usize> = plain.iter().map(|g| (g.id, 1)).collect();
+            let target = (1.0 - b.ratio) * full;
+            b.ratio > 0.0 && cost.macs(&least).0 as f64 > target + 0.005 * full
+        }
+    };
+    let cands = if with_residual { eligible } else { plain };
     if cands.is_empty() {
-        return Err(Error::Masks(if b.prune_residual {
-            "no prunable channel group in scope".into()
+        return Err(Error::Masks(if b.residual == Residual::Keep {
+            "no prunable channel group in scope outside residual streams (allow them with --residual auto or prune)".into()
         } else {
-            "no prunable channel group in scope outside residual streams (allow them with --prune-residual)".into()
+            "no prunable channel group in scope".into()
         }));
     }
     Ok(cands)
@@ -342,5 +373,6 @@ fn closest(
         masks,
         scope_macs: (full.0, m.0),
         total_macs: (full.1, m.1),
+        residual: cands.iter().any(|g| g.residual),
     }
 }

@@ -4,7 +4,8 @@ mod masks;
 mod slice;
 
 pub use budget::{
-    candidates, masks_for_ratio, masks_from_scores, Budget, Budgeted, Cost, Criterion, Scope,
+    candidates, masks_for_ratio, masks_from_scores, Budget, Budgeted, Cost, Criterion, Residual,
+    Scope,
 };
 pub use masks::Masks;
 pub use slice::{pruned_shape, slim};
