@@ -10,7 +10,8 @@
 //! channel non-zero again, so gating only at the producer would not be exact; gating at
 //! every mixing read is. For a binary `g`, the gate graph computes the same function as
 //! the slimmed model with the same mask. A concatenation of groups (a channel Concat) is
-//! gated with the Concat of its parts' gates (ones for parts that are not pruned).
+//! gated with the Concat of its parts' gates (ones for parts that are not pruned); a group
+//! of whole norm groups ([`Part::Expand`]) with its gate repeated over each unit's run.
 use crate::analysis::{groups::Part, Groups};
 use crate::error::Result;
 use crate::ir::Ir;
@@ -101,6 +102,54 @@ fn part_gate(
     match part {
         Part::Group(g) => groups.groups[g].frozen.is_none().then(|| gate_name(g)),
         Part::Fixed(_) => None,
+        // g [G] -> Reshape [G, 1] * ones [1, w] -> Reshape [G w]
+        Part::Expand { group, width } => {
+            let grp = &groups.groups[group];
+            if grp.frozen.is_some() {
+                return None;
+            }
+            let name = format!("sepprune.gate.{group}x{width}");
+            if !made.insert(name.clone()) {
+                return Some(name);
+            }
+            let column = format!("{name}.column");
+            let ones = format!("{name}.ones");
+            let shapes = [
+                (format!("{name}.shape_in"), vec![grp.size as i64, 1]),
+                (format!("{name}.shape_out"), vec![(grp.size * width) as i64]),
+            ];
+            for (n, v) in &shapes {
+                let like = TensorProto {
+                    name: Some(n.clone()),
+                    data_type: Some(7),
+                    ..Default::default()
+                };
+                inits.push(onnx::tensor_to_proto(&Tensor::vec_i64(v.clone()), &like));
+            }
+            inits.push(f32_init(&ones, &[1, width], vec![1.0; width]));
+            nodes.push(node(
+                "Reshape",
+                format!("{column}.node"),
+                vec![gate_name(group), shapes[0].0.clone()],
+                column.clone(),
+                vec![],
+            ));
+            nodes.push(node(
+                "Mul",
+                format!("{name}.tile"),
+                vec![column, ones],
+                format!("{name}.tiled"),
+                vec![],
+            ));
+            nodes.push(node(
+                "Reshape",
+                format!("{name}.node"),
+                vec![format!("{name}.tiled"), shapes[1].0.clone()],
+                name.clone(),
+                vec![],
+            ));
+            Some(name)
+        }
         Part::Concatenated(c) => {
             let name = format!("sepprune.gate.c{c}");
             if made.contains(&name) {

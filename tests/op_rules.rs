@@ -372,3 +372,126 @@ fn a_weight_shared_through_identity_is_prunable_and_constants_take_their_consume
     assert_eq!(regions[at(&perm)], regions[consumer]);
     assert_ne!(regions[at(&perm)], Region::Encoder);
 }
+
+/// torch's GroupNorm(4, 8) export: `Reshape(h, [0, 4, -1])`, InstanceNormalization with
+/// `[4]` scale and bias, a Reshape back (to `Shape(h)`, or to a literal), then the `[8, 1]`
+/// affine transform.
+fn group_norm_model(literal_back: bool) -> (sepprune::onnx::ModelProto, String) {
+    let mut g = G::new(&[1, 2, -1]);
+    let h = g.conv("x", 2, 8, 3, 1, 1);
+    let to_groups = g.const_i("to_groups", vec![0, 4, -1]);
+    let r = g.node("Reshape", &[&h, &to_groups], vec![]);
+    let s = g.weight("in_scale", &[4]);
+    let b = g.weight("in_bias", &[4]);
+    let n = g.node("InstanceNormalization", &[&r, &s, &b], vec![]);
+    let back = if literal_back {
+        g.const_i("back", vec![0, 8, -1])
+    } else {
+        g.node("Shape", &[&h], vec![])
+    };
+    let z = g.node("Reshape", &[&n, &back], vec![]);
+    let gamma = g.weight("gamma", &[8, 1]);
+    let beta = g.weight("beta", &[8, 1]);
+    let m = g.node("Mul", &[&z, &gamma], vec![]);
+    let a = g.node("Add", &[&m, &beta], vec![]);
+    let w_out = format!("w{}", g.nodes.len());
+    let y = g.conv(&a, 8, 2, 1, 1, 0);
+    (g.output(&y, &[1, 2, -1]), w_out)
+}
+
+#[test]
+fn group_norm_with_several_groups_is_pruned_in_whole_norm_groups() {
+    use sepprune::analysis::groups::Part;
+    for literal_back in [false, true] {
+        let (model, w_out) = group_norm_model(literal_back);
+        let (ir, gs) = groups_of(model, 37);
+        // the group is the norm's groups: 4 units of 2 channels each
+        let grp = gs.of("in_scale", 0).expect("norm groups form a group");
+        assert_eq!(grp.size, 4);
+        assert!(grp.frozen.is_none(), "{:?}", grp.frozen);
+        for (v, a) in [("w0", 0), ("b0", 0), ("gamma", 0), ("beta", 0), (&w_out, 1)] {
+            let c = gs.concatenated_of(v, a).unwrap_or_else(|| panic!("{v}"));
+            assert_eq!(
+                c.parts,
+                vec![Part::Expand {
+                    group: grp.id,
+                    width: 2
+                }],
+                "{v}"
+            );
+        }
+        let mut masks = sepprune::prune::Masks::new();
+        masks.insert(grp.id, 4, vec![1, 3]);
+        let slim = sepprune::prune::slim(&ir, &gs, &masks).unwrap();
+        let init = |ir: &Ir, n: &str| ir.initializer(n).unwrap();
+        assert_eq!(init(&slim, "w0"), init(&ir, "w0").select(0, &[2, 3, 6, 7]));
+        assert_eq!(
+            init(&slim, "in_scale"),
+            init(&ir, "in_scale").select(0, &[1, 3])
+        );
+        assert_eq!(
+            init(&slim, "to_groups"),
+            sepprune::onnx::Tensor::vec_i64(vec![0, 2, -1])
+        );
+        if literal_back {
+            assert_eq!(
+                init(&slim, "back"),
+                sepprune::onnx::Tensor::vec_i64(vec![0, 4, -1])
+            );
+        }
+        assert_slim_equals_gated(&ir, &gs, &masks, &slim, 2 * 37);
+        // the learner's Candle lowering of the gate graph computes the same
+        let gated = sepprune::gates::gate_graph(&ir, &gs, Some(&masks)).unwrap();
+        let x = sepprune::verify::test_signal(2 * 37, 16000.0);
+        let want = sepprune::runtime::tract::TractModel::new(&gated, &[1, 2, 37])
+            .unwrap()
+            .run(&x)
+            .unwrap();
+        let dev = candle_core::Device::Cpu;
+        let cg = sepprune::learn::CandleGraph::new(
+            Ir::new(gated, 37).unwrap(),
+            &dev,
+            candle_core::DType::F32,
+            &[],
+        )
+        .unwrap();
+        let t = candle_core::Tensor::from_vec(x, (1, 2, 37), &dev).unwrap();
+        let got: Vec<f32> = cg
+            .forward(&t, &Default::default())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(sepprune::runtime::rel_err(&want, &got) <= 1e-4);
+    }
+}
+
+#[test]
+fn l1_ranks_norm_groups_by_every_weight_slice_they_carry() {
+    // the norm's own [4] scale and bias are equal across groups; the producer conv's rows of
+    // group 2 (channels 4, 5) are the largest, so a budget keeps that group first
+    let (mut model, _) = group_norm_model(false);
+    for t in &mut model.graph.as_mut().unwrap().initializer {
+        match t.name() {
+            "in_scale" => t.float_data = vec![1.0; 4],
+            "in_bias" => t.float_data = vec![0.0; 4],
+            "w0" => {
+                let row = t.float_data.len() / 8;
+                for v in &mut t.float_data[4 * row..6 * row] {
+                    *v *= 100.0;
+                }
+            }
+            _ => {}
+        }
+    }
+    let (ir, gs) = groups_of(model, 37);
+    let grp = gs.of("in_scale", 0).unwrap();
+    let budget = sepprune::prune::Budget {
+        scope: sepprune::prune::Scope::All,
+        ..sepprune::prune::Budget::new(0.5)
+    };
+    let b = sepprune::prune::masks_for_ratio(&ir, &gs, &budget).unwrap();
+    let keep = b.masks.keep(grp.id).expect("the norm groups are pruned");
+    assert!(keep.len() < 4 && keep.contains(&2), "{keep:?}");
+}

@@ -48,6 +48,9 @@ pub enum Part {
     Group(usize),
     /// Another concatenation (a Concat of Concats).
     Concatenated(usize),
+    /// A channel group whose channel `i` spans `width` channels here, `i * width ..
+    /// (i + 1) * width` (GroupNorm's groups: the group's units are whole norm groups).
+    Expand { group: usize, width: usize },
     /// Channels no group defines (a graph input, a constant): never removed.
     Fixed(usize),
 }
@@ -107,6 +110,7 @@ impl Groups {
     pub fn part_count(&self, part: Part, kept: &dyn Fn(usize) -> Option<usize>) -> usize {
         match part {
             Part::Group(g) => kept(g).unwrap_or(self.groups[g].size),
+            Part::Expand { group, width } => kept(group).unwrap_or(self.groups[group].size) * width,
             Part::Concatenated(c) => self.concatenated[c]
                 .parts
                 .iter()
@@ -120,6 +124,11 @@ impl Groups {
     pub fn part_keep(&self, part: Part, keep: &dyn Fn(usize) -> Option<Vec<usize>>) -> Vec<usize> {
         match part {
             Part::Group(g) => keep(g).unwrap_or_else(|| (0..self.groups[g].size).collect()),
+            Part::Expand { group, width } => self
+                .part_keep(Part::Group(group), keep)
+                .into_iter()
+                .flat_map(|u| u * width..(u + 1) * width)
+                .collect(),
             Part::Concatenated(c) => {
                 let mut out = vec![];
                 let mut offset = 0;
@@ -132,10 +141,27 @@ impl Groups {
             Part::Fixed(n) => (0..n).collect(),
         }
     }
+    /// For each channel of `part`, the channel of group `g` it carries (`None`: another
+    /// group's channel, or a fixed one).
+    pub fn channels_of(&self, part: Part, g: usize) -> Vec<Option<usize>> {
+        match part {
+            Part::Group(h) if h == g => (0..self.groups[g].size).map(Some).collect(),
+            Part::Expand { group, width } if group == g => (0..self.groups[g].size * width)
+                .map(|i| Some(i / width))
+                .collect(),
+            Part::Concatenated(c) => self.concatenated[c]
+                .parts
+                .iter()
+                .flat_map(|&p| self.channels_of(p, g))
+                .collect(),
+            p => vec![None; self.part_size(p)],
+        }
+    }
     /// Channel count of a part before pruning.
     pub fn part_size(&self, part: Part) -> usize {
         match part {
             Part::Group(g) => self.groups[g].size,
+            Part::Expand { group, width } => self.groups[group].size * width,
             Part::Concatenated(c) => self.concatenated[c].size,
             Part::Fixed(n) => n,
         }
@@ -174,7 +200,9 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
     let mut sources = vec![];
     let mut frozen: BTreeMap<usize, String> = BTreeMap::new();
     let mut touch: Vec<(usize, usize)> = vec![]; // (slot, node)
-    let mut concats: Vec<(Vec<usize>, usize, String)> = vec![]; // (parts, whole, node)
+                                                 // (parts, whole, node, width): a Concat of parts (width 0), or a unit slot expanded
+                                                 // `width` times (parts = [unit])
+    let mut concats: Vec<(Vec<usize>, usize, String, usize)> = vec![];
     for (ni, node) in ir.nodes().iter().enumerate() {
         if ir.is_folded(node) {
             continue;
@@ -214,6 +242,24 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
                 ps,
                 w,
                 format!("node '{}' ({})", node.name(), node.op_type()),
+                0,
+            ));
+        }
+        for (unit, width, whole) in &links.expands {
+            let n = size_of(unit).map(|n| n * width);
+            if n.is_none() || n != size_of(whole) {
+                return Err(Error::node(
+                    node,
+                    format!("expands {unit:?} x{width} ({n:?} channels) into {whole:?}"),
+                ));
+            }
+            let (u, w) = (intern(unit, &mut slots), intern(whole, &mut slots));
+            touch.extend([(u, ni), (w, ni)]);
+            concats.push((
+                vec![u],
+                w,
+                format!("node '{}' ({})", node.name(), node.op_type()),
+                *width,
             ));
         }
         for s in &links.sources {
@@ -254,7 +300,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
     loop {
         let mut first: HashMap<usize, usize> = HashMap::new();
         let mut merged = false;
-        for (ci, (parts, whole, at)) in concats.iter().enumerate() {
+        for (ci, (parts, whole, at, width)) in concats.iter().enumerate() {
             let root = uf.find(*whole);
             let Some(&f) = first.get(&root) else {
                 first.insert(root, ci);
@@ -262,7 +308,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             };
             let other = &concats[f].0;
             let sizes = |ps: &[usize]| ps.iter().map(|&p| size_of(&slots[p])).collect::<Vec<_>>();
-            if sizes(parts) != sizes(other) {
+            if sizes(parts) != sizes(other) || *width != concats[f].3 {
                 conflicts.entry(*whole).or_insert_with(|| {
                     format!(
                         "{at}: splits channels shared with '{}' differently",
@@ -297,10 +343,12 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
         let defined: std::collections::HashSet<usize> =
             source_roots.iter().chain(rep.keys()).copied().collect();
         let mut promoted = false;
-        for (parts, whole, _) in &concats {
+        for (parts, whole, _, width) in &concats {
             let w = uf.find(*whole);
             let first = uf.find(parts[0]);
-            let copies = parts.len() > 1 && parts.iter().all(|&p| uf.find(p) == first);
+            // n copies of one class, or the units of an expansion
+            let copies =
+                *width > 0 || (parts.len() > 1 && parts.iter().all(|&p| uf.find(p) == first));
             if defined.contains(&w)
                 && !proxy.contains_key(&w)
                 && copies
@@ -374,11 +422,22 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
         if !root_cat.contains_key(&root) {
             continue;
         }
-        let (parts, whole, _) = &concats[ci];
+        let (parts, whole, at, width) = &concats[ci];
+        let parts = match (*width, part_of(parts[0], &mut uf)) {
+            (0, _) => parts.iter().map(|&p| part_of(p, &mut uf)).collect(),
+            (width, Part::Group(group)) => vec![Part::Expand { group, width }],
+            (width, Part::Fixed(n)) => vec![Part::Fixed(n * width)],
+            _ => {
+                conflicts.entry(*whole).or_insert_with(|| {
+                    format!("{at}: expands channels that are themselves concatenated")
+                });
+                vec![Part::Fixed(size_of(&slots[*whole]).unwrap_or(0))]
+            }
+        };
         concatenated.push(Concatenated {
             id: concatenated.len(),
             size: size_of(&slots[*whole]).unwrap_or(0),
-            parts: parts.iter().map(|&p| part_of(p, &mut uf)).collect(),
+            parts,
             members: vec![],
             params: vec![],
             frozen: None,
@@ -416,14 +475,16 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
     // conflicting one freezes its parts.
     for (&slot, why) in &conflicts {
         let mut hit = vec![part_of(slot, &mut uf)];
-        for (parts, whole, _) in &concats {
+        for (parts, whole, _, _) in &concats {
             if *whole == slot {
                 hit.extend(parts.iter().map(|&p| part_of(p, &mut uf)));
             }
         }
         for part in hit {
             match part {
-                Part::Group(g) => groups[g].frozen.get_or_insert_with(|| why.clone()),
+                Part::Group(g) | Part::Expand { group: g, .. } => {
+                    groups[g].frozen.get_or_insert_with(|| why.clone())
+                }
                 Part::Concatenated(c) => cat_frozen[c].get_or_insert_with(|| why.clone()),
                 Part::Fixed(_) => continue,
             };
@@ -437,7 +498,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             };
             for &p in &concatenated[c].parts {
                 let slot = match p {
-                    Part::Group(g) => &mut groups[g].frozen,
+                    Part::Group(g) | Part::Expand { group: g, .. } => &mut groups[g].frozen,
                     Part::Concatenated(k) => &mut cat_frozen[k],
                     Part::Fixed(_) => continue,
                 };

@@ -13,8 +13,9 @@
 //! - **LayerNormalization** (opset 17): the same over axes `axis..`, then `* scale + bias`.
 //!
 //! Both become `d = x - ReduceMean(x); y = d / Sqrt(ReduceMean(d * d) + eps)` (population
-//! variance, as both ops define it). GroupNorm with more than one group keeps its form and
-//! its channels stay frozen.
+//! variance, as both ops define it). GroupNorm with more than one group keeps its form: the
+//! Reshape rule maps its `[C] -> [G, C/G]` layout so that whole norm groups are pruned
+//! ([`crate::ops::Links::expand`]).
 use super::Ir;
 use crate::onnx::{
     self, attr_f, attr_i, int_attr, ints_attr, ModelProto, NodeProto, Tensor, TensorProto,

@@ -3,9 +3,11 @@
 //! Channel index maps: Transpose moves an axis; Squeeze/Unsqueeze shift it; Reshape keeps
 //! it when the axis survives as one dim of the same size (unit dims added or removed).
 //! Concat along a channel axis is an offset map: the output's channels are the parts'
-//! channels in order ([`super::Links::concat`]). A Reshape that merges or splits a channel
-//! axis, a Slice along it, and a Pad of it freeze the axis (factorised maps are not
-//! implemented yet).
+//! channels in order ([`super::Links::concat`]). A Reshape that merges `[.., D, C]` into
+//! `D*C` (or splits it) makes the wide axis D copies of C; one that moves the inner factor
+//! of an axis into the next (`[C, T] -> [G, (C/G) T]`, GroupNorm's layout) makes each of
+//! the G units a run of C/G channels ([`super::Links::expand`]). Other merges and splits, a
+//! Slice along a channel axis and a Pad of it freeze the axis.
 use super::{
     ce, cin, foldable, in_shape, need, need_const, norm_axis, out_shape, ConstEdit, Links, OpRule,
     Sliced,
@@ -90,6 +92,10 @@ pub(crate) struct AxisMap {
     pub merged: Vec<(Vec<usize>, usize)>,
     /// (input axis, output axes): one input axis split into several.
     pub split: Vec<(usize, Vec<usize>)>,
+    /// (whole axis, whole axis is the input's, unit axis, width): two axes `[A, B]` on one
+    /// side and `[A / k, k B]` on the other (k > 1): unit `i` of the `A / k` axis is the run
+    /// `i k .. (i + 1) k` of the `A` axis; the `B` and `k B` axes are in `bad_x`/`bad_y`.
+    pub grouped: Vec<(usize, bool, usize, usize)>,
     /// Input and output axes in a many-to-many run (or left over).
     pub bad_x: Vec<usize>,
     pub bad_y: Vec<usize>,
@@ -117,7 +123,29 @@ pub(crate) fn reshape_axis_map(x: &[usize], y: &[usize]) -> AxisMap {
                 break;
             }
         }
+        // [A, B] <-> [A / k, k B]: runs of k channels of A per unit
+        let grouped = |a: &[usize], b: &[usize]| {
+            a.len() == 2
+                && b.len() == 2
+                && a[0] > b[0]
+                && a[0].is_multiple_of(b[0])
+                && b[1] == a[0] / b[0] * a[1]
+        };
+        let (xr, yr): (Vec<usize>, Vec<usize>) = (
+            xs[si..i].iter().map(|&a| x[a]).collect(),
+            ys[sj..j].iter().map(|&b| y[b]).collect(),
+        );
         match (i - si, j - sj) {
+            _ if px == py && grouped(&xr, &yr) => {
+                m.grouped.push((xs[si], true, ys[sj], xr[0] / yr[0]));
+                m.bad_x.push(xs[si + 1]);
+                m.bad_y.push(ys[sj + 1]);
+            }
+            _ if px == py && grouped(&yr, &xr) => {
+                m.grouped.push((ys[sj], false, xs[si], yr[0] / xr[0]));
+                m.bad_x.push(xs[si + 1]);
+                m.bad_y.push(ys[sj + 1]);
+            }
             _ if px != py => {
                 m.bad_x.extend(&xs[si..i]);
                 m.bad_y.extend(&ys[sj..j]);
@@ -190,6 +218,10 @@ impl OpRule for Reshape {
         for (a, axes) in &m.split {
             let (&inner, outer) = axes.split_last().expect("a split has axes");
             blocks(outer, &yf.shape, (y, inner), (x, *a), y);
+        }
+        for &(whole, in_x, unit, width) in &m.grouped {
+            let (w, u) = if in_x { (x, y) } else { (y, x) };
+            links.expand((u, unit), width, (w, whole));
         }
         for a in m.bad_x {
             links.freeze((x, a), "Reshape merges or splits this axis");

@@ -53,6 +53,10 @@ pub struct Links {
     /// `(parts, whole)`: the channels of slot `whole` are those of the `parts` slots, in
     /// order (a Concat along a channel axis): an offset map, not an identity.
     pub concats: Vec<(Vec<Slot>, Slot)>,
+    /// `(unit, width, whole)`: channel `i` of slot `unit` is channels `i * width ..
+    /// (i + 1) * width` of slot `whole` (GroupNorm's `[C] -> [G, C / G]` layout): removing a
+    /// unit removes its whole run of channels.
+    pub expands: Vec<(Slot, usize, Slot)>,
 }
 
 impl Links {
@@ -66,6 +70,13 @@ impl Links {
     pub fn concat(&mut self, parts: &[(&str, usize)], whole: (&str, usize)) {
         self.concats.push((
             parts.iter().map(|p| (p.0.to_string(), p.1)).collect(),
+            (whole.0.to_string(), whole.1),
+        ));
+    }
+    pub fn expand(&mut self, unit: (&str, usize), width: usize, whole: (&str, usize)) {
+        self.expands.push((
+            (unit.0.to_string(), unit.1),
+            width,
             (whole.0.to_string(), whole.1),
         ));
     }

@@ -39,28 +39,49 @@ pub enum Scope {
     All,
 }
 
-/// Per-channel importance of a group (higher is kept first).
-fn scores(
-    ir: &Ir,
-    params: &[(String, usize)],
-    size: usize,
-    criterion: Criterion,
-) -> Result<Vec<f64>> {
+/// Summed `f` of the slices of initializer `name` along `axis`: one entry per index of
+/// that axis.
+fn slice_sums(ir: &Ir, name: &str, axis: usize, f: fn(f32) -> f64) -> Result<Vec<f64>> {
+    let Tensor::F32(w) = ir.initializer(name)? else {
+        return Ok(vec![]);
+    };
+    let size = w.shape()[axis];
     let mut s = vec![0f64; size];
+    // row-major: the tensor is `outer` blocks of `size` contiguous runs of `inner`
+    let w = w.as_standard_layout();
+    let data = w.as_slice().expect("standard layout");
+    let inner: usize = w.shape()[axis + 1..].iter().product();
+    for (i, run) in data.chunks(inner.max(1)).enumerate() {
+        s[i % size] += run.iter().map(|&v| f(v)).sum::<f64>();
+    }
+    Ok(s)
+}
+
+/// Per-channel importance of group `g` (higher is kept first): the summed L1 or L2 norms
+/// of every parameter slice that carries a channel, the group's own initializers and those
+/// of the concatenations holding it (a layer split into heads, the channels of a norm group).
+fn scores(ir: &Ir, groups: &Groups, g: &Group, criterion: Criterion) -> Result<Vec<f64>> {
     let f: fn(f32) -> f64 = match criterion {
         Criterion::L2 => |v| (v as f64).powi(2),
         _ => |v| (v as f64).abs(),
     };
-    for (name, axis) in params {
-        let Tensor::F32(w) = ir.initializer(name)? else {
+    let mut s = vec![0f64; g.size];
+    for (name, axis) in &g.params {
+        for (i, v) in slice_sums(ir, name, *axis, f)?.into_iter().enumerate() {
+            s[i % g.size] += v;
+        }
+    }
+    for c in &groups.concatenated {
+        let map = groups.channels_of(crate::analysis::groups::Part::Concatenated(c.id), g.id);
+        if map.iter().all(Option::is_none) {
             continue;
-        };
-        // row-major: the tensor is `outer` blocks of `size` contiguous runs of `inner`
-        let w = w.as_standard_layout();
-        let data = w.as_slice().expect("standard layout");
-        let inner: usize = w.shape()[axis + 1..].iter().product();
-        for (i, run) in data.chunks(inner.max(1)).enumerate() {
-            s[i % size] += run.iter().map(|&v| f(v)).sum::<f64>();
+        }
+        for (name, axis) in &c.params {
+            for (i, v) in slice_sums(ir, name, *axis, f)?.into_iter().enumerate() {
+                if let Some(Some(k)) = map.get(i) {
+                    s[*k] += v;
+                }
+            }
         }
     }
     Ok(s)
@@ -243,7 +264,7 @@ pub fn masks_for_ratio(ir: &Ir, groups: &Groups, b: &Budget) -> Result<Budgeted>
                 "the taylor criterion scores channels from data: give --data (prune) and use masks_from_scores".into(),
             ));
         } else {
-            let s = scores(ir, &g.params, g.size, criterion)?;
+            let s = scores(ir, groups, g, criterion)?;
             idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
         }
         order.insert(g.id, idx);
