@@ -495,3 +495,75 @@ fn l1_ranks_norm_groups_by_every_weight_slice_they_carry() {
     let keep = b.masks.keep(grp.id).expect("the norm groups are pruned");
     assert!(keep.len() < 4 && keep.contains(&2), "{keep:?}");
 }
+
+#[test]
+fn an_if_with_a_constant_condition_is_folded_into_its_branch() {
+    use sepprune::onnx::{AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto};
+    let mut g = G::new(&[1, 2, -1]);
+    let h = g.conv("x", 2, 6, 3, 1, 1);
+    g.nodes.push(NodeProto {
+        name: Some("cond".into()),
+        op_type: Some("Constant".into()),
+        output: vec!["cond".into()],
+        attribute: vec![AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(4),
+            t: Some(TensorProto {
+                data_type: Some(9),
+                int32_data: vec![1],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let branch = |op: &str, out: &str| AttributeProto {
+        name: Some(
+            if op == "Relu" {
+                "then_branch"
+            } else {
+                "else_branch"
+            }
+            .into(),
+        ),
+        r#type: Some(5),
+        g: Some(GraphProto {
+            name: Some(op.into()),
+            node: vec![NodeProto {
+                name: Some(format!("{op}_in_branch")),
+                op_type: Some(op.into()),
+                input: vec![h.clone()],
+                output: vec![out.into()],
+                ..Default::default()
+            }],
+            output: vec![ValueInfoProto {
+                name: Some(out.into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    g.nodes.push(NodeProto {
+        name: Some("if".into()),
+        op_type: Some("If".into()),
+        input: vec!["cond".into()],
+        output: vec!["r".into()],
+        attribute: vec![branch("Relu", "then_out"), branch("Neg", "else_out")],
+        ..Default::default()
+    });
+    let y = g.conv("r", 6, 2, 1, 1, 0);
+    let (ir, gs) = groups_of(g.output(&y, &[1, 2, -1]), 40);
+    let ops: Vec<&str> = ir.nodes().iter().map(|n| n.op_type()).collect();
+    assert!(
+        !ops.contains(&"If") && ops.contains(&"Relu") && !ops.contains(&"Neg"),
+        "{ops:?}"
+    );
+    let grp = gs.of("w0", 0).unwrap();
+    assert!(grp.frozen.is_none(), "{:?}", grp.frozen);
+    assert_eq!(gs.of("r", 1).map(|g| g.id), Some(grp.id));
+    let mut masks = sepprune::prune::Masks::new();
+    masks.insert(grp.id, 6, vec![0, 2, 5]);
+    let slim = sepprune::prune::slim(&ir, &gs, &masks).unwrap();
+    assert_slim_equals_gated(&ir, &gs, &masks, &slim, 2 * 40);
+}

@@ -16,6 +16,11 @@
 //! variance, as both ops define it). GroupNorm with more than one group keeps its form: the
 //! Reshape rule maps its `[C] -> [G, C/G]` layout so that whole norm groups are pruned
 //! ([`crate::ops::Links::expand`]).
+//!
+//! Two rewrites run first and are kept in the written model, since what they remove
+//! computes nothing: an `If` with a constant condition becomes the branch it takes
+//! ([`fold_constant_ifs`]), and an `Identity` of an initializer is bypassed
+//! ([`bypass_weight_identities`]).
 use super::Ir;
 use crate::onnx::{
     self, attr_f, attr_i, int_attr, ints_attr, ModelProto, NodeProto, Tensor, TensorProto,
@@ -123,6 +128,96 @@ pub fn bypass_weight_identities(model: &ModelProto) -> Option<ModelProto> {
     }
     graph.value_info.retain(|v| !alias.contains_key(v.name()));
     Some(model)
+}
+
+/// `model` with every `If` whose condition is a constant (an initializer, or a `Constant`
+/// node's `value`) replaced by the nodes of the branch it takes, each branch output passed
+/// to the If's output through an `Identity`; nested Ifs are folded in turn. The condition
+/// does not depend on the input, so the branch not taken never runs: the rewrite is not
+/// undone in the written model. An If whose inlined names would collide with the graph's is
+/// left as it is (and its channels stay frozen). `None` when nothing was folded.
+pub fn fold_constant_ifs(model: &ModelProto) -> Option<ModelProto> {
+    let mut model = model.clone();
+    let mut folded = false;
+    'again: loop {
+        let graph = model.graph.as_mut()?;
+        let consts: HashMap<&str, &TensorProto> = graph
+            .initializer
+            .iter()
+            .map(|t| (t.name(), t))
+            .chain(
+                graph
+                    .node
+                    .iter()
+                    .filter(|n| n.op_type() == "Constant")
+                    .filter_map(|n| Some((n.output.first()?.as_str(), onnx::attr_t(n, "value")?))),
+            )
+            .collect();
+        let names: HashSet<String> = graph
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().cloned())
+            .chain(graph.initializer.iter().map(|t| t.name().to_string()))
+            .chain(graph.input.iter().map(|v| v.name().to_string()))
+            .collect();
+        for (ni, node) in graph.node.iter().enumerate() {
+            if node.op_type() != "If" || !node.domain().is_empty() {
+                continue;
+            }
+            let Some(cond) = node.input.first().and_then(|c| consts.get(c.as_str())) else {
+                continue;
+            };
+            let Some(take) = onnx::tensor_from_proto(cond).ok().and_then(|t| {
+                let v = t.to_i64_vec();
+                (v.len() == 1).then(|| v[0] != 0)
+            }) else {
+                continue;
+            };
+            let branch = if take { "then_branch" } else { "else_branch" };
+            let Some(body) = onnx::attr(node, branch).and_then(|a| a.g.as_ref()) else {
+                continue;
+            };
+            if body.output.len() != node.output.len() {
+                continue;
+            }
+            let inner: Vec<&str> = body
+                .node
+                .iter()
+                .flat_map(|n| n.output.iter().map(String::as_str))
+                .chain(body.initializer.iter().map(|t| t.name()))
+                .collect();
+            if inner.iter().any(|v| !v.is_empty() && names.contains(*v)) {
+                continue;
+            }
+            let prefix = node.name().to_string();
+            let mut nodes: Vec<NodeProto> = body
+                .node
+                .iter()
+                .map(|n| {
+                    let mut n = n.clone();
+                    n.name = Some(format!("{prefix}.{branch}.{}", n.name()));
+                    n
+                })
+                .collect();
+            for (o, y) in body.output.iter().zip(&node.output) {
+                nodes.push(NodeProto {
+                    name: Some(format!("{prefix}.{branch}.out.{y}")),
+                    op_type: Some("Identity".into()),
+                    input: vec![o.name().to_string()],
+                    output: vec![y.clone()],
+                    ..Default::default()
+                });
+            }
+            let (inits, infos) = (body.initializer.clone(), body.value_info.clone());
+            graph.node.splice(ni..=ni, nodes);
+            graph.initializer.extend(inits);
+            graph.value_info.extend(infos);
+            folded = true;
+            continue 'again;
+        }
+        break;
+    }
+    folded.then_some(model)
 }
 
 /// The rewritten model and what was applied, or `None` when no pattern matched.

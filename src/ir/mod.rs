@@ -69,6 +69,7 @@ impl Ir {
     /// Exporter patterns are first rewritten into canonical forms ([`canon`]), so the IR's
     /// model is the canonical one.
     pub fn new(model: ModelProto, samples: usize) -> Result<Ir> {
+        let model = canon::fold_constant_ifs(&model).unwrap_or(model);
         let model = canon::bypass_weight_identities(&model).unwrap_or(model);
         let ir = Ir::infer(model, samples)?;
         match canon::canonicalize(&ir) {
