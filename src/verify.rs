@@ -123,7 +123,12 @@ pub fn check(
     let run = |job: &Job| -> Result<Vec<f32>> {
         let owned;
         let model = match job {
-            Job::Original => &ir.model,
+            // the exporter's own forms (canonical rewrites undone), so the check also
+            // covers the canonicalisation
+            Job::Original => {
+                owned = ir.exported(&ir.model);
+                &owned
+            }
             Job::Given(m) => *m,
             Job::Gated(m) => {
                 owned = gate_graph(ir, groups, *m)?;

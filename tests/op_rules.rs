@@ -567,3 +567,82 @@ fn an_if_with_a_constant_condition_is_folded_into_its_branch() {
     let slim = sepprune::prune::slim(&ir, &gs, &masks).unwrap();
     assert_slim_equals_gated(&ir, &gs, &masks, &slim, 2 * 40);
 }
+
+/// A native `GroupNormalization` with 4 groups on 8 channels, at opset 18 (`[G]` scale and
+/// bias) or 21 (`[C]`).
+fn native_group_norm_model(opset: i64, groups: i64) -> sepprune::onnx::ModelProto {
+    let mut g = G::new(&[1, 2, -1]);
+    let h = g.conv("x", 2, 8, 3, 1, 1);
+    let n = if opset >= 21 { 8 } else { groups };
+    let s = g.weight("gn_scale", &[n]);
+    let b = g.weight("gn_bias", &[n]);
+    let mut attrs = vec![int_attr("num_groups", groups)];
+    attrs.push(sepprune::onnx::float_attr("epsilon", 1e-5));
+    let y = g.node("GroupNormalization", &[&h, &s, &b], attrs);
+    let p = g.node("Relu", &[&y], vec![]);
+    let out = g.conv(&p, 8, 2, 1, 1, 0);
+    let mut m = g.output(&out, &[1, 2, -1]);
+    m.opset_import[0].version = Some(opset);
+    m
+}
+
+#[test]
+fn native_group_normalization_is_pruned_in_whole_groups_and_written_back_natively() {
+    for (opset, groups) in [(21, 4), (18, 4), (21, 1)] {
+        let (ir, gs) = groups_of(native_group_norm_model(opset, groups), 37);
+        let grp = gs.of("w0", 0).map(|g| g.id).or_else(|| {
+            gs.concatenated_of("w0", 0).and_then(|c| match c.parts[..] {
+                [sepprune::analysis::groups::Part::Expand { group, width: 2 }] => Some(group),
+                _ => None,
+            })
+        });
+        let grp = &gs.groups[grp.unwrap_or_else(|| panic!("opset {opset}, {groups} groups"))];
+        assert!(grp.frozen.is_none(), "{:?}", grp.frozen);
+        assert_eq!(grp.size, if groups == 1 { 8 } else { 4 });
+        let keep: Vec<usize> = if groups == 1 {
+            vec![0, 3, 4, 7]
+        } else {
+            vec![1, 2]
+        };
+        let mut masks = sepprune::prune::Masks::new();
+        masks.insert(grp.id, grp.size, keep);
+        let slim = sepprune::prune::slim(&ir, &gs, &masks).unwrap();
+        let exported = slim.exported(&slim.model);
+        let gn: Vec<_> = exported
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .filter(|n| n.op_type() == "GroupNormalization")
+            .collect();
+        assert_eq!(gn.len(), 1, "the native op is written back");
+        assert_eq!(
+            sepprune::onnx::attr_i(gn[0], "num_groups"),
+            Some(if groups == 1 { 1 } else { 2 })
+        );
+        let written = Ir::new(exported.clone(), 37).unwrap();
+        let want = if opset >= 21 {
+            4
+        } else if groups == 1 {
+            1
+        } else {
+            2
+        };
+        assert_eq!(written.initializer("gn_scale").unwrap().len(), want);
+        let x = sepprune::verify::test_signal(2 * 37, 16000.0);
+        for rt in [
+            sepprune::runtime::Runtime::Ort,
+            sepprune::runtime::Runtime::Tract,
+        ] {
+            let r =
+                sepprune::verify::check(&ir, &gs, Some((&masks, Some(&exported))), 0, 0, &x, rt)
+                    .unwrap();
+            assert!(
+                r.passed,
+                "opset {opset}, {groups} groups, {rt:?}: {:?}",
+                r.trials
+            );
+        }
+    }
+}

@@ -38,6 +38,20 @@ struct Rewrite {
     /// (index in `remove`, value): that node's input 1 is a literal spelling the value's
     /// static shape (dynamo's back-reshape), rewritten to the shape on [`restore`].
     literal_shape_of: Option<(usize, String)>,
+    /// A native GroupNormalization's parameters, re-made on [`restore`].
+    group_norm: Option<GroupNormParams>,
+}
+
+/// How [`restore`] re-makes a native `GroupNormalization` from its canonical form once
+/// channels are removed: `num_groups` from the length of initializer `groups_of`, and
+/// (opset-21 form, `[C]` scale and bias) `scale`/`bias` from the canonical `[C, 1, ..]`
+/// copies `per_channel`.
+#[derive(Clone, Debug)]
+struct GroupNormParams {
+    groups_of: Option<String>,
+    scale: String,
+    bias: String,
+    per_channel: Option<(String, String)>,
 }
 
 /// A rewrite applied to a model, kept so that the exported form can be put back
@@ -51,6 +65,7 @@ pub struct Applied {
     nodes: Vec<String>,
     inits: Vec<String>,
     literal_shape_of: Option<(usize, String)>,
+    group_norm: Option<GroupNormParams>,
 }
 
 /// `model` (a model with `ir`'s node names, such as the slimmed or fine-tuned canonical
@@ -82,6 +97,9 @@ pub fn restore(model: &ModelProto, ir: &Ir) -> ModelProto {
                 node.input[1] = name;
             }
         }
+        if let Some(gn) = &rw.group_norm {
+            remake_group_norm(graph, &mut original, gn);
+        }
         graph.node.retain(|n| !names.contains(n.name()));
         // their intermediate values' shapes (exporter value_info) may have changed
         let outs: HashSet<String> = original.iter().flat_map(|n| n.output.clone()).collect();
@@ -91,6 +109,38 @@ pub fn restore(model: &ModelProto, ir: &Ir) -> ModelProto {
         graph.initializer.retain(|t| !inits.contains(t.name()));
     }
     model
+}
+
+/// Sets the restored GroupNormalization's `num_groups`, scale and bias from the canonical
+/// form's (sliced) initializers in `graph`.
+fn remake_group_norm(
+    graph: &mut onnx::GraphProto,
+    original: &mut [NodeProto],
+    gn: &GroupNormParams,
+) {
+    let find = |graph: &onnx::GraphProto, name: &str| {
+        graph.initializer.iter().find(|t| t.name() == name).cloned()
+    };
+    if let Some(g) = gn.groups_of.as_deref().and_then(|n| find(graph, n)) {
+        let groups = onnx::tensor_from_proto(&g).map(|t| t.len()).unwrap_or(0);
+        for n in original
+            .iter_mut()
+            .filter(|n| n.op_type() == "GroupNormalization")
+        {
+            onnx::set_attr_i(n, "num_groups", groups as i64);
+        }
+    }
+    if let Some((s, b)) = &gn.per_channel {
+        for (canon, name) in [(s, &gn.scale), (b, &gn.bias)] {
+            let Some(mut t) = find(graph, canon) else {
+                continue;
+            };
+            t.dims = vec![t.dims.first().copied().unwrap_or(0)];
+            t.name = Some(name.clone());
+            graph.initializer.retain(|i| i.name() != name);
+            graph.initializer.push(t);
+        }
+    }
 }
 
 /// `model` with every `Identity` of an initializer removed, its consumers reading the
@@ -231,6 +281,7 @@ pub fn canonicalize(ir: &Ir) -> Option<(ModelProto, Vec<Applied>)> {
         let rw = match node.op_type() {
             "Reshape" => group_norm_1(ir, ni),
             "LayerNormalization" => layer_norm(ir, ni),
+            "GroupNormalization" => group_norm_native(ir, ni),
             _ => None,
         };
         if let Some(rw) = rw.filter(|rw| rw.remove.iter().all(|i| !taken.contains(i))) {
@@ -252,6 +303,7 @@ pub fn canonicalize(ir: &Ir) -> Option<(ModelProto, Vec<Applied>)> {
             original: remove.iter().map(|&i| graph.node[i].clone()).collect(),
             nodes: rw.nodes.iter().map(|n| n.name().to_string()).collect(),
             inits: rw.inits.iter().map(|t| t.name().to_string()).collect(),
+            group_norm: rw.group_norm.clone(),
             literal_shape_of: rw.literal_shape_of.map(|(i, v)| {
                 (
                     remove.iter().position(|&r| r == rw.remove[i]).unwrap_or(i),
@@ -364,6 +416,7 @@ fn group_norm_1(ir: &Ir, r1: usize) -> Option<Rewrite> {
         nodes,
         inits,
         literal_shape_of,
+        group_norm: None,
     })
 }
 
@@ -414,6 +467,150 @@ fn layer_norm(ir: &Ir, ni: usize) -> Option<Rewrite> {
         nodes,
         inits,
         literal_shape_of: None,
+        group_norm: None,
+    })
+}
+
+/// A float initializer named `name` holding `values` in `dims`.
+fn f32_init(name: &str, dims: &[usize], values: Vec<f32>) -> Option<TensorProto> {
+    let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(dims), values).ok()?;
+    Some(onnx::tensor_to_proto(
+        &Tensor::F32(a),
+        &TensorProto {
+            name: Some(name.into()),
+            data_type: Some(1),
+            ..Default::default()
+        },
+    ))
+}
+
+/// A native `GroupNormalization(x, scale, bias)` (opset 18: `[G]` scale and bias; opset 21:
+/// `[C]`) on `x [N, C, ...]`, in the form torch exports: with one group, the ReduceMean form
+/// of [`group_norm_1`]; with G, `Reshape(x, [0, G, -1]) -> InstanceNormalization ->
+/// Reshape(., Shape(x))`, whose layout the Reshape rule maps to whole norm groups. A `[C]`
+/// scale and bias become `[C, 1, ..]` initializers after it.
+fn group_norm_native(ir: &Ir, ni: usize) -> Option<Rewrite> {
+    let n = &ir.nodes()[ni];
+    let x = n.input.first()?.clone();
+    let xs = ir.fact(&x)?.shape.clone();
+    let (rank, c) = (xs.len(), *xs.get(1)?);
+    let groups = attr_i(n, "num_groups")? as usize;
+    let (scale, bias) = (n.input.get(1)?.clone(), n.input.get(2)?.clone());
+    let sv = ir
+        .initializer(&scale)
+        .ok()?
+        .as_f32()?
+        .iter()
+        .copied()
+        .collect::<Vec<f32>>();
+    let bv = ir
+        .initializer(&bias)
+        .ok()?
+        .as_f32()?
+        .iter()
+        .copied()
+        .collect::<Vec<f32>>();
+    if rank < 3 || groups == 0 || c % groups != 0 || sv.len() != bv.len() {
+        return None;
+    }
+    let per_channel = sv.len() == c && (groups != c || ir.opset() >= 21);
+    if !per_channel && sv.len() != groups {
+        return None;
+    }
+    let eps = attr_f(n, "epsilon").unwrap_or(1e-5);
+    let y = n.output.first()?.clone();
+    let v = |s: &str| format!("{y}.sepprune.{s}");
+    let mut inits = vec![];
+    let mut nodes;
+    let mut groups_of = None;
+    if groups == 1 {
+        let axes: Vec<i64> = (1..rank as i64).collect();
+        (nodes, inits) = normalise(ir, &x, &v("normed"), &axes, eps, n.name());
+    } else {
+        let target = v("groups");
+        inits.push(onnx::tensor_to_proto(
+            &Tensor::vec_i64(vec![0, groups as i64, -1]),
+            &TensorProto {
+                name: Some(target.clone()),
+                data_type: Some(7),
+                ..Default::default()
+            },
+        ));
+        let (gs, gb) = if per_channel {
+            let (gs, gb) = (v("group_scale"), v("group_bias"));
+            inits.push(f32_init(&gs, &[groups], vec![1.0; groups])?);
+            inits.push(f32_init(&gb, &[groups], vec![0.0; groups])?);
+            (gs, gb)
+        } else {
+            (scale.clone(), bias.clone())
+        };
+        groups_of = Some(gs.clone());
+        nodes = vec![
+            op(
+                n.name(),
+                "Reshape",
+                vec![x.clone(), target],
+                &v("grouped"),
+                vec![],
+            ),
+            op(
+                n.name(),
+                "InstanceNormalization",
+                vec![v("grouped"), gs, gb],
+                &v("group_normed"),
+                vec![onnx::float_attr("epsilon", eps)],
+            ),
+            op(n.name(), "Shape", vec![x.clone()], &v("shape"), vec![]),
+            op(
+                n.name(),
+                "Reshape",
+                vec![v("group_normed"), v("shape")],
+                &v("normed"),
+                vec![],
+            ),
+        ];
+    }
+    let mut dims = vec![1usize; rank - 1];
+    dims[0] = sv.len();
+    let (s_in, b_in) = if per_channel || groups == 1 {
+        let (s1, b1) = (v("scale"), v("bias"));
+        inits.push(f32_init(&s1, &dims, sv)?);
+        inits.push(f32_init(&b1, &dims, bv)?);
+        (Some(s1), Some(b1))
+    } else {
+        (None, None)
+    };
+    match (&s_in, &b_in) {
+        (Some(s1), Some(b1)) => {
+            nodes.push(op(
+                n.name(),
+                "Mul",
+                vec![v("normed"), s1.clone()],
+                &v("scaled"),
+                vec![],
+            ));
+            nodes.push(op(
+                n.name(),
+                "Add",
+                vec![v("scaled"), b1.clone()],
+                &y,
+                vec![],
+            ));
+        }
+        _ => nodes.push(op(n.name(), "Identity", vec![v("normed")], &y, vec![])),
+    }
+    Some(Rewrite {
+        at: ni,
+        remove: vec![ni],
+        nodes,
+        inits,
+        literal_shape_of: None,
+        group_norm: Some(GroupNormParams {
+            groups_of,
+            scale,
+            bias,
+            per_channel: s_in.zip(b_in),
+        }),
     })
 }
 

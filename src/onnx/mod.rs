@@ -204,6 +204,16 @@ pub fn int_attr(name: &str, value: i64) -> AttributeProto {
     }
 }
 
+/// Builds a float attribute.
+pub fn float_attr(name: &str, value: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(pb::attribute_proto::AttributeType::Float as i32),
+        f: Some(value),
+        ..Default::default()
+    }
+}
+
 /// Opset version of the default ("" / "ai.onnx") domain.
 pub fn opset(model: &ModelProto) -> i64 {
     model

@@ -6,8 +6,9 @@
 //! input channel `c` only, so axis 1 couples the input, the output and every `[C]`
 //! parameter vector (scale, bias, mean, var). LayerNormalization takes its statistics
 //! across its trailing axes and GroupNormalization across groups of channels; both are
-//! rewritten into ReduceMean form by [`crate::ir::canon`] where the pattern allows, and a
-//! node left over freezes the axes it normalises.
+//! rewritten by [`crate::ir::canon`] where the pattern allows (LayerNorm and one group: a
+//! ReduceMean form; G groups: torch's Reshape/InstanceNormalization form, pruned in whole
+//! norm groups), and a node left over freezes the axes it normalises.
 use super::{ce, cin, in_shape, need, norm_axis, Links, OpRule, Ptflops, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
