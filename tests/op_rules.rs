@@ -34,6 +34,33 @@ fn assert_slim_equals_gated(
     assert!(r.passed, "{:?}", r.trials);
 }
 
+/// Candle's forward of `model` on a `[1, channels, t]` test signal equals tract's.
+fn assert_candle_matches_tract(model: &sepprune::onnx::ModelProto, channels: usize, t: usize) {
+    let x = sepprune::verify::test_signal(channels * t, 16000.0);
+    let want = sepprune::runtime::tract::TractModel::new(model, &[1, channels, t])
+        .unwrap()
+        .run(&x)
+        .unwrap();
+    let dev = candle_core::Device::Cpu;
+    let cg = sepprune::learn::CandleGraph::new(
+        Ir::new(model.clone(), t).unwrap(),
+        &dev,
+        candle_core::DType::F32,
+        &[],
+    )
+    .unwrap();
+    let input = candle_core::Tensor::from_vec(x, (1, channels, t), &dev).unwrap();
+    let got: Vec<f32> = cg
+        .forward(&input, &Default::default())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let e = sepprune::runtime::rel_err(&want, &got);
+    assert!(e <= 1e-4, "Candle vs tract: rel err {e}");
+}
+
 #[test]
 fn conv_prelu_conv_forms_one_group_with_every_per_channel_tensor() {
     let mut g = G::new(&[1, 4, -1]);
@@ -441,29 +468,11 @@ fn group_norm_with_several_groups_is_pruned_in_whole_norm_groups() {
         }
         assert_slim_equals_gated(&ir, &gs, &masks, &slim, 2 * 37);
         // the learner's Candle lowering of the gate graph computes the same
-        let gated = sepprune::gates::gate_graph(&ir, &gs, Some(&masks)).unwrap();
-        let x = sepprune::verify::test_signal(2 * 37, 16000.0);
-        let want = sepprune::runtime::tract::TractModel::new(&gated, &[1, 2, 37])
-            .unwrap()
-            .run(&x)
-            .unwrap();
-        let dev = candle_core::Device::Cpu;
-        let cg = sepprune::learn::CandleGraph::new(
-            Ir::new(gated, 37).unwrap(),
-            &dev,
-            candle_core::DType::F32,
-            &[],
-        )
-        .unwrap();
-        let t = candle_core::Tensor::from_vec(x, (1, 2, 37), &dev).unwrap();
-        let got: Vec<f32> = cg
-            .forward(&t, &Default::default())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert!(sepprune::runtime::rel_err(&want, &got) <= 1e-4);
+        assert_candle_matches_tract(
+            &sepprune::gates::gate_graph(&ir, &gs, Some(&masks)).unwrap(),
+            2,
+            37,
+        );
     }
 }
 
@@ -645,4 +654,103 @@ fn native_group_normalization_is_pruned_in_whole_groups_and_written_back_nativel
             );
         }
     }
+}
+
+#[test]
+fn split_along_channels_makes_each_piece_a_group_or_a_glu_half() {
+    use sepprune::analysis::groups::Part;
+    // pieces that go their own ways: conv (8) -> Split [3, 5] -> two convs -> Add
+    let mut g = G::new(&[1, 2, -1]);
+    let h = g.conv("x", 2, 8, 3, 1, 1);
+    let sizes = g.const_i("sizes", vec![3, 5]);
+    g.nodes.push(sepprune::onnx::NodeProto {
+        name: Some("split".into()),
+        op_type: Some("Split".into()),
+        input: vec![h.clone(), sizes],
+        output: vec!["a".into(), "b".into()],
+        attribute: vec![int_attr("axis", 1)],
+        ..Default::default()
+    });
+    let ra = g.node("Relu", &["a"], vec![]);
+    let ya = g.conv(&ra, 3, 2, 1, 1, 0);
+    let yb = g.conv("b", 5, 2, 1, 1, 0);
+    let y = g.node("Add", &[&ya, &yb], vec![]);
+    let (ir, gs) = groups_of(g.output(&y, &[1, 2, -1]), 30);
+    let (ga, gb) = (gs.of("a", 1).unwrap(), gs.of("b", 1).unwrap());
+    assert_eq!((ga.size, gb.size), (3, 5));
+    assert!(
+        ga.frozen.is_none() && gb.frozen.is_none(),
+        "{:?} {:?}",
+        ga.frozen,
+        gb.frozen
+    );
+    let c = gs.concatenated_of("w0", 0).unwrap();
+    assert_eq!(c.parts, vec![Part::Group(ga.id), Part::Group(gb.id)]);
+    let mut masks = sepprune::prune::Masks::new();
+    masks.insert(ga.id, 3, vec![2]);
+    masks.insert(gb.id, 5, vec![0, 4]);
+    let slim = sepprune::prune::slim(&ir, &gs, &masks).unwrap();
+    let init = |ir: &Ir, n: &str| ir.initializer(n).unwrap();
+    assert_eq!(init(&slim, "w0"), init(&ir, "w0").select(0, &[2, 3, 7]));
+    assert_eq!(
+        init(&slim, "sizes"),
+        sepprune::onnx::Tensor::vec_i64(vec![1, 2])
+    );
+    assert_slim_equals_gated(&ir, &gs, &masks, &slim, 2 * 30);
+
+    // a GLU: conv (8) -> Split (2 equal outputs, no sizes) -> a * sigmoid(b) -> conv
+    let mut g = G::new(&[1, 2, -1]);
+    let h = g.conv("x", 2, 8, 3, 1, 1);
+    g.nodes.push(sepprune::onnx::NodeProto {
+        name: Some("split".into()),
+        op_type: Some("Split".into()),
+        input: vec![h.clone()],
+        output: vec!["a".into(), "b".into()],
+        attribute: vec![int_attr("axis", 1)],
+        ..Default::default()
+    });
+    let s = g.node("Sigmoid", &["b"], vec![]);
+    let m = g.node("Mul", &["a", &s], vec![]);
+    let y = g.conv(&m, 4, 2, 1, 1, 0);
+    let (ir, gs) = groups_of(g.output(&y, &[1, 2, -1]), 30);
+    let half = gs.of("a", 1).unwrap();
+    assert_eq!(half.size, 4);
+    assert!(half.frozen.is_none(), "{:?}", half.frozen);
+    assert_eq!(
+        gs.concatenated_of("w0", 0).unwrap().parts,
+        vec![Part::Group(half.id); 2]
+    );
+    let mut masks = sepprune::prune::Masks::new();
+    masks.insert(half.id, 4, vec![1, 2]);
+    let slim = sepprune::prune::slim(&ir, &gs, &masks).unwrap();
+    assert_eq!(init(&slim, "w0"), init(&ir, "w0").select(0, &[1, 2, 5, 6]));
+    assert_slim_equals_gated(&ir, &gs, &masks, &slim, 2 * 30);
+    assert_candle_matches_tract(
+        &sepprune::gates::gate_graph(&ir, &gs, Some(&masks)).unwrap(),
+        2,
+        30,
+    );
+
+    // an equal split (no sizes) whose pieces lose different counts gets explicit sizes
+    let mut g = G::new(&[1, 2, -1]);
+    let h = g.conv("x", 2, 8, 3, 1, 1);
+    g.nodes.push(sepprune::onnx::NodeProto {
+        name: Some("split".into()),
+        op_type: Some("Split".into()),
+        input: vec![h.clone()],
+        output: vec!["a".into(), "b".into()],
+        attribute: vec![int_attr("axis", 1)],
+        ..Default::default()
+    });
+    let ya = g.conv("a", 4, 2, 1, 1, 0);
+    let yb = g.conv("b", 4, 2, 1, 1, 0);
+    let y = g.node("Add", &[&ya, &yb], vec![]);
+    let (ir, gs) = groups_of(g.output(&y, &[1, 2, -1]), 30);
+    let (ga, gb) = (gs.of("a", 1).unwrap(), gs.of("b", 1).unwrap());
+    let mut masks = sepprune::prune::Masks::new();
+    masks.insert(ga.id, 4, vec![0]);
+    masks.insert(gb.id, 4, vec![0, 1, 3]);
+    let slim = sepprune::prune::slim(&ir, &gs, &masks).unwrap();
+    assert_eq!(slim.fact("a").unwrap().shape, vec![1, 1, 30]);
+    assert_slim_equals_gated(&ir, &gs, &masks, &slim, 2 * 30);
 }

@@ -334,9 +334,13 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
     // Block layouts: a layer's channels laid out as n copies of one class (attention heads
     // `[heads, head_dim]`, a packed `[3, E]` q/k/v projection) are pruned block-wise: the
     // class of the block becomes the group, the layer's axis a concatenation of its copies.
-    // Nested layouts (3E -> E -> head_dim) resolve one level per pass.
+    // Nested layouts (3E -> E -> head_dim) resolve one level per pass. A layer's channels
+    // split into pieces that go their own ways (a Split whose outputs no layer defines)
+    // become one group per piece, the layer's axis their concatenation.
     let mut proxy: HashMap<usize, usize> = HashMap::new(); // whole root -> block root
     let mut rep: HashMap<usize, usize> = HashMap::new(); // block root -> a slot of it
+    let mut split_wholes: std::collections::HashSet<usize> = Default::default();
+    let mut split_sources: Vec<usize> = vec![]; // a slot of each piece
     let source_roots: std::collections::HashSet<usize> =
         sources.iter().map(|&s| uf.find(s)).collect();
     loop {
@@ -349,15 +353,29 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             // n copies of one class, or the units of an expansion
             let copies =
                 *width > 0 || (parts.len() > 1 && parts.iter().all(|&p| uf.find(p) == first));
-            if defined.contains(&w)
-                && !proxy.contains_key(&w)
-                && copies
-                && first != w
-                && !source_roots.contains(&first)
-            {
+            let open =
+                defined.contains(&w) && !proxy.contains_key(&w) && !split_wholes.contains(&w);
+            if open && copies && first != w && !source_roots.contains(&first) {
                 // (several layers may copy one block class: q and k heads share head_dim)
                 proxy.insert(w, first);
                 rep.entry(first).or_insert(parts[0]);
+                promoted = true;
+                continue;
+            }
+            let roots: Vec<usize> = parts.iter().map(|&p| uf.find(p)).collect();
+            let distinct =
+                roots.iter().collect::<std::collections::HashSet<_>>().len() == roots.len();
+            if open
+                && *width == 0
+                && roots.len() > 1
+                && distinct
+                && roots.iter().all(|r| *r != w && !defined.contains(r))
+            {
+                split_wholes.insert(w);
+                for (&p, &r) in parts.iter().zip(&roots) {
+                    rep.insert(r, p);
+                    split_sources.push(p);
+                }
                 promoted = true;
             }
         }
@@ -374,8 +392,11 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
     // Groups in order of their first source (deterministic: node order).
     let mut root_group: HashMap<usize, usize> = HashMap::new();
     let mut groups: Vec<Group> = vec![];
-    for &s in &sources {
+    for &s in sources.iter().chain(&split_sources) {
         let root = block_of(uf.find(s));
+        if split_wholes.contains(&root) {
+            continue;
+        }
         let slot = rep.get(&root).copied().unwrap_or(s);
         let size = size_of(&slots[slot]).unwrap_or(0);
         if size <= 1 || root_group.contains_key(&root) {

@@ -14,6 +14,7 @@ mod rnn;
 mod shape;
 mod shape_vec;
 mod softmax;
+mod split;
 
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
@@ -284,6 +285,7 @@ pub fn rule(node: &NodeProto) -> Option<&'static dyn OpRule> {
         "Squeeze" | "Unsqueeze" => &layout::SqueezeUnsqueeze,
         "Slice" => &layout::Slice,
         "Concat" => &layout::Concat,
+        "Split" => &split::Split,
         "Pad" => &layout::Pad,
         "Expand" => &layout::Expand,
         "MatMul" => &matmul::MatMul,
