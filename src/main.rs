@@ -287,6 +287,11 @@ enum Cmd {
         seed: u64,
         #[arg(long, value_enum, default_value_t = sepprune::learn::loss::Loss::SiSdr)]
         loss: sepprune::learn::loss::Loss,
+        /// A fresh dynamically mixed example at every step instead of fixed crops: sources
+        /// and noises of different files remixed (references), or with --teacher mixtures
+        /// with added noise (label-free).
+        #[arg(long)]
+        dynamic_mix: bool,
         /// Allow OUT to be the input file.
         #[arg(long)]
         force: bool,
@@ -613,6 +618,7 @@ fn main() -> Result<()> {
             stop_after,
             seed,
             loss,
+            dynamic_mix,
             force,
             cuda,
             json,
@@ -634,6 +640,7 @@ fn main() -> Result<()> {
                 loss,
                 progress: !json,
                 device: sepprune::learn::device(cuda)?,
+                dynamic_mix,
             };
             let r = finetune(&m, &data, &o)
                 .with_context(|| format!("fine-tuning {}", model.display()))?;
@@ -848,6 +855,7 @@ fn main() -> Result<()> {
                 "macs_ratio": b.macs as f64 / a.macs as f64,
                 "separator_macs_ratio": sep(&b) as f64 / sep(&a) as f64,
                 "groups_pruned": masks.groups.len(),
+                "residual_streams_pruned": streams_pruned,
                 "slice_seconds": slice_seconds,
                 "seconds": t0.elapsed().as_secs_f64(),
                 "check": check,

@@ -170,3 +170,53 @@ fn taylor_scores_are_finite_and_their_masks_slim_exactly() {
     .unwrap();
     assert!(r.passed, "{:?}", r.trials);
 }
+
+#[test]
+fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
+    use sepprune::learn::augment::Augmenter;
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_set(dir.path(), 4);
+    let examples = || sepprune::audio::dataset::load(dir.path(), 16000).unwrap();
+    let draw = |seed: u64| {
+        let mut a = Augmenter::new(examples(), 400, None, seed).unwrap();
+        (0..8).map(|_| a.item().unwrap()).collect::<Vec<_>>()
+    };
+    let items = draw(3);
+    for it in &items {
+        assert_eq!((it.input.len(), it.targets.len(), it.targets[0].len()), (400, 1, 400));
+        // the input is the reference plus noise at an SNR in [-5, 10] dB
+        let p = |x: &mut dyn Iterator<Item = f32>| x.map(|v| (v as f64).powi(2)).sum::<f64>();
+        let speech = p(&mut it.targets[0].iter().copied());
+        let noise = p(&mut it.input.iter().zip(&it.targets[0]).map(|(x, s)| x - s));
+        let snr = 10.0 * (speech / noise).log10();
+        assert!((-5.01..10.01).contains(&snr), "SNR {snr}");
+    }
+    let inputs = |v: &[sepprune::learn::gumbel::Item]| v.iter().map(|i| i.input.clone()).collect::<Vec<_>>();
+    assert_eq!(inputs(&items), inputs(&draw(3)), "same seed, same examples");
+    assert_ne!(inputs(&items), inputs(&draw(4)));
+    // label-free: the teacher's outputs are the targets
+    let teacher = slim_tiny();
+    let mut a = Augmenter::new(examples(), 400, Some(&teacher), 0).unwrap();
+    let it = a.item().unwrap();
+    let want = TractModel::new(&teacher, &[1, 1, 400]).unwrap().run(&it.input).unwrap();
+    assert_eq!(it.targets.concat(), want);
+    // without references a teacher is needed
+    let bare = tempfile::tempdir().unwrap();
+    common::tiny_set(bare.path(), 2);
+    std::fs::remove_dir_all(bare.path().join("s1")).unwrap();
+    let ex = sepprune::audio::dataset::load(bare.path(), 16000).unwrap();
+    let err = Augmenter::new(ex, 400, None, 0).err().unwrap().to_string();
+    assert!(err.contains("--teacher"), "{err}");
+    // fine-tuning on dynamic mixtures runs and improves validation
+    let model = slim_tiny();
+    let r = finetune(
+        &model,
+        dir.path(),
+        &FinetuneOptions {
+            dynamic_mix: true,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert!(r.best.val_loss < r.history[0].val_loss, "{:?}", r.history);
+}

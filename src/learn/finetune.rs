@@ -47,6 +47,9 @@ pub struct FinetuneOptions {
     pub progress: bool,
     /// Candle device ([`super::device`]).
     pub device: Device,
+    /// Train on a fresh dynamically mixed example at every step ([`super::augment`]) drawn
+    /// from the training files, instead of their fixed crops (validation keeps its crops).
+    pub dynamic_mix: bool,
 }
 
 impl Default for FinetuneOptions {
@@ -66,6 +69,7 @@ impl Default for FinetuneOptions {
             loss: Loss::SiSdr,
             progress: false,
             device: Device::Cpu,
+            dynamic_mix: false,
         }
     }
 }
@@ -294,6 +298,22 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         // fewer than k files: the last crop is the validation split
         val.push(train.pop().expect("two files"));
     }
+    let mut mixer = if o.dynamic_mix {
+        let examples: Vec<_> = crate::audio::dataset::load(data, 16000)?
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % k != k - 1)
+            .map(|(_, e)| e)
+            .collect();
+        Some(super::augment::Augmenter::new(
+            examples,
+            o.samples,
+            o.teacher.as_ref(),
+            o.seed,
+        )?)
+    } else {
+        None
+    };
     let first = Eval {
         step: 0,
         seconds: t0.elapsed().as_secs_f64(),
@@ -314,7 +334,10 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
     'train: while step < total {
         let order = epoch_order(train.len(), o.seed, step / train.len());
         for &i in order.iter().skip(step % train.len()) {
-            let lv = trainer.step(&train[i])?;
+            let lv = match mixer.as_mut() {
+                Some(m) => trainer.step(&m.item()?)?,
+                None => trainer.step(&train[i])?,
+            };
             step += 1;
             since.push(lv);
             bar.inc(1);

@@ -1,5 +1,7 @@
 //! Learning on the gate graph with Candle: the lowered graph ([`graph`]), losses
-//! ([`loss`]), the SepPrune mask learner ([`gumbel`]), and fine-tuning ([`finetune`]).
+//! ([`loss`]), the SepPrune mask learner ([`gumbel`]), and fine-tuning ([`finetune`],
+//! optionally on dynamically mixed examples, [`augment`]).
+pub mod augment;
 pub mod data;
 pub mod finetune;
 pub mod graph;
