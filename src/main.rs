@@ -292,6 +292,9 @@ enum Cmd {
         /// with added noise (label-free).
         #[arg(long)]
         dynamic_mix: bool,
+        /// Validations without improvement before the learning rate is halved.
+        #[arg(long, default_value_t = 1)]
+        patience: usize,
         /// Allow OUT to be the input file.
         #[arg(long)]
         force: bool,
@@ -619,6 +622,7 @@ fn main() -> Result<()> {
             seed,
             loss,
             dynamic_mix,
+            patience,
             force,
             cuda,
             json,
@@ -641,6 +645,7 @@ fn main() -> Result<()> {
                 progress: !json,
                 device: sepprune::learn::device(cuda)?,
                 dynamic_mix,
+                patience,
             };
             let r = finetune(&m, &data, &o)
                 .with_context(|| format!("fine-tuning {}", model.display()))?;

@@ -183,7 +183,10 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
     };
     let items = draw(3);
     for it in &items {
-        assert_eq!((it.input.len(), it.targets.len(), it.targets[0].len()), (400, 1, 400));
+        assert_eq!(
+            (it.input.len(), it.targets.len(), it.targets[0].len()),
+            (400, 1, 400)
+        );
         // the input is the reference plus noise at an SNR in [-5, 10] dB
         let p = |x: &mut dyn Iterator<Item = f32>| x.map(|v| (v as f64).powi(2)).sum::<f64>();
         let speech = p(&mut it.targets[0].iter().copied());
@@ -191,14 +194,18 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
         let snr = 10.0 * (speech / noise).log10();
         assert!((-5.01..10.01).contains(&snr), "SNR {snr}");
     }
-    let inputs = |v: &[sepprune::learn::gumbel::Item]| v.iter().map(|i| i.input.clone()).collect::<Vec<_>>();
+    let inputs =
+        |v: &[sepprune::learn::gumbel::Item]| v.iter().map(|i| i.input.clone()).collect::<Vec<_>>();
     assert_eq!(inputs(&items), inputs(&draw(3)), "same seed, same examples");
     assert_ne!(inputs(&items), inputs(&draw(4)));
     // label-free: the teacher's outputs are the targets
     let teacher = slim_tiny();
     let mut a = Augmenter::new(examples(), 400, Some(&teacher), 0).unwrap();
     let it = a.item().unwrap();
-    let want = TractModel::new(&teacher, &[1, 1, 400]).unwrap().run(&it.input).unwrap();
+    let want = TractModel::new(&teacher, &[1, 1, 400])
+        .unwrap()
+        .run(&it.input)
+        .unwrap();
     assert_eq!(it.targets.concat(), want);
     // without references a teacher is needed
     let bare = tempfile::tempdir().unwrap();
@@ -219,4 +226,35 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
     )
     .unwrap();
     assert!(r.best.val_loss < r.history[0].val_loss, "{:?}", r.history);
+}
+
+#[test]
+fn the_learning_rate_halves_after_patience_validations_without_improvement() {
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_set(dir.path(), 4);
+    let o = FinetuneOptions {
+        lr: 5e-2,
+        epochs: 12,
+        val_every: Some(2),
+        stop_after: 1000,
+        patience: 2,
+        ..opts()
+    };
+    let r = finetune(&slim_tiny(), dir.path(), &o).unwrap();
+    let (mut best, mut stale, mut lr, mut halvings) = (r.history[0].val_loss, 0, o.lr, 0);
+    for ev in &r.history[1..] {
+        // the lr an evaluation reports is the one its steps ran with
+        assert_eq!(ev.lr, lr, "{:?}", r.history);
+        if ev.val_loss < best {
+            best = ev.val_loss;
+            stale = 0;
+        } else {
+            stale += 1;
+            if stale % 2 == 0 {
+                lr /= 2.0;
+                halvings += 1;
+            }
+        }
+    }
+    assert!(halvings > 0, "no plateau reached: {:?}", r.history);
 }

@@ -29,7 +29,11 @@ pub struct Augmenter {
 
 /// A crop of `x` of `n` samples at a random offset (zero-padded when `x` is shorter).
 fn crop(x: &[f32], n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
-    let start = if x.len() > n { rng.random_range(0..=x.len() - n) } else { 0 };
+    let start = if x.len() > n {
+        rng.random_range(0..=x.len() - n)
+    } else {
+        0
+    };
     let mut v: Vec<f32> = x[start..].iter().take(n).copied().collect();
     v.resize(n, 0.0);
     v
@@ -76,7 +80,9 @@ impl Augmenter {
         seed: u64,
     ) -> Result<Augmenter> {
         if examples.is_empty() {
-            return Err(crate::error::Error::Other("dynamic mixing: no examples".into()));
+            return Err(crate::error::Error::Other(
+                "dynamic mixing: no examples".into(),
+            ));
         }
         if teacher.is_none() {
             if let Some(ex) = examples.iter().find(|e| e.sources.is_empty()) {
@@ -126,7 +132,13 @@ impl Augmenter {
         let noise = if rng.random_bool(0.5) {
             let ex = &self.examples[rng.random_range(0..k)];
             let residual: Vec<f32> = (0..ex.mix.len())
-                .map(|i| ex.mix[i] - ex.sources.iter().map(|src| src.get(i).copied().unwrap_or(0.0)).sum::<f32>())
+                .map(|i| {
+                    ex.mix[i]
+                        - ex.sources
+                            .iter()
+                            .map(|src| src.get(i).copied().unwrap_or(0.0))
+                            .sum::<f32>()
+                })
                 .collect();
             crop(&residual, n, rng)
         } else {

@@ -42,6 +42,8 @@ pub struct FinetuneOptions {
     pub val_every: Option<usize>,
     /// Evaluations without improvement before stopping.
     pub stop_after: usize,
+    /// Evaluations without improvement before the learning rate is halved (1: at every one).
+    pub patience: usize,
     pub seed: u64,
     pub loss: Loss,
     pub progress: bool,
@@ -65,6 +67,7 @@ impl Default for FinetuneOptions {
             val_every_file: 5,
             val_every: None,
             stop_after: 3,
+            patience: 1,
             seed: 0,
             loss: Loss::SiSdr,
             progress: false,
@@ -361,8 +364,10 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
                     stale = 0;
                 } else {
                     stale += 1;
-                    lr /= 2.0;
-                    trainer.set_lr(lr);
+                    if stale % o.patience.max(1) == 0 {
+                        lr /= 2.0;
+                        trainer.set_lr(lr);
+                    }
                 }
                 history.push(ev);
                 if stale >= o.stop_after || timeout {
