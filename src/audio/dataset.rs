@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 
+#[derive(Clone, Debug)]
 pub struct Example {
     pub name: String,
     pub mix: Vec<f32>,

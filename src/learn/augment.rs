@@ -8,10 +8,10 @@
 //! [0, 0.98]: white to nearly brown); the mixture is their sum at an SNR uniform in
 //! [-5, 10] dB; the targets are the source crops.
 //!
-//! Label-free (a teacher model): the input is a mixture crop (random file and offset), with
-//! coloured noise added at an SNR uniform in [0, 20] dB half the time, and another
-//! mixture's crop 10 to 20 dB below it a quarter of the time; the targets are the teacher's
-//! outputs on that input. Only mixtures are read.
+//! Label-free (a teacher model): bootstrapped remixing (Tzinis et al. 2022, "RemixIT"): the
+//! teacher's outputs on each whole mixture stand in for its sources, and the mixture minus
+//! their sum for its noise; they are remixed as above, the teacher's estimates being the
+//! targets. Only mixtures are read.
 use super::gumbel::Item;
 use crate::audio::dataset::Example;
 use crate::error::Result;
@@ -23,8 +23,25 @@ use rand_chacha::ChaCha8Rng;
 pub struct Augmenter {
     examples: Vec<Example>,
     samples: usize,
-    teacher: Option<TractModel>,
     rng: ChaCha8Rng,
+}
+
+/// The teacher's outputs on the whole of `x`, window by window of `samples`: `[S][len]`.
+fn estimate(teacher: &TractModel, x: &[f32], samples: usize) -> Result<Vec<Vec<f32>>> {
+    let mut out: Vec<Vec<f32>> = vec![];
+    for start in (0..x.len().max(1)).step_by(samples) {
+        let mut w: Vec<f32> = x[start.min(x.len())..].iter().take(samples).copied().collect();
+        let n = w.len();
+        w.resize(samples, 0.0);
+        let y = teacher.run(&w)?;
+        for (j, src) in y.chunks(samples).enumerate() {
+            if out.len() <= j {
+                out.push(vec![]);
+            }
+            out[j].extend_from_slice(&src[..n]);
+        }
+    }
+    Ok(out)
 }
 
 /// A crop of `x` of `n` samples at a random offset (zero-padded when `x` is shorter).
@@ -68,11 +85,11 @@ fn add_at_snr(x: &mut [f32], noise: &[f32], snr_db: f64) {
 }
 
 impl Augmenter {
-    /// With `teacher`, examples are label-free; otherwise every example must have its
-    /// references.
+    /// With `teacher`, examples are label-free (the teacher's estimates replace any
+    /// references); otherwise every example must have its references.
     ///
     /// Errors: no examples; references missing without a teacher; a teacher that does not
-    /// load at `samples`.
+    /// run at `samples`.
     pub fn new(
         examples: Vec<Example>,
         samples: usize,
@@ -92,36 +109,26 @@ impl Augmenter {
                 )));
             }
         }
-        let teacher = teacher
-            .map(|m| TractModel::new(m, &[1, 1, samples]))
-            .transpose()?;
+        let mut examples = examples;
+        if let Some(m) = teacher {
+            let t = TractModel::new(m, &[1, 1, samples])?;
+            for ex in &mut examples {
+                ex.sources = estimate(&t, &ex.mix, samples)?;
+            }
+        }
         Ok(Augmenter {
             examples,
             samples,
-            teacher,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xD1CE),
         })
     }
 
     /// The next example.
     ///
-    /// Errors: the teacher's forward pass.
+    /// Errors: none yet (reserved for sources read lazily).
     pub fn item(&mut self) -> Result<Item> {
         let (n, k) = (self.samples, self.examples.len());
         let rng = &mut self.rng;
-        if let Some(t) = &self.teacher {
-            let mut input = crop(&self.examples[rng.random_range(0..k)].mix, n, rng);
-            if rng.random_bool(0.5) {
-                let noise = coloured(n, rng);
-                add_at_snr(&mut input, &noise, rng.random_range(0.0..20.0));
-            }
-            if rng.random_bool(0.25) {
-                let other = crop(&self.examples[rng.random_range(0..k)].mix, n, rng);
-                add_at_snr(&mut input, &other, rng.random_range(10.0..20.0));
-            }
-            let targets = t.run(&input)?.chunks(n).map(<[f32]>::to_vec).collect();
-            return Ok(Item { input, targets });
-        }
         let s = self.examples[0].sources.len();
         let targets: Vec<Vec<f32>> = (0..s)
             .map(|j| {
