@@ -204,8 +204,14 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
     common::tiny_set(bare.path(), 3);
     std::fs::remove_dir_all(bare.path().join("s1")).unwrap();
     let ex = sepprune::audio::dataset::load(bare.path(), 16000).unwrap();
-    let err = Augmenter::new(ex.clone(), 400, None, 0).err().unwrap().to_string();
-    assert!(err.contains("--teacher"), "without references a teacher is needed: {err}");
+    let err = Augmenter::new(ex.clone(), 400, None, 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("--teacher"),
+        "without references a teacher is needed: {err}"
+    );
     let tm = TractModel::new(&teacher, &[1, 1, 400]).unwrap();
     let estimates: Vec<Vec<f32>> = ex
         .iter()
@@ -224,8 +230,7 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
         let it = a.item().unwrap();
         let t = &it.targets[0];
         let found = estimates.iter().any(|e| {
-            e.windows(400).any(|w| w == t.as_slice())
-                || (e.len() < 400 && t[..e.len()] == e[..])
+            e.windows(400).any(|w| w == t.as_slice()) || (e.len() < 400 && t[..e.len()] == e[..])
         });
         assert!(found, "a target is a crop of a teacher estimate");
     }

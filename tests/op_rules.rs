@@ -656,6 +656,18 @@ fn native_group_normalization_is_pruned_in_whole_groups_and_written_back_nativel
     }
 }
 
+/// `Split(x, sizes?)` along channels into values `a` and `b`.
+fn split_ab(g: &mut G, x: &str, sizes: Option<String>) {
+    g.nodes.push(sepprune::onnx::NodeProto {
+        name: Some("split".into()),
+        op_type: Some("Split".into()),
+        input: std::iter::once(x.to_string()).chain(sizes).collect(),
+        output: vec!["a".into(), "b".into()],
+        attribute: vec![int_attr("axis", 1)],
+        ..Default::default()
+    });
+}
+
 #[test]
 fn split_along_channels_makes_each_piece_a_group_or_a_glu_half() {
     use sepprune::analysis::groups::Part;
@@ -663,14 +675,7 @@ fn split_along_channels_makes_each_piece_a_group_or_a_glu_half() {
     let mut g = G::new(&[1, 2, -1]);
     let h = g.conv("x", 2, 8, 3, 1, 1);
     let sizes = g.const_i("sizes", vec![3, 5]);
-    g.nodes.push(sepprune::onnx::NodeProto {
-        name: Some("split".into()),
-        op_type: Some("Split".into()),
-        input: vec![h.clone(), sizes],
-        output: vec!["a".into(), "b".into()],
-        attribute: vec![int_attr("axis", 1)],
-        ..Default::default()
-    });
+    split_ab(&mut g, &h, Some(sizes));
     let ra = g.node("Relu", &["a"], vec![]);
     let ya = g.conv(&ra, 3, 2, 1, 1, 0);
     let yb = g.conv("b", 5, 2, 1, 1, 0);
@@ -701,14 +706,7 @@ fn split_along_channels_makes_each_piece_a_group_or_a_glu_half() {
     // a GLU: conv (8) -> Split (2 equal outputs, no sizes) -> a * sigmoid(b) -> conv
     let mut g = G::new(&[1, 2, -1]);
     let h = g.conv("x", 2, 8, 3, 1, 1);
-    g.nodes.push(sepprune::onnx::NodeProto {
-        name: Some("split".into()),
-        op_type: Some("Split".into()),
-        input: vec![h.clone()],
-        output: vec!["a".into(), "b".into()],
-        attribute: vec![int_attr("axis", 1)],
-        ..Default::default()
-    });
+    split_ab(&mut g, &h, None);
     let s = g.node("Sigmoid", &["b"], vec![]);
     let m = g.node("Mul", &["a", &s], vec![]);
     let y = g.conv(&m, 4, 2, 1, 1, 0);
@@ -734,14 +732,7 @@ fn split_along_channels_makes_each_piece_a_group_or_a_glu_half() {
     // an equal split (no sizes) whose pieces lose different counts gets explicit sizes
     let mut g = G::new(&[1, 2, -1]);
     let h = g.conv("x", 2, 8, 3, 1, 1);
-    g.nodes.push(sepprune::onnx::NodeProto {
-        name: Some("split".into()),
-        op_type: Some("Split".into()),
-        input: vec![h.clone()],
-        output: vec!["a".into(), "b".into()],
-        attribute: vec![int_attr("axis", 1)],
-        ..Default::default()
-    });
+    split_ab(&mut g, &h, None);
     let ya = g.conv("a", 4, 2, 1, 1, 0);
     let yb = g.conv("b", 4, 2, 1, 1, 0);
     let y = g.node("Add", &[&ya, &yb], vec![]);

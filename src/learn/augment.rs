@@ -30,7 +30,11 @@ pub struct Augmenter {
 fn estimate(teacher: &TractModel, x: &[f32], samples: usize) -> Result<Vec<Vec<f32>>> {
     let mut out: Vec<Vec<f32>> = vec![];
     for start in (0..x.len().max(1)).step_by(samples) {
-        let mut w: Vec<f32> = x[start.min(x.len())..].iter().take(samples).copied().collect();
+        let mut w: Vec<f32> = x[start.min(x.len())..]
+            .iter()
+            .take(samples)
+            .copied()
+            .collect();
         let n = w.len();
         w.resize(samples, 0.0);
         let y = teacher.run(&w)?;
