@@ -127,10 +127,8 @@ impl Augmenter {
         })
     }
 
-    /// The next example.
-    ///
-    /// Errors: none yet (reserved for sources read lazily).
-    pub fn item(&mut self) -> Result<Item> {
+    /// The next example: input `[samples]`, targets `[S][samples]`.
+    pub fn item(&mut self) -> Item {
         let (n, k) = (self.samples, self.examples.len());
         let rng = &mut self.rng;
         let s = self.examples[0].sources.len();
@@ -157,6 +155,6 @@ impl Augmenter {
         };
         let mut input: Vec<f32> = (0..n).map(|i| targets.iter().map(|t| t[i]).sum()).collect();
         add_at_snr(&mut input, &noise, rng.random_range(-5.0..10.0));
-        Ok(Item { input, targets })
+        Item { input, targets }
     }
 }

@@ -338,7 +338,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         let order = epoch_order(train.len(), o.seed, step / train.len());
         for &i in order.iter().skip(step % train.len()) {
             let lv = match mixer.as_mut() {
-                Some(m) => trainer.step(&m.item()?)?,
+                Some(m) => trainer.step(&m.item())?,
                 None => trainer.step(&train[i])?,
             };
             step += 1;
