@@ -15,23 +15,10 @@
 use crate::analysis::{groups::Part, Groups};
 use crate::error::Result;
 use crate::ir::Ir;
-use crate::onnx::{self, int_attr, ModelProto, NodeProto, Tensor, TensorProto};
+use crate::onnx::{self, int_attr, ModelProto, NodeProto, TensorProto};
 use crate::ops::{self, Read};
 use crate::prune::Masks;
-use ndarray::{ArrayD, IxDyn};
 use std::collections::{HashMap, HashSet};
-
-fn f32_init(name: &str, dims: &[usize], v: Vec<f32>) -> TensorProto {
-    let t = Tensor::F32(ArrayD::from_shape_vec(IxDyn(dims), v).expect("dims match"));
-    onnx::tensor_to_proto(
-        &t,
-        &TensorProto {
-            name: Some(name.into()),
-            data_type: Some(1),
-            ..Default::default()
-        },
-    )
-}
 
 fn node(
     op: &str,
@@ -119,14 +106,9 @@ fn part_gate(
                 (format!("{name}.shape_out"), vec![(grp.size * width) as i64]),
             ];
             for (n, v) in &shapes {
-                let like = TensorProto {
-                    name: Some(n.clone()),
-                    data_type: Some(7),
-                    ..Default::default()
-                };
-                inits.push(onnx::tensor_to_proto(&Tensor::vec_i64(v.clone()), &like));
+                inits.push(onnx::i64_initializer(n, v.clone()));
             }
-            inits.push(f32_init(&ones, &[1, width], vec![1.0; width]));
+            inits.push(onnx::f32_initializer(&ones, &[1, width], vec![1.0; width]));
             nodes.push(node(
                 "Reshape",
                 format!("{column}.node"),
@@ -171,7 +153,7 @@ fn part_gate(
                         let n = groups.part_size(p);
                         let ones = format!("sepprune.ones.{n}");
                         if made.insert(ones.clone()) {
-                            inits.push(f32_init(&ones, &[n], vec![1.0; n]));
+                            inits.push(onnx::f32_initializer(&ones, &[n], vec![1.0; n]));
                         }
                         ones
                     })
@@ -214,7 +196,7 @@ pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<Mod
         }
     };
     for g in groups.prunable() {
-        inits.push(f32_init(
+        inits.push(onnx::f32_initializer(
             &gate_name(g.id),
             &[g.size],
             gate_vec(g.id, g.size),
@@ -260,12 +242,7 @@ pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<Mod
                             if made.insert(shape_name.clone()) {
                                 let mut dims = vec![size as i64];
                                 dims.extend(std::iter::repeat_n(1, rank - a - 1));
-                                let like = TensorProto {
-                                    name: Some(shape_name.clone()),
-                                    data_type: Some(7),
-                                    ..Default::default()
-                                };
-                                inits.push(onnx::tensor_to_proto(&Tensor::vec_i64(dims), &like));
+                                inits.push(onnx::i64_initializer(&shape_name, dims));
                             }
                             let bg = format!("sepprune.gate.{id}.r{rank}a{a}");
                             if made.insert(bg.clone()) {
@@ -310,7 +287,7 @@ pub fn gate_graph(ir: &Ir, groups: &Groups, masks: Option<&Masks>) -> Result<Mod
             if made.insert(scale.clone()) {
                 let sum = format!("sepprune.gate.{id}.sum");
                 let c = format!("sepprune.gate.{id}.count");
-                inits.push(f32_init(&c, &[], vec![size as f32]));
+                inits.push(onnx::f32_initializer(&c, &[], vec![size as f32]));
                 new_nodes.push(node(
                     "ReduceSum",
                     format!("{sum}.node"),

@@ -86,14 +86,7 @@ pub fn restore(model: &ModelProto, ir: &Ir) -> ModelProto {
             if let (Some(node), Some(f)) = (original.get_mut(*i), ir.fact(v)) {
                 let name = format!("{}.sepprune.shape{k}", node.input[1]);
                 let shape = f.shape.iter().map(|&d| d as i64).collect();
-                graph.initializer.push(onnx::tensor_to_proto(
-                    &Tensor::vec_i64(shape),
-                    &TensorProto {
-                        name: Some(name.clone()),
-                        data_type: Some(7),
-                        ..Default::default()
-                    },
-                ));
+                graph.initializer.push(onnx::i64_initializer(&name, shape));
                 node.input[1] = name;
             }
         }
@@ -471,19 +464,6 @@ fn layer_norm(ir: &Ir, ni: usize) -> Option<Rewrite> {
     })
 }
 
-/// A float initializer named `name` holding `values` in `dims`.
-fn f32_init(name: &str, dims: &[usize], values: Vec<f32>) -> Option<TensorProto> {
-    let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(dims), values).ok()?;
-    Some(onnx::tensor_to_proto(
-        &Tensor::F32(a),
-        &TensorProto {
-            name: Some(name.into()),
-            data_type: Some(1),
-            ..Default::default()
-        },
-    ))
-}
-
 /// A native `GroupNormalization(x, scale, bias)` (opset 18: `[G]` scale and bias; opset 21:
 /// `[C]`) on `x [N, C, ...]`, in the form torch exports: with one group, the ReduceMean form
 /// of [`group_norm_1`]; with G, `Reshape(x, [0, G, -1]) -> InstanceNormalization ->
@@ -528,18 +508,11 @@ fn group_norm_native(ir: &Ir, ni: usize) -> Option<Rewrite> {
         (nodes, inits) = normalise(ir, &x, &v("normed"), &axes, eps, n.name());
     } else {
         let target = v("groups");
-        inits.push(onnx::tensor_to_proto(
-            &Tensor::vec_i64(vec![0, groups as i64, -1]),
-            &TensorProto {
-                name: Some(target.clone()),
-                data_type: Some(7),
-                ..Default::default()
-            },
-        ));
+        inits.push(onnx::i64_initializer(&target, vec![0, groups as i64, -1]));
         let (gs, gb) = if per_channel {
             let (gs, gb) = (v("group_scale"), v("group_bias"));
-            inits.push(f32_init(&gs, &[groups], vec![1.0; groups])?);
-            inits.push(f32_init(&gb, &[groups], vec![0.0; groups])?);
+            inits.push(onnx::f32_initializer(&gs, &[groups], vec![1.0; groups]));
+            inits.push(onnx::f32_initializer(&gb, &[groups], vec![0.0; groups]));
             (gs, gb)
         } else {
             (scale.clone(), bias.clone())
@@ -574,8 +547,8 @@ fn group_norm_native(ir: &Ir, ni: usize) -> Option<Rewrite> {
     dims[0] = sv.len();
     let (s_in, b_in) = if per_channel || groups == 1 {
         let (s1, b1) = (v("scale"), v("bias"));
-        inits.push(f32_init(&s1, &dims, sv)?);
-        inits.push(f32_init(&b1, &dims, bv)?);
+        inits.push(onnx::f32_initializer(&s1, &dims, sv));
+        inits.push(onnx::f32_initializer(&b1, &dims, bv));
         (Some(s1), Some(b1))
     } else {
         (None, None)
@@ -643,25 +616,11 @@ fn normalise(
     let v = |s: &str| format!("{y}.sepprune.{s}");
     let mut inits = vec![];
     let eps_name = v("eps");
-    inits.push(onnx::tensor_to_proto(
-        &Tensor::F32(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[]), eps)),
-        &TensorProto {
-            name: Some(eps_name.clone()),
-            data_type: Some(1),
-            ..Default::default()
-        },
-    ));
+    inits.push(onnx::f32_initializer(&eps_name, &[], vec![eps]));
     // ReduceMean takes its axes as an input from opset 18 on.
     let (axes_in, axes_attr) = if ir.opset() >= 18 {
         let name = v("axes");
-        inits.push(onnx::tensor_to_proto(
-            &Tensor::vec_i64(axes.to_vec()),
-            &TensorProto {
-                name: Some(name.clone()),
-                data_type: Some(7),
-                ..Default::default()
-            },
-        ));
+        inits.push(onnx::i64_initializer(&name, axes.to_vec()));
         (vec![name], vec![])
     } else {
         (vec![], vec![ints_attr("axes", axes)])

@@ -22,6 +22,8 @@ use rand_chacha::ChaCha8Rng;
 /// Draws training examples of `samples` samples from a data set's examples.
 pub struct Augmenter {
     examples: Vec<Example>,
+    /// Each example's noise: its mixture minus the sum of its sources.
+    noises: Vec<Vec<f32>>,
     samples: usize,
     rng: ChaCha8Rng,
 }
@@ -120,8 +122,17 @@ impl Augmenter {
                 ex.sources = estimate(&t, &ex.mix, samples)?;
             }
         }
+        let noises = examples
+            .iter()
+            .map(|ex| {
+                (0..ex.mix.len())
+                    .map(|i| ex.mix[i] - ex.sources.iter().filter_map(|s| s.get(i)).sum::<f32>())
+                    .collect()
+            })
+            .collect();
         Ok(Augmenter {
             examples,
+            noises,
             samples,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xD1CE),
         })
@@ -139,17 +150,7 @@ impl Augmenter {
             })
             .collect();
         let noise = if rng.random_bool(0.5) {
-            let ex = &self.examples[rng.random_range(0..k)];
-            let residual: Vec<f32> = (0..ex.mix.len())
-                .map(|i| {
-                    ex.mix[i]
-                        - ex.sources
-                            .iter()
-                            .map(|src| src.get(i).copied().unwrap_or(0.0))
-                            .sum::<f32>()
-                })
-                .collect();
-            crop(&residual, n, rng)
+            crop(&self.noises[rng.random_range(0..k)], n, rng)
         } else {
             coloured(n, rng)
         };

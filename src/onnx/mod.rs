@@ -204,6 +204,31 @@ pub fn int_attr(name: &str, value: i64) -> AttributeProto {
     }
 }
 
+/// A float32 initializer named `name` of shape `dims` holding `values` (row-major).
+///
+/// Panics when `values` does not fill `dims` (a caller bug, never user input).
+pub fn f32_initializer(name: &str, dims: &[usize], values: Vec<f32>) -> TensorProto {
+    let a =
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(dims), values).expect("values fill dims");
+    named(&Tensor::F32(a), name, 1)
+}
+
+/// A 1-D int64 initializer named `name` (shape vectors, axes, split sizes).
+pub fn i64_initializer(name: &str, values: Vec<i64>) -> TensorProto {
+    named(&Tensor::vec_i64(values), name, 7)
+}
+
+fn named(t: &Tensor, name: &str, data_type: i32) -> TensorProto {
+    tensor_to_proto(
+        t,
+        &TensorProto {
+            name: Some(name.into()),
+            data_type: Some(data_type),
+            ..Default::default()
+        },
+    )
+}
+
 /// Builds a float attribute.
 pub fn float_attr(name: &str, value: f32) -> AttributeProto {
     AttributeProto {

@@ -125,7 +125,7 @@ impl OpRule for Split {
         if equal {
             return Ok(vec![]);
         }
-        if crate::onnx::opset(&ir.model) < 13 {
+        if ir.opset() < 13 {
             node.attribute.push(ints_attr("split", &sizes));
             return Ok(vec![]);
         }
