@@ -4,6 +4,7 @@
 //! Constants (initializers, folded values) become Candle tensors once; callers replace any
 //! of them per call (`overrides`: gate values from a mask learner, `Var` weights when
 //! fine-tuning), so one lowered graph serves every step.
+use super::fuse::{self, Fusion};
 use crate::error::{Error, Result};
 use crate::ir::Ir;
 use crate::onnx::Tensor;
@@ -19,6 +20,9 @@ pub struct CandleGraph {
     consts: HashMap<String, CTensor>,
     /// Nodes to run: those downstream of the graph input or of a live constant.
     run: Vec<bool>,
+    /// Fused chains ([`fuse`]) by their last node; their other nodes do not run.
+    fused: HashMap<usize, Fusion>,
+    in_fusion: Vec<bool>,
 }
 
 /// An IR constant as a Candle tensor: floats in `dtype`, integers as i64.
@@ -36,6 +40,16 @@ pub fn to_candle(t: &Tensor, device: &Device, dtype: DType) -> candle_core::Resu
 }
 
 impl CandleGraph {
+    /// The values node `i` reads when it runs: a fused chain's input at its last node,
+    /// nothing at its other nodes.
+    fn reads(&self, i: usize) -> &[String] {
+        match self.fused.get(&i) {
+            Some(f) => std::slice::from_ref(&f.input),
+            None if self.in_fusion[i] => &[],
+            None => &self.ir.nodes()[i].input,
+        }
+    }
+
     /// Lowers `ir` (every value's shape fixed by its input length). `live`: constants that
     /// callers will override (gates, weights): nodes computed from them run instead of being
     /// folded, so that overrides and gradients flow through them.
@@ -80,12 +94,26 @@ impl CandleGraph {
                 }
             }
         }
+        // fused kernels run on the CPU in f32 and f64
+        let fusable = device.is_cpu() && matches!(dtype, DType::F32 | DType::F64);
+        let mut fused = HashMap::new();
+        let mut in_fusion = vec![false; ir.nodes().len()];
+        for f in fuse::find(&ir).into_iter().filter(|_| fusable) {
+            if f.nodes.iter().all(|&i| run[i] && !in_fusion[i]) {
+                for &i in &f.nodes {
+                    in_fusion[i] = true;
+                }
+                fused.insert(*f.nodes.last().expect("a chain has nodes"), f);
+            }
+        }
         Ok(CandleGraph {
             ir,
             dtype,
             device: device.clone(),
             consts,
             run,
+            fused,
+            in_fusion,
         })
     }
 
@@ -150,8 +178,8 @@ impl CandleGraph {
         }
         // last use of each computed value, to drop it early (backward keeps what it needs)
         let mut last_use: HashMap<String, usize> = HashMap::new();
-        for (i, n) in self.ir.nodes().iter().enumerate() {
-            for name in &n.input {
+        for i in 0..self.ir.nodes().len() {
+            for name in self.reads(i) {
                 last_use.insert(name.clone(), i);
             }
         }
@@ -201,7 +229,23 @@ impl Run<'_> {
         while self.next < end.min(nodes.len()) {
             let (i, node) = (self.next, &nodes[self.next]);
             self.next += 1;
-            if !g.run[i] {
+            if !g.run[i] || (g.in_fusion[i] && !g.fused.contains_key(&i)) {
+                continue;
+            }
+            if let Some(f) = g.fused.get(&i) {
+                let x = self
+                    .values
+                    .get(&f.input)
+                    .or_else(|| overrides.get(&f.input))
+                    .or_else(|| g.consts.get(&f.input))
+                    .ok_or_else(|| {
+                        Error::node(node, format!("input '{}' has no value", f.input))
+                    })?;
+                let y = f
+                    .run(x)
+                    .map_err(|e| Error::node(node, format!("candle: {e}")))?;
+                self.values.insert(node.output[0].clone(), y);
+                self.drop_last_reads(i);
                 continue;
             }
             let rule = ops::rule(node).ok_or_else(|| Error::node(node, "no rule for this op"))?;
@@ -242,13 +286,18 @@ impl Run<'_> {
                     self.values.insert(name.clone(), t);
                 }
             }
-            for name in &node.input {
-                if self.last_use.get(name) == Some(&i) && *name != self.output {
-                    self.values.remove(name);
-                }
-            }
+            self.drop_last_reads(i);
         }
         Ok(())
+    }
+
+    /// Drops the values whose last reader is node `i` (the graph output stays).
+    fn drop_last_reads(&mut self, i: usize) {
+        for name in self.graph.reads(i) {
+            if self.last_use.get(name) == Some(&i) && *name != self.output {
+                self.values.remove(name);
+            }
+        }
     }
 
     /// The first graph output, once every node has run.

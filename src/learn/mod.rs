@@ -4,8 +4,10 @@
 pub mod augment;
 pub mod data;
 pub mod finetune;
+pub mod fuse;
 pub mod graph;
 pub mod gumbel;
+pub mod kernels;
 pub mod loss;
 pub mod refit;
 pub mod run;

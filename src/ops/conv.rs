@@ -9,6 +9,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
+use crate::learn::kernels;
 use crate::onnx::{attr_i, attr_ints, attr_s, set_attr_i, NodeProto};
 use candle_core::Tensor as CTensor;
 
@@ -232,6 +233,13 @@ impl OpRule for Conv {
         let (xsh, wsh) = (in_shape(node, ir, 0)?, in_shape(node, ir, 1)?);
         let g = geometry(node, &xsh, &wsh[2..], false)?;
         let nd = wsh.len() - 2;
+        let bias = x.get(2).and_then(|b| b.as_ref());
+        if nd == 1 && depthwise(&wsh, g.group) && g.strides[0] == 1 {
+            let pads = (g.pads[0], g.pads[1]);
+            if let Some(y) = kernels::depthwise_conv1d(xs, w, pads, g.dilations[0]).map_err(&e)? {
+                return Ok(vec![add_bias(node, y, bias)?]);
+            }
+        }
         let mut xp = xs.clone();
         for i in 0..nd {
             if g.pads[i] + g.pads[nd + i] > 0 {
@@ -243,7 +251,7 @@ impl OpRule for Conv {
         let y =
             match nd {
                 1 if depthwise(&wsh, g.group) && g.strides[0] == 1 => {
-                    // y[:, c, t] = sum_k w[c, 0, k] * xp[:, c, t + k*dil]
+                    // (off the CPU) y[:, c, t] = sum_k w[c, 0, k] * xp[:, c, t + k*dil]
                     let (k, dil) = (wsh[2], g.dilations[0]);
                     let len = xp.dim(2).map_err(&e)? - dil * (k - 1);
                     let mut acc: Option<CTensor> = None;
@@ -280,7 +288,7 @@ impl OpRule for Conv {
                     "Candle lowering covers 1-D convs and 2-D convs with equal strides/dilations",
                 )),
             };
-        Ok(vec![add_bias(node, y, x.get(2).and_then(|b| b.as_ref()))?])
+        Ok(vec![add_bias(node, y, bias)?])
     }
 
     /// Depthwise: `group` follows the (pruned) channel count.

@@ -8,6 +8,7 @@
 use super::{broadcast, ce, cin, foldable, need, Links, OpRule, Ptflops, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
+use crate::learn::kernels;
 use crate::onnx::{attr_i, NodeProto, Tensor};
 use candle_core::Tensor as CTensor;
 use ndarray::{ArrayD, Zip};
@@ -277,19 +278,22 @@ impl OpRule for Broadcast {
         let e = ce(node);
         let a = cin(node, x, 0)?;
         let y = match node.op_type() {
-            "Add" => a.broadcast_add(cin(node, x, 1)?),
-            "Sub" => a.broadcast_sub(cin(node, x, 1)?),
-            "Mul" => a.broadcast_mul(cin(node, x, 1)?),
-            "Div" => a.broadcast_div(cin(node, x, 1)?),
-            "Max" => a.broadcast_maximum(cin(node, x, 1)?),
-            "Min" => a.broadcast_minimum(cin(node, x, 1)?),
-            // relu(x) + slope * (x - relu(x))
+            "Add" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_add(b)),
+            "Sub" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_sub(b)),
+            "Mul" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_mul(b)),
+            "Div" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_div(b)),
+            "Max" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_maximum(b)),
+            "Min" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_minimum(b)),
+            // fused on the CPU; elsewhere relu(x) + slope * (x - relu(x))
             "PRelu" => {
                 let slope = cin(node, x, 1)?;
-                a.relu().and_then(|r| {
-                    let neg = (a - &r)?;
-                    r.broadcast_add(&neg.broadcast_mul(slope)?)
-                })
+                match kernels::prelu(a, slope).map_err(&e)? {
+                    Some(y) => Ok(y),
+                    None => a.relu().and_then(|r| {
+                        let neg = (a - &r)?;
+                        r.broadcast_add(&neg.broadcast_mul(slope)?)
+                    }),
+                }
             }
             "Pow" => {
                 let p = ir
@@ -334,4 +338,50 @@ impl OpRule for Broadcast {
         };
         Ok(vec![y.map_err(e)?])
     }
+}
+
+/// `f(a, b)` (a broadcasting binary op) computed in the memory order of the larger operand.
+///
+/// A Transpose lowers to a permuted view; candle's kernels walk the last logical axis, so an
+/// elementwise op on a transposed `[N, T, C]` view of a `[N, C, T]` tensor reads it with a
+/// stride of `T` elements, forward and backward. When the larger operand is such a view, both
+/// operands are permuted so that it reads contiguously, and the result is permuted back: the
+/// same values, as a view with the larger operand's layout.
+fn in_memory_order(
+    a: &CTensor,
+    b: &CTensor,
+    f: impl Fn(&CTensor, &CTensor) -> candle_core::Result<CTensor>,
+) -> candle_core::Result<CTensor> {
+    let big = if a.elem_count() >= b.elem_count() {
+        a
+    } else {
+        b
+    };
+    if big.is_contiguous() || big.rank() < 2 {
+        return f(a, b);
+    }
+    // axes from the largest stride to the smallest (size-1 axes keep their place in ties)
+    let (dims, strides) = (big.dims(), big.stride());
+    let mut order: Vec<usize> = (0..big.rank()).collect();
+    order.sort_by_key(|&i| {
+        (
+            std::cmp::Reverse(if dims[i] == 1 { usize::MAX } else { strides[i] }),
+            i,
+        )
+    });
+    if !big.permute(order.clone())?.is_contiguous() {
+        return f(a, b);
+    }
+    let lift = |t: &CTensor| -> candle_core::Result<CTensor> {
+        let mut t = t.clone();
+        while t.rank() < big.rank() {
+            t = t.unsqueeze(0)?;
+        }
+        t.permute(order.clone())
+    };
+    let mut back = vec![0; order.len()];
+    for (i, &o) in order.iter().enumerate() {
+        back[o] = i;
+    }
+    f(&lift(a)?, &lift(b)?)?.permute(back)
 }

@@ -9,6 +9,7 @@ mod matmul;
 mod norm;
 mod pool;
 mod reduce;
+pub(crate) use reduce::axes_in_ir as reduce_axes;
 mod resize;
 mod rnn;
 mod shape;

@@ -41,7 +41,8 @@ fn axes_of(node: &NodeProto, x: &Fact, axes_input: Option<&Fact>) -> Result<(Vec
     Ok((axes, keep))
 }
 
-fn axes_in_ir(node: &NodeProto, ir: &Ir) -> Option<(Vec<usize>, bool)> {
+/// Reduced axes (sorted, normalised) and keepdims of a reduction node in `ir`.
+pub(crate) fn axes_in_ir(node: &NodeProto, ir: &Ir) -> Option<(Vec<usize>, bool)> {
     let x = ir.fact(&node.input[0])?;
     let a = node
         .input
