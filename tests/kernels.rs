@@ -2,6 +2,7 @@
 //! the same values and the same gradients (f64), on random shapes and parameters.
 use candle_core::{DType, Device, Tensor, Var};
 use proptest::prelude::*;
+use sepprune::learn::fuse::Kind;
 use sepprune::learn::kernels;
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
@@ -121,6 +122,36 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn channel_affine_matches_broadcast_mul_add(
+        shape in prop::collection::vec(1usize..6, 1..4), axis_pick in 0usize..4, bias in any::<bool>(), seed in 0u64..1000,
+    ) {
+        let axis = axis_pick % shape.len();
+        let c = shape[axis];
+        // the parameters as a norm holds them: [C, 1, ..] right-aligned to the axis
+        let pshape: Vec<usize> = shape[axis..].iter().enumerate().map(|(i, &d)| if i == 0 { d } else { 1 }).collect();
+        let mut inputs = vec![rand(&shape, seed), rand(&pshape, seed + 1)];
+        if bias {
+            inputs.push(rand(&[c], seed + 2).reshape(pshape.as_slice()).unwrap());
+        }
+        let d = compare(
+            &inputs,
+            |v| kernels::channel_affine(&v[0], &v[1], v.get(2), axis).unwrap().expect("applies"),
+            |v| {
+                let y = v[0].broadcast_mul(&v[1]).unwrap();
+                match v.get(2) {
+                    Some(b) => y.broadcast_add(b).unwrap(),
+                    None => y,
+                }
+            },
+        );
+        prop_assert!(d < 1e-12, "max difference {d}");
+    }
+}
+
 #[test]
 fn kernels_decline_what_they_do_not_cover() {
     let x = rand(&[2, 3, 4], 1);
@@ -144,7 +175,11 @@ fn kernels_decline_what_they_do_not_cover() {
 #[test]
 fn every_normalisation_of_the_fixtures_is_fused() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models");
-    for name in ["convtasnet.ts13.onnx", "convtasnet.dynamo18.onnx", "afrcnn.ts17.onnx"] {
+    for name in [
+        "convtasnet.ts13.onnx",
+        "convtasnet.dynamo18.onnx",
+        "afrcnn.ts17.onnx",
+    ] {
         let model = sepprune::onnx::load(&dir.join(name)).unwrap();
         let ir = sepprune::ir::Ir::new(model, 8000).unwrap();
         let means = ir
@@ -153,10 +188,17 @@ fn every_normalisation_of_the_fixtures_is_fused() {
             .filter(|n| n.op_type() == "ReduceMean")
             .count();
         let fused = sepprune::learn::fuse::find(&ir);
+        let norms: Vec<_> = fused
+            .iter()
+            .filter(|f| matches!(f.kind, Kind::Normalize { .. }))
+            .collect();
         assert!(means > 0, "{name}: no ReduceMean");
-        assert_eq!(fused.len() * 2, means, "{name}");
-        for f in &fused {
+        assert_eq!(norms.len() * 2, means, "{name}");
+        for f in &norms {
             assert_eq!(f.nodes.len(), 7, "{name}: {f:?}");
         }
+        // each norm's gamma and beta follow as one affine map
+        let affine = fused.len() - norms.len();
+        assert_eq!(affine, norms.len(), "{name}: {fused:?}");
     }
 }

@@ -155,9 +155,15 @@ fn assert_gradients(
 
 #[test]
 fn gradients_match_finite_differences() {
-    // every gate (one per group), conv weights, depthwise weights, PRelu slopes, the encoder
-    let pick =
-        |w: &str| w.starts_with("dw") || w.starts_with("slope") || w == "enc" || w.starts_with("w");
+    // every gate (one per group), conv weights, depthwise weights, PRelu slopes, the
+    // encoder, gLN's gamma and beta (fused kernels: PReLU, depthwise conv, normalisation,
+    // the transposed affine map)
+    let pick = |w: &str| {
+        ["dw", "slope", "w", "gamma", "beta"]
+            .iter()
+            .any(|p| w.starts_with(p))
+            || w == "enc"
+    };
     assert_gradients(common::tiny_tasnet(), 300, pick, 20);
 }
 

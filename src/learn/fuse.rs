@@ -8,14 +8,18 @@
 //!   dims: the canonical form of GroupNorm(1) and LayerNormalization
 //!   ([`crate::ir::canon`]) and gLN as Asteroid exports it. Every intermediate value must
 //!   be read only inside the chain.
+//! - **Per-channel affine**: `Add(Mul(x, scale), bias)` with `scale` and `bias` constants
+//!   (or live parameters) along one axis, optionally between a Transpose and its inverse
+//!   (gLN's `gamma * x.transpose(1, -1) + beta` as Asteroid exports it): the map runs on
+//!   `x` in its own layout ([`super::kernels::channel_affine`]).
 use crate::ir::Ir;
 use crate::onnx::Tensor;
 
 /// One fused chain, run at its last node.
 #[derive(Clone, Debug)]
 pub struct Fusion {
-    /// The chain's input value.
-    pub input: String,
+    /// The values the chain reads from outside (its data input first).
+    pub inputs: Vec<String>,
     /// The chain's nodes (indices in the IR), the last one producing the output.
     pub nodes: Vec<usize>,
     pub kind: Kind,
@@ -25,6 +29,9 @@ pub struct Fusion {
 pub enum Kind {
     /// Normalisation over axes `from..` ([`super::kernels::normalize`]).
     Normalize { from: usize, eps: f64 },
+    /// `x * scale + bias` along `x`'s axis `axis` (inputs `[x, scale, bias?]`,
+    /// [`super::kernels::channel_affine`]).
+    Affine { axis: usize },
 }
 
 impl Fusion {
@@ -32,18 +39,19 @@ impl Fusion {
     ///
     /// Errors: the kernel does not apply to `x` (a device other than the CPU, a dtype other
     /// than f32/f64), or fails.
-    pub fn run(&self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    pub fn run(&self, x: &[candle_core::Tensor]) -> candle_core::Result<candle_core::Tensor> {
         let y = match self.kind {
-            Kind::Normalize { from, eps } => super::kernels::normalize(x, from, eps)?,
+            Kind::Normalize { from, eps } => super::kernels::normalize(&x[0], from, eps)?,
+            Kind::Affine { axis } => super::kernels::channel_affine(&x[0], &x[1], x.get(2), axis)?,
         };
         y.ok_or_else(|| candle_core::Error::Msg("fused kernel does not apply".into()))
     }
 }
 
-/// Every fusable chain of `ir`, in graph order of their last nodes.
+/// Every fusable chain of `ir`, in graph order of their first nodes.
 pub fn find(ir: &Ir) -> Vec<Fusion> {
     (0..ir.nodes().len())
-        .filter_map(|i| normalization(ir, i))
+        .filter_map(|i| normalization(ir, i).or_else(|| affine(ir, i)))
         .collect()
 }
 
@@ -124,8 +132,106 @@ fn normalization(ir: &Ir, m: usize) -> Option<Fusion> {
     let mut chain = vec![m, d, s, v, e, r, y];
     chain.sort_unstable();
     (chain.last() == Some(&y)).then_some(Fusion {
-        input: x,
+        inputs: vec![x],
         nodes: chain,
         kind: Kind::Normalize { from, eps },
+    })
+}
+
+/// A value that does not depend on the graph input: an initializer (a weight, a gate) or a
+/// folded constant.
+fn is_param(ir: &Ir, value: &str) -> bool {
+    ir.is_initializer(value) || ir.fact(value).is_some_and(|f| f.value.is_some())
+}
+
+/// The axis of `data` (shape) along which `param` varies when broadcast to it (numpy
+/// right alignment): exactly one axis, with `data`'s size there.
+fn param_axis(ir: &Ir, param: &str, data: &[usize]) -> Option<usize> {
+    let p = &ir.fact(param)?.shape;
+    let off = data.len().checked_sub(p.len())?;
+    let mut varying = p.iter().enumerate().filter(|(_, &d)| d != 1);
+    match (varying.next(), varying.next()) {
+        (Some((j, &d)), None) if data[off + j] == d => Some(off + j),
+        _ => None,
+    }
+}
+
+/// `node` (a binary op) reads `data` and a parameter along `axis` of `data_shape`: the
+/// parameter.
+fn param_operand(ir: &Ir, node: usize, data: &str, shape: &[usize], axis: usize) -> Option<String> {
+    let ins = &ir.nodes()[node].input;
+    let other = match ins.as_slice() {
+        [a, b] if a == data => b,
+        [a, b] if b == data => a,
+        _ => return None,
+    };
+    (other != data && is_param(ir, other) && param_axis(ir, other, shape) == Some(axis))
+        .then(|| other.clone())
+}
+
+/// The per-channel affine chain starting at `start`: `[Transpose(p) ->] Mul(., scale) [->
+/// Add(., bias)] [-> Transpose(p^-1)]`, with the Add or the transpose pair present (a lone
+/// Mul gains nothing from fusing).
+fn affine(ir: &Ir, start: usize) -> Option<Fusion> {
+    let nodes = ir.nodes();
+    let mut chain = vec![];
+    let (x, perm, mul) = match nodes[start].op_type() {
+        "Transpose" => {
+            let rank = ir.fact(&nodes[start].input[0])?.rank();
+            let perm = crate::ops::transpose_perm(&nodes[start], rank).ok()?;
+            chain.push(start);
+            let mul = sole_reader(ir, &nodes[start].output[0])?;
+            (nodes[start].input[0].clone(), Some(perm), mul)
+        }
+        "Mul" => {
+            let data = nodes[start].input.iter().find(|v| !is_param(ir, v))?;
+            (data.clone(), None, start)
+        }
+        _ => return None,
+    };
+    if nodes[mul].op_type() != "Mul" {
+        return None;
+    }
+    // the data as the Mul reads it (transposed or not)
+    let read = match perm {
+        Some(_) => nodes[start].output[0].clone(),
+        None => x.clone(),
+    };
+    let shape = ir.fact(&read)?.shape.clone();
+    let scale_in = nodes[mul].input.iter().find(|v| **v != read)?.clone();
+    let axis = param_axis(ir, &scale_in, &shape)?;
+    let scale = param_operand(ir, mul, &read, &shape, axis)?;
+    chain.push(mul);
+    let mut inputs = vec![x, scale];
+    let mut last = nodes[mul].output[0].clone();
+    if let Some(add) = sole_reader(ir, &last).filter(|&a| nodes[a].op_type() == "Add") {
+        if let Some(bias) = param_operand(ir, add, &last, &shape, axis) {
+            chain.push(add);
+            inputs.push(bias);
+            last = nodes[add].output[0].clone();
+        }
+    }
+    let axis = match &perm {
+        Some(p) => {
+            let back = sole_reader(ir, &last)?;
+            let rank = p.len();
+            let q = crate::ops::transpose_perm(&nodes[back], rank).ok()?;
+            if nodes[back].op_type() != "Transpose" || (0..rank).any(|k| p[q[k]] != k) {
+                return None;
+            }
+            chain.push(back);
+            p[axis]
+        }
+        None if inputs.len() == 3 => axis,
+        None => return None,
+    };
+    // every intermediate value is read only inside the chain (sole_reader above), and
+    // the chain runs in graph order
+    let mut sorted = chain.clone();
+    sorted.sort_unstable();
+    (sorted == chain).then_some(Fusion {
+        inputs,
+        nodes: chain,
+        kind: Kind::Affine { axis },
     })
 }

@@ -44,7 +44,7 @@ impl CandleGraph {
     /// nothing at its other nodes.
     fn reads(&self, i: usize) -> &[String] {
         match self.fused.get(&i) {
-            Some(f) => std::slice::from_ref(&f.input),
+            Some(f) => &f.inputs,
             None if self.in_fusion[i] => &[],
             None => &self.ir.nodes()[i].input,
         }
@@ -233,16 +233,22 @@ impl Run<'_> {
                 continue;
             }
             if let Some(f) = g.fused.get(&i) {
-                let x = self
-                    .values
-                    .get(&f.input)
-                    .or_else(|| overrides.get(&f.input))
-                    .or_else(|| g.consts.get(&f.input))
-                    .ok_or_else(|| {
-                        Error::node(node, format!("input '{}' has no value", f.input))
-                    })?;
+                let xs = f
+                    .inputs
+                    .iter()
+                    .map(|name| {
+                        self.values
+                            .get(name)
+                            .or_else(|| overrides.get(name))
+                            .or_else(|| g.consts.get(name))
+                            .cloned()
+                            .ok_or_else(|| {
+                                Error::node(node, format!("input '{name}' has no value"))
+                            })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 let y = f
-                    .run(x)
+                    .run(&xs)
                     .map_err(|e| Error::node(node, format!("candle: {e}")))?;
                 self.values.insert(node.output[0].clone(), y);
                 self.drop_last_reads(i);

@@ -247,7 +247,8 @@ impl OpRule for Reshape {
     }
 }
 
-fn perm_of(node: &NodeProto, rank: usize) -> Result<Vec<usize>> {
+/// A Transpose's permutation (reversed axes when `perm` is absent).
+pub(crate) fn perm_of(node: &NodeProto, rank: usize) -> Result<Vec<usize>> {
     let perm: Vec<usize> = match attr_ints(node, "perm").filter(|p| !p.is_empty()) {
         Some(p) => p
             .iter()

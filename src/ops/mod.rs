@@ -5,6 +5,7 @@
 mod conv;
 mod elementwise;
 mod layout;
+pub(crate) use layout::perm_of as transpose_perm;
 mod matmul;
 mod norm;
 mod pool;

@@ -8,10 +8,12 @@
 //! forward and one per gradient. They run on the CPU in f32 and f64 (the gradient checks
 //! run in f64); op lowerings call them on CPU tensors and keep the decomposed form on other
 //! devices.
+mod affine;
 mod depthwise;
 mod normalize;
 mod prelu;
 
+pub use affine::channel_affine;
 pub use depthwise::depthwise_conv1d;
 pub use normalize::normalize;
 pub use prelu::prelu;

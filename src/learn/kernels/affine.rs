@@ -1,0 +1,189 @@
+//! A per-channel affine map `y = x * scale[c] + bias[c]` (a norm's gamma and beta) as one
+//! fused CPU op with its backward.
+use super::{float_dispatch, slice, Float};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+/// `x` viewed as `[outer, C, inner]`.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    outer: usize,
+    c: usize,
+    inner: usize,
+}
+
+impl Geometry {
+    /// `f(channel, run)` over the runs of `inner` entries that share a channel.
+    fn runs(&self, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
+        for o in 0..self.outer {
+            for c in 0..self.c {
+                let start = (o * self.c + c) * self.inner;
+                f(c, start..start + self.inner);
+            }
+        }
+    }
+}
+
+/// `x * scale + bias` with `scale` and `bias` (`C` entries each, any shape) along `x`'s
+/// axis `axis` (`C` entries); a missing bias is zero. `None` when the op does not apply
+/// (not on the CPU, not f32/f64, sizes that do not match) and callers decompose.
+///
+/// Backward: `dx = dy * scale[c]`, `dscale[c] = sum(dy * x)`, `dbias[c] = sum(dy)` over
+/// channel `c`'s entries.
+pub fn channel_affine(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+    axis: usize,
+) -> Result<Option<Tensor>> {
+    let float = matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
+    let Some(&c) = x.dims().get(axis) else {
+        return Ok(None);
+    };
+    let fits = |t: &Tensor| t.elem_count() == c && t.dtype() == x.dtype();
+    if !x.device().is_cpu() || !float || !fits(scale) || !bias.is_none_or(fits) {
+        return Ok(None);
+    }
+    let g = Geometry {
+        outer: x.dims()[..axis].iter().product(),
+        c,
+        inner: x.dims()[axis + 1..].iter().product(),
+    };
+    let bias = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(c, x.dtype(), x.device())?,
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&scale.contiguous()?, &bias, Affine(g))?;
+    Ok(Some(y))
+}
+
+struct Affine(Geometry);
+
+fn forward<T: Float>(x: &[T], s: &[T], b: &[T], g: Geometry) -> Vec<T> {
+    let mut y = Vec::with_capacity(x.len());
+    g.runs(|c, r| {
+        let (a, o) = (s[c], b[c]);
+        y.extend(x[r].iter().map(|&v| v * a + o));
+    });
+    y
+}
+
+impl CustomOp3 for Affine {
+    fn name(&self) -> &'static str {
+        "channel-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = self.name();
+        let y = float_dispatch!(n, (s1, s2, s3), |x, s, b| forward(
+            slice(x, l1, n)?,
+            slice(s, l2, n)?,
+            slice(b, l3, n)?,
+            self.0
+        ));
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let g = self.0;
+        let dx = dy.apply_op3_no_bwd(scale, bias, &GradX(g))?;
+        let sums = x.apply_op3_no_bwd(&dy, bias, &GradParams(g))?; // [2, C]
+        let ds = sums.get(0)?.reshape(scale.shape())?;
+        let db = sums.get(1)?.reshape(bias.shape())?;
+        Ok((Some(dx), Some(ds), Some(db)))
+    }
+}
+
+/// `dx` from `(dy, scale, _)`.
+struct GradX(Geometry);
+
+fn grad_x<T: Float>(dy: &[T], s: &[T], g: Geometry) -> Vec<T> {
+    let mut dx = Vec::with_capacity(dy.len());
+    g.runs(|c, r| {
+        let a = s[c];
+        dx.extend(dy[r].iter().map(|&d| d * a));
+    });
+    dx
+}
+
+impl CustomOp3 for GradX {
+    fn name(&self) -> &'static str {
+        "channel-affine-grad-x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        _l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = self.name();
+        let dx = float_dispatch!(n, (s1, s2, s3), |d, s, _b| grad_x(
+            slice(d, l1, n)?,
+            slice(s, l2, n)?,
+            self.0
+        ));
+        Ok((dx, l1.shape().clone()))
+    }
+}
+
+/// `[dscale; dbias]` `[2, C]` from `(x, dy, _)`.
+struct GradParams(Geometry);
+
+fn grad_params<T: Float>(x: &[T], dy: &[T], g: Geometry) -> Vec<T> {
+    let mut out = vec![T::default(); 2 * g.c];
+    g.runs(|c, r| {
+        let (mut s, mut b) = (T::default(), T::default());
+        for (&v, &d) in x[r.clone()].iter().zip(&dy[r]) {
+            s += v * d;
+            b += d;
+        }
+        out[c] += s;
+        out[g.c + c] += b;
+    });
+    out
+}
+
+impl CustomOp3 for GradParams {
+    fn name(&self) -> &'static str {
+        "channel-affine-grad-params"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        _l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = self.name();
+        let out = float_dispatch!(n, (s1, s2, s3), |x, d, _b| grad_params(
+            slice(x, l1, n)?,
+            slice(d, l2, n)?,
+            self.0
+        ));
+        Ok((out, Shape::from((2, self.0.c))))
+    }
+}
