@@ -295,6 +295,10 @@ enum Cmd {
         /// Validations without improvement before the learning rate is halved.
         #[arg(long, default_value_t = 1)]
         patience: usize,
+        /// Validate and write an exponential moving average of the weights with this decay
+        /// per step (e.g. 0.998), not the last weights.
+        #[arg(long)]
+        ema: Option<f64>,
         /// Allow OUT to be the input file.
         #[arg(long)]
         force: bool,
@@ -623,6 +627,7 @@ fn main() -> Result<()> {
             loss,
             dynamic_mix,
             patience,
+            ema,
             force,
             cuda,
             json,
@@ -646,6 +651,7 @@ fn main() -> Result<()> {
                 device: sepprune::learn::device(cuda)?,
                 dynamic_mix,
                 patience,
+                ema,
             };
             let r = finetune(&m, &data, &o)
                 .with_context(|| format!("fine-tuning {}", model.display()))?;

@@ -278,3 +278,48 @@ fn the_learning_rate_halves_after_patience_validations_without_improvement() {
     }
     assert!(halvings > 0, "no plateau reached: {:?}", r.history);
 }
+
+#[test]
+fn the_moving_average_is_decay_times_old_plus_the_rest_times_new_weights() {
+    use sepprune::learn::finetune::Trainer;
+    use sepprune::learn::gumbel::Item;
+    use sepprune::learn::loss::Loss;
+    let model = slim_tiny();
+    let x = verify::test_signal(400, 16000.0);
+    let item = Item {
+        input: x.clone(),
+        targets: vec![x.iter().map(|v| 0.5 * v).collect()],
+    };
+    let cpu = candle_core::Device::Cpu;
+    let flat = |ws: Vec<candle_core::Tensor>| -> Vec<f32> {
+        ws.iter()
+            .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    };
+    // the same two steps without and with the average
+    let mut plain = Trainer::new(&model, 400, 1e-2, 5.0, Loss::SiSdr, &cpu).unwrap();
+    let w0 = flat(plain.snapshot().unwrap());
+    plain.step(&item).unwrap();
+    let w1 = flat(plain.snapshot().unwrap());
+    plain.step(&item).unwrap();
+    let w2 = flat(plain.snapshot().unwrap());
+    let mut avg = Trainer::new(&model, 400, 1e-2, 5.0, Loss::SiSdr, &cpu).unwrap();
+    avg.set_ema(0.75).unwrap();
+    avg.step(&item).unwrap();
+    avg.step(&item).unwrap();
+    let a = flat(avg.snapshot().unwrap());
+    let mut moved = 0;
+    for i in 0..a.len() {
+        let want = 0.75 * (0.75 * w0[i] + 0.25 * w1[i]) + 0.25 * w2[i];
+        assert!(
+            (a[i] - want).abs() <= 1e-6 * (1.0 + want.abs()),
+            "{i}: {} vs {want}",
+            a[i]
+        );
+        moved += usize::from(w2[i] != w0[i]);
+    }
+    assert!(
+        moved > a.len() / 2,
+        "the steps changed only {moved} weights"
+    );
+}

@@ -52,6 +52,9 @@ pub struct FinetuneOptions {
     /// Train on a fresh dynamically mixed example at every step ([`super::augment`]) drawn
     /// from the training files, instead of their fixed crops (validation keeps its crops).
     pub dynamic_mix: bool,
+    /// Validate and keep an exponential moving average of the weights with this decay per
+    /// step (Polyak averaging), not the last weights.
+    pub ema: Option<f64>,
 }
 
 impl Default for FinetuneOptions {
@@ -73,6 +76,7 @@ impl Default for FinetuneOptions {
             progress: false,
             device: Device::Cpu,
             dynamic_mix: false,
+            ema: None,
         }
     }
 }
@@ -130,6 +134,8 @@ pub struct Trainer {
     opt: AdamW,
     clip: f64,
     loss: Loss,
+    /// Decay and the moving average of every parameter ([`Trainer::set_ema`]).
+    ema: Option<(f64, Vec<CTensor>)>,
 }
 
 fn ce(e: candle_core::Error) -> Error {
@@ -180,6 +186,7 @@ impl Trainer {
             opt,
             clip,
             loss,
+            ema: None,
         })
     }
 
@@ -192,11 +199,41 @@ impl Trainer {
         self.opt.set_learning_rate(lr);
     }
 
+    /// From now on, keep an exponential moving average of the weights, `a <- decay a +
+    /// (1 - decay) w` after every step; [`Trainer::validate`] and [`Trainer::snapshot`] read
+    /// it instead of the weights.
+    ///
+    /// Errors: a weight that cannot be copied.
+    pub fn set_ema(&mut self, decay: f64) -> Result<()> {
+        let avg = self
+            .vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().detach().copy())
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(ce)?;
+        self.ema = Some((decay, avg));
+        Ok(())
+    }
+
+    /// The training weights (with gradients) by name.
     fn overrides(&self) -> HashMap<String, CTensor> {
         self.vars
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect()
+    }
+
+    /// The weights validation and snapshots read: the moving average when kept.
+    fn evaluated(&self) -> HashMap<String, CTensor> {
+        match &self.ema {
+            Some((_, avg)) => self
+                .vars
+                .iter()
+                .zip(avg)
+                .map(|((n, _), a)| (n.clone(), a.clone()))
+                .collect(),
+            None => self.overrides(),
+        }
     }
 
     /// One step on `item`; returns its loss (dB) before the update.
@@ -231,12 +268,19 @@ impl Trainer {
             }
         }
         self.opt.step(&grads).map_err(ce)?;
+        if let Some((decay, avg)) = &mut self.ema {
+            for ((_, v), a) in self.vars.iter().zip(avg.iter_mut()) {
+                let w = v.as_tensor().detach();
+                *a = ((&*a * *decay).map_err(ce)? + (w * (1.0 - *decay)).map_err(ce)?)
+                    .map_err(ce)?;
+            }
+        }
         Ok(lv)
     }
 
     /// Mean loss (dB) over `items`, without gradients.
     pub fn validate(&self, items: &[Item]) -> Result<f64> {
-        let ov = self.overrides();
+        let ov = self.evaluated();
         let mut l = vec![];
         for it in items {
             let y = self
@@ -248,11 +292,12 @@ impl Trainer {
         Ok(mean(&l))
     }
 
-    /// A copy of the current parameters.
+    /// A copy of the current parameters (their moving average when kept).
     pub fn snapshot(&self) -> Result<Vec<CTensor>> {
+        let ev = self.evaluated();
         self.vars
             .iter()
-            .map(|(_, v)| v.as_tensor().copy().map_err(ce))
+            .map(|(n, _)| ev[n].detach().copy().map_err(ce))
             .collect()
     }
 
@@ -281,6 +326,14 @@ impl Trainer {
 pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<Finetuned> {
     let t0 = Instant::now();
     let mut trainer = Trainer::new(model, o.samples, o.lr, o.clip, o.loss, &o.device)?;
+    if let Some(decay) = o.ema {
+        if !(0.0..1.0).contains(&decay) {
+            return Err(Error::Other(format!(
+                "finetune: the EMA decay must be in [0, 1), not {decay}"
+            )));
+        }
+        trainer.set_ema(decay)?;
+    }
     let files = crops(data, o.samples, o.crops_per_file, o.teacher.as_ref())?;
     let k = o.val_every_file.max(2);
     if files.len() < 2 {

@@ -35,7 +35,7 @@ pub enum Kind {
 }
 
 impl Fusion {
-    /// The chain's output from its input value.
+    /// The chain's output from the values of its inputs (in [`Fusion::inputs`] order).
     ///
     /// Errors: the kernel does not apply to `x` (a device other than the CPU, a dtype other
     /// than f32/f64), or fails.
