@@ -1,27 +1,9 @@
 //! A per-channel affine map `y = x * scale[c] + bias[c]` (a norm's gamma and beta) as one
 //! fused CPU op with its backward.
-use super::{float_dispatch, slice, Float};
+use super::{float_dispatch, grad_op, slice, Float, Runs};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-/// `x` viewed as `[outer, C, inner]`.
-#[derive(Clone, Copy, Debug)]
-struct Geometry {
-    outer: usize,
-    c: usize,
-    inner: usize,
-}
-
-impl Geometry {
-    /// `f(channel, run)` over the runs of `inner` entries that share a channel.
-    fn runs(&self, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
-        for o in 0..self.outer {
-            for c in 0..self.c {
-                let start = (o * self.c + c) * self.inner;
-                f(c, start..start + self.inner);
-            }
-        }
-    }
-}
+type Geometry = Runs;
 
 /// `x * scale + bias` with `scale` and `bias` (`C` entries each, any shape) along `x`'s
 /// axis `axis` (`C` entries); a missing bias is zero. `None` when the op does not apply
@@ -62,7 +44,7 @@ struct Affine(Geometry);
 
 fn forward<T: Float>(x: &[T], s: &[T], b: &[T], g: Geometry) -> Vec<T> {
     let mut y = Vec::with_capacity(x.len());
-    g.runs(|c, r| {
+    g.each(|c, r| {
         let (a, o) = (s[c], b[c]);
         y.extend(x[r].iter().map(|&v| v * a + o));
     });
@@ -114,45 +96,25 @@ impl CustomOp3 for Affine {
 /// `dx` from `(dy, scale, _)`.
 struct GradX(Geometry);
 
-fn grad_x<T: Float>(dy: &[T], s: &[T], g: Geometry) -> Vec<T> {
+fn grad_x<T: Float>(dy: &[T], s: &[T], _bias: &[T], g: Geometry) -> Vec<T> {
     let mut dx = Vec::with_capacity(dy.len());
-    g.runs(|c, r| {
+    g.each(|c, r| {
         let a = s[c];
         dx.extend(dy[r].iter().map(|&d| d * a));
     });
     dx
 }
 
-impl CustomOp3 for GradX {
-    fn name(&self) -> &'static str {
-        "channel-affine-grad-x"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        _l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let n = self.name();
-        let dx = float_dispatch!(n, (s1, s2, s3), |d, s, _b| grad_x(
-            slice(d, l1, n)?,
-            slice(s, l2, n)?,
-            self.0
-        ));
-        Ok((dx, l1.shape().clone()))
-    }
-}
+grad_op!(GradX, "channel-affine-grad-x", grad_x, (d, s, b), |g, l| l
+    .shape()
+    .clone());
 
 /// `[dscale; dbias]` `[2, C]` from `(x, dy, _)`.
 struct GradParams(Geometry);
 
-fn grad_params<T: Float>(x: &[T], dy: &[T], g: Geometry) -> Vec<T> {
+fn grad_params<T: Float>(x: &[T], dy: &[T], _bias: &[T], g: Geometry) -> Vec<T> {
     let mut out = vec![T::default(); 2 * g.c];
-    g.runs(|c, r| {
+    g.each(|c, r| {
         let (mut s, mut b) = (T::default(), T::default());
         for (&v, &d) in x[r.clone()].iter().zip(&dy[r]) {
             s += v * d;
@@ -164,26 +126,10 @@ fn grad_params<T: Float>(x: &[T], dy: &[T], g: Geometry) -> Vec<T> {
     out
 }
 
-impl CustomOp3 for GradParams {
-    fn name(&self) -> &'static str {
-        "channel-affine-grad-params"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        _l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let n = self.name();
-        let out = float_dispatch!(n, (s1, s2, s3), |x, d, _b| grad_params(
-            slice(x, l1, n)?,
-            slice(d, l2, n)?,
-            self.0
-        ));
-        Ok((out, Shape::from((2, self.0.c))))
-    }
-}
+grad_op!(
+    GradParams,
+    "channel-affine-grad-params",
+    grad_params,
+    (x, d, b),
+    |g, l| Shape::from((2, g.c))
+);

@@ -1,6 +1,6 @@
 //! Depthwise 1-D convolution (ONNX `Conv` with `group = C`, `W [C, 1, K]`, stride 1) as one
 //! fused CPU op with its backward: Conv-TasNet's and SuDoRM-RF's dilated depthwise layers.
-use super::{float_dispatch, slice, Float};
+use super::{float_dispatch, grad_op, slice, Float};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 #[derive(Clone, Copy, Debug)]
@@ -149,28 +149,9 @@ fn grad_x<T: Float>(dy: &[T], w: &[T], g: Geometry) -> Vec<T> {
     dx
 }
 
-impl CustomOp2 for GradX {
-    fn name(&self) -> &'static str {
-        "depthwise-conv1d-grad-x"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let n = self.name();
-        let dx = float_dispatch!(n, (s1, s2), |d, w| grad_x(
-            slice(d, l1, n)?,
-            slice(w, l2, n)?,
-            self.0
-        ));
-        let g = self.0;
-        Ok((dx, Shape::from((g.rows / g.c, g.c, g.t))))
-    }
-}
+grad_op!(GradX, "depthwise-conv1d-grad-x", grad_x, (d, w), |g, l| {
+    Shape::from((g.rows / g.c, g.c, g.t))
+});
 
 /// `dw` `[C, 1, K]` from `(x, dy)`.
 struct GradW(Geometry);
@@ -189,25 +170,6 @@ fn grad_w<T: Float>(x: &[T], dy: &[T], g: Geometry) -> Vec<T> {
     dw
 }
 
-impl CustomOp2 for GradW {
-    fn name(&self) -> &'static str {
-        "depthwise-conv1d-grad-w"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let n = self.name();
-        let dw = float_dispatch!(n, (s1, s2), |x, d| grad_w(
-            slice(x, l1, n)?,
-            slice(d, l2, n)?,
-            self.0
-        ));
-        let g = self.0;
-        Ok((dw, Shape::from((g.c, 1, g.k))))
-    }
-}
+grad_op!(GradW, "depthwise-conv1d-grad-w", grad_w, (x, d), |g, l| {
+    Shape::from((g.c, 1, g.k))
+});

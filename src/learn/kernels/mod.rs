@@ -20,6 +20,27 @@ pub use prelu::prelu;
 
 use candle_core::{Layout, Result};
 
+/// A tensor viewed as `[outer, C, inner]`: runs of `inner` contiguous entries that share a
+/// channel (a PReLU slope, an affine scale).
+#[derive(Clone, Copy, Debug)]
+struct Runs {
+    outer: usize,
+    c: usize,
+    inner: usize,
+}
+
+impl Runs {
+    /// `f(channel, run)` over the runs in memory order.
+    fn each(&self, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
+        for o in 0..self.outer {
+            for c in 0..self.c {
+                let start = (o * self.c + c) * self.inner;
+                f(c, start..start + self.inner);
+            }
+        }
+    }
+}
+
 /// The contiguous slice a layout reads.
 ///
 /// Errors: a non-contiguous layout (callers make inputs contiguous first).
@@ -70,3 +91,65 @@ macro_rules! float_dispatch {
     };
 }
 pub(crate) use float_dispatch;
+
+/// `impl CustomOp2` (two inputs) or `CustomOp3` (three) for `$ty(Geometry)`, a gradient
+/// kernel without a backward of its own: `$f(&[T].., Geometry) -> Vec<T>` on the inputs'
+/// contiguous f32/f64 slices; the output shape is `$shape`, from the geometry `$g` and the
+/// first input's layout `$l`.
+macro_rules! grad_op {
+    ($ty:ident, $name:literal, $f:ident, ($a:ident, $b:ident), |$g:ident, $l:ident| $shape:expr) => {
+        impl candle_core::CustomOp2 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &candle_core::CpuStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CpuStorage,
+                l2: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                use candle_core::CpuStorage;
+                let out = $crate::learn::kernels::float_dispatch!($name, (s1, s2), |$a, $b| $f(
+                    $crate::learn::kernels::slice($a, l1, $name)?,
+                    $crate::learn::kernels::slice($b, l2, $name)?,
+                    self.0
+                ));
+                #[allow(unused_variables)]
+                let ($g, $l) = (self.0, l1);
+                Ok((out, $shape))
+            }
+        }
+    };
+    ($ty:ident, $name:literal, $f:ident, ($a:ident, $b:ident, $c:ident), |$g:ident, $l:ident| $shape:expr) => {
+        impl candle_core::CustomOp3 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &candle_core::CpuStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CpuStorage,
+                l2: &candle_core::Layout,
+                s3: &candle_core::CpuStorage,
+                l3: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                use candle_core::CpuStorage;
+                let out =
+                    $crate::learn::kernels::float_dispatch!($name, (s1, s2, s3), |$a, $b, $c| $f(
+                        $crate::learn::kernels::slice($a, l1, $name)?,
+                        $crate::learn::kernels::slice($b, l2, $name)?,
+                        $crate::learn::kernels::slice($c, l3, $name)?,
+                        self.0
+                    ));
+                #[allow(unused_variables)]
+                let ($g, $l) = (self.0, l1);
+                Ok((out, $shape))
+            }
+        }
+    };
+}
+pub(crate) use grad_op;

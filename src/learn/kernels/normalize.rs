@@ -2,8 +2,8 @@
 //! population variance, as one fused CPU op with its backward: the canonical form of
 //! GroupNorm(1), LayerNormalization and gLN (Luo & Mesgarani 2019, eq. 13, before its
 //! affine) that [`crate::learn::fuse`] finds.
-use super::{float_dispatch, slice, Float};
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use super::{grad_op, slice, Float};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
@@ -105,27 +105,6 @@ fn grad_x<T: Float>(x: &[T], y: &[T], dy: &[T], g: Geometry) -> Vec<T> {
     dx
 }
 
-impl CustomOp3 for GradX {
-    fn name(&self) -> &'static str {
-        "normalize-grad-x"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let n = self.name();
-        let dx = float_dispatch!(n, (s1, s2, s3), |x, y, d| grad_x(
-            slice(x, l1, n)?,
-            slice(y, l2, n)?,
-            slice(d, l3, n)?,
-            self.0
-        ));
-        Ok((dx, l1.shape().clone()))
-    }
-}
+grad_op!(GradX, "normalize-grad-x", grad_x, (x, y, d), |g, l| l
+    .shape()
+    .clone());
