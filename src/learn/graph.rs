@@ -237,14 +237,9 @@ impl Run<'_> {
                     .inputs
                     .iter()
                     .map(|name| {
-                        self.values
-                            .get(name)
-                            .or_else(|| overrides.get(name))
-                            .or_else(|| g.consts.get(name))
-                            .cloned()
-                            .ok_or_else(|| {
-                                Error::node(node, format!("input '{name}' has no value"))
-                            })
+                        self.lookup(name, overrides).ok_or_else(|| {
+                            Error::node(node, format!("input '{name}' has no value"))
+                        })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let y = f
@@ -260,13 +255,10 @@ impl Run<'_> {
                 .iter()
                 .map(|name| {
                     if name.is_empty() {
-                        return None;
+                        None
+                    } else {
+                        self.lookup(name, overrides)
                     }
-                    self.values
-                        .get(name)
-                        .or_else(|| overrides.get(name))
-                        .or_else(|| g.consts.get(name))
-                        .cloned()
                 })
                 .collect();
             if let Some(k) = ins
@@ -295,6 +287,15 @@ impl Run<'_> {
             self.drop_last_reads(i);
         }
         Ok(())
+    }
+
+    /// The value of `name`: computed in this run, else overridden, else a constant.
+    fn lookup(&self, name: &str, overrides: &HashMap<String, CTensor>) -> Option<CTensor> {
+        self.values
+            .get(name)
+            .or_else(|| overrides.get(name))
+            .or_else(|| self.graph.consts.get(name))
+            .cloned()
     }
 
     /// Drops the values whose last reader is node `i` (the graph output stays).
