@@ -156,17 +156,18 @@ fn param_axis(ir: &Ir, param: &str, data: &[usize]) -> Option<usize> {
     }
 }
 
-/// `node` (a binary op) reads `data` and a parameter along `axis` of `data_shape`: the
-/// parameter.
-fn param_operand(ir: &Ir, node: usize, data: &str, shape: &[usize], axis: usize) -> Option<String> {
-    let ins = &ir.nodes()[node].input;
-    let other = match ins.as_slice() {
+/// `node` (a binary op) reads `data` (of shape `shape`) and a parameter varying along one
+/// of `data`'s axes: the parameter and that axis.
+fn param_operand(ir: &Ir, node: usize, data: &str, shape: &[usize]) -> Option<(String, usize)> {
+    let other = match ir.nodes()[node].input.as_slice() {
         [a, b] if a == data => b,
         [a, b] if b == data => a,
         _ => return None,
     };
-    (other != data && is_param(ir, other) && param_axis(ir, other, shape) == Some(axis))
-        .then(|| other.clone())
+    if other == data || !is_param(ir, other) {
+        return None;
+    }
+    Some((other.clone(), param_axis(ir, other, shape)?))
 }
 
 /// The per-channel affine chain starting at `start`: `[Transpose(p) ->] Mul(., scale) [->
@@ -198,14 +199,12 @@ fn affine(ir: &Ir, start: usize) -> Option<Fusion> {
         None => x.clone(),
     };
     let shape = ir.fact(&read)?.shape.clone();
-    let scale_in = nodes[mul].input.iter().find(|v| **v != read)?.clone();
-    let axis = param_axis(ir, &scale_in, &shape)?;
-    let scale = param_operand(ir, mul, &read, &shape, axis)?;
+    let (scale, axis) = param_operand(ir, mul, &read, &shape)?;
     chain.push(mul);
     let mut inputs = vec![x, scale];
     let mut last = nodes[mul].output[0].clone();
     if let Some(add) = sole_reader(ir, &last).filter(|&a| nodes[a].op_type() == "Add") {
-        if let Some(bias) = param_operand(ir, add, &last, &shape, axis) {
+        if let Some((bias, _)) = param_operand(ir, add, &last, &shape).filter(|p| p.1 == axis) {
             chain.push(add);
             inputs.push(bias);
             last = nodes[add].output[0].clone();
@@ -213,10 +212,9 @@ fn affine(ir: &Ir, start: usize) -> Option<Fusion> {
     }
     let axis = match &perm {
         Some(p) => {
-            let back = sole_reader(ir, &last)?;
-            let rank = p.len();
-            let q = crate::ops::transpose_perm(&nodes[back], rank).ok()?;
-            if nodes[back].op_type() != "Transpose" || (0..rank).any(|k| p[q[k]] != k) {
+            let back = sole_reader(ir, &last).filter(|&b| nodes[b].op_type() == "Transpose")?;
+            let q = crate::ops::transpose_perm(&nodes[back], p.len()).ok()?;
+            if (0..p.len()).any(|k| p[q[k]] != k) {
                 return None;
             }
             chain.push(back);

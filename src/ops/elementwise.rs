@@ -385,3 +385,49 @@ fn in_memory_order(
     }
     f(&lift(a)?, &lift(b)?)?.permute(back)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::in_memory_order;
+    use candle_core::{Device, Tensor, Var};
+
+    /// On a transposed view, the op in memory order gives the plain op's values and
+    /// gradients, and its result keeps the view's layout.
+    #[test]
+    fn an_op_on_a_transposed_view_runs_in_memory_order_with_the_same_values() {
+        let x: Vec<f64> = (0..2 * 5 * 7)
+            .map(|i| ((i * 37) % 11) as f64 - 5.0)
+            .collect();
+        let x = Var::from_tensor(&Tensor::from_vec(x, (2, 5, 7), &Device::Cpu).unwrap()).unwrap();
+        let gamma = Var::from_tensor(&Tensor::arange(1.0f64, 6.0, &Device::Cpu).unwrap()).unwrap();
+        let r = Tensor::arange(0.0f64, 70.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 7, 5))
+            .unwrap();
+        let run = |ordered: bool| {
+            let t = x.as_tensor().transpose(1, 2).unwrap(); // [2, 7, 5], not contiguous
+            let y = if ordered {
+                in_memory_order(&t, gamma.as_tensor(), |a, b| a.broadcast_mul(b)).unwrap()
+            } else {
+                t.broadcast_mul(gamma.as_tensor()).unwrap()
+            };
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            (
+                flat(&y),
+                y.is_contiguous(),
+                flat(g.get(x.as_tensor()).unwrap()),
+                flat(g.get(gamma.as_tensor()).unwrap()),
+            )
+        };
+        let (plain, ordered) = (run(false), run(true));
+        assert_eq!(plain.0, ordered.0);
+        assert_eq!(plain.2, ordered.2);
+        assert_eq!(plain.3, ordered.3);
+        assert!(plain.1, "candle's plain op writes a contiguous result");
+        assert!(
+            !ordered.1,
+            "the result is a view in the operand's memory order"
+        );
+    }
+}

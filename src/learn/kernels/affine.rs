@@ -1,7 +1,7 @@
 //! A per-channel affine map `y = x * scale[c] + bias[c]` (a norm's gamma and beta) as one
 //! fused CPU op with its backward.
-use super::{float_dispatch, grad_op, slice, Float, Runs};
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use super::{cpu_op, Float, Runs};
+use candle_core::{Result, Shape, Tensor};
 
 type Geometry = Runs;
 
@@ -51,31 +51,18 @@ fn forward<T: Float>(x: &[T], s: &[T], b: &[T], g: Geometry) -> Vec<T> {
     y
 }
 
-impl CustomOp3 for Affine {
-    fn name(&self) -> &'static str {
-        "channel-affine"
-    }
+cpu_op!(
+    Affine,
+    "channel-affine",
+    forward,
+    (x, s, b),
+    |g, l| l.shape().clone(),
+    bwd = backward
+);
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let n = self.name();
-        let y = float_dispatch!(n, (s1, s2, s3), |x, s, b| forward(
-            slice(x, l1, n)?,
-            slice(s, l2, n)?,
-            slice(b, l3, n)?,
-            self.0
-        ));
-        Ok((y, l1.shape().clone()))
-    }
-
-    fn bwd(
+impl Affine {
+    #[allow(clippy::type_complexity)]
+    fn backward(
         &self,
         x: &Tensor,
         scale: &Tensor,
@@ -105,7 +92,7 @@ fn grad_x<T: Float>(dy: &[T], s: &[T], _bias: &[T], g: Geometry) -> Vec<T> {
     dx
 }
 
-grad_op!(GradX, "channel-affine-grad-x", grad_x, (d, s, b), |g, l| l
+cpu_op!(GradX, "channel-affine-grad-x", grad_x, (d, s, b), |g, l| l
     .shape()
     .clone());
 
@@ -126,7 +113,7 @@ fn grad_params<T: Float>(x: &[T], dy: &[T], _bias: &[T], g: Geometry) -> Vec<T> 
     out
 }
 
-grad_op!(
+cpu_op!(
     GradParams,
     "channel-affine-grad-params",
     grad_params,

@@ -1,7 +1,7 @@
 //! Depthwise 1-D convolution (ONNX `Conv` with `group = C`, `W [C, 1, K]`, stride 1) as one
 //! fused CPU op with its backward: Conv-TasNet's and SuDoRM-RF's dilated depthwise layers.
-use super::{float_dispatch, grad_op, slice, Float};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use super::{cpu_op, Float};
+use candle_core::{Result, Shape, Tensor};
 
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
@@ -97,29 +97,17 @@ fn forward<T: Float>(x: &[T], w: &[T], g: Geometry) -> Vec<T> {
     y
 }
 
-impl CustomOp2 for Depthwise {
-    fn name(&self) -> &'static str {
-        "depthwise-conv1d"
-    }
+cpu_op!(
+    Depthwise,
+    "depthwise-conv1d",
+    forward,
+    (x, w),
+    |g, l| Shape::from((g.rows / g.c, g.c, g.t_out)),
+    bwd = backward
+);
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let n = self.name();
-        let y = float_dispatch!(n, (s1, s2), |x, w| forward(
-            slice(x, l1, n)?,
-            slice(w, l2, n)?,
-            self.0
-        ));
-        let g = self.0;
-        Ok((y, Shape::from((g.rows / g.c, g.c, g.t_out))))
-    }
-
-    fn bwd(
+impl Depthwise {
+    fn backward(
         &self,
         x: &Tensor,
         w: &Tensor,
@@ -149,7 +137,7 @@ fn grad_x<T: Float>(dy: &[T], w: &[T], g: Geometry) -> Vec<T> {
     dx
 }
 
-grad_op!(GradX, "depthwise-conv1d-grad-x", grad_x, (d, w), |g, l| {
+cpu_op!(GradX, "depthwise-conv1d-grad-x", grad_x, (d, w), |g, l| {
     Shape::from((g.rows / g.c, g.c, g.t))
 });
 
@@ -170,6 +158,6 @@ fn grad_w<T: Float>(x: &[T], dy: &[T], g: Geometry) -> Vec<T> {
     dw
 }
 
-grad_op!(GradW, "depthwise-conv1d-grad-w", grad_w, (x, d), |g, l| {
+cpu_op!(GradW, "depthwise-conv1d-grad-w", grad_w, (x, d), |g, l| {
     Shape::from((g.c, 1, g.k))
 });

@@ -92,12 +92,13 @@ macro_rules! float_dispatch {
 }
 pub(crate) use float_dispatch;
 
-/// `impl CustomOp2` (two inputs) or `CustomOp3` (three) for `$ty(Geometry)`, a gradient
-/// kernel without a backward of its own: `$f(&[T].., Geometry) -> Vec<T>` on the inputs'
-/// contiguous f32/f64 slices; the output shape is `$shape`, from the geometry `$g` and the
-/// first input's layout `$l`.
-macro_rules! grad_op {
-    ($ty:ident, $name:literal, $f:ident, ($a:ident, $b:ident), |$g:ident, $l:ident| $shape:expr) => {
+/// `impl CustomOp2` (two inputs) or `CustomOp3` (three) for `$ty(Geometry)`: the forward
+/// `$f(&[T].., Geometry) -> Vec<T>` on the inputs' contiguous f32/f64 slices, with output
+/// shape `$shape` (from the geometry `$g` and the first input's layout `$l`), and, with
+/// `bwd = method`, the backward `self.method(inputs.., y, dy)`; gradient kernels have none.
+macro_rules! cpu_op {
+    ($ty:ident, $name:literal, $f:ident, ($a:ident, $b:ident), |$g:ident, $l:ident| $shape:expr
+     $(, bwd = $bwd:ident)?) => {
         impl candle_core::CustomOp2 for $ty {
             fn name(&self) -> &'static str {
                 $name
@@ -120,9 +121,22 @@ macro_rules! grad_op {
                 let ($g, $l) = (self.0, l1);
                 Ok((out, $shape))
             }
+
+            $(
+            fn bwd(
+                &self,
+                a: &candle_core::Tensor,
+                b: &candle_core::Tensor,
+                y: &candle_core::Tensor,
+                dy: &candle_core::Tensor,
+            ) -> candle_core::Result<(Option<candle_core::Tensor>, Option<candle_core::Tensor>)> {
+                self.$bwd(a, b, y, dy)
+            }
+            )?
         }
     };
-    ($ty:ident, $name:literal, $f:ident, ($a:ident, $b:ident, $c:ident), |$g:ident, $l:ident| $shape:expr) => {
+    ($ty:ident, $name:literal, $f:ident, ($a:ident, $b:ident, $c:ident), |$g:ident, $l:ident| $shape:expr
+     $(, bwd = $bwd:ident)?) => {
         impl candle_core::CustomOp3 for $ty {
             fn name(&self) -> &'static str {
                 $name
@@ -149,7 +163,25 @@ macro_rules! grad_op {
                 let ($g, $l) = (self.0, l1);
                 Ok((out, $shape))
             }
+
+            $(
+            #[allow(clippy::type_complexity)]
+            fn bwd(
+                &self,
+                a: &candle_core::Tensor,
+                b: &candle_core::Tensor,
+                c: &candle_core::Tensor,
+                y: &candle_core::Tensor,
+                dy: &candle_core::Tensor,
+            ) -> candle_core::Result<(
+                Option<candle_core::Tensor>,
+                Option<candle_core::Tensor>,
+                Option<candle_core::Tensor>,
+            )> {
+                self.$bwd(a, b, c, y, dy)
+            }
+            )?
         }
     };
 }
-pub(crate) use grad_op;
+pub(crate) use cpu_op;

@@ -2,7 +2,7 @@
 //! population variance, as one fused CPU op with its backward: the canonical form of
 //! GroupNorm(1), LayerNormalization and gLN (Luo & Mesgarani 2019, eq. 13, before its
 //! affine) that [`crate::learn::fuse`] finds.
-use super::{grad_op, slice, Float};
+use super::{cpu_op, slice, Float};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 #[derive(Clone, Copy, Debug)]
@@ -105,6 +105,6 @@ fn grad_x<T: Float>(x: &[T], y: &[T], dy: &[T], g: Geometry) -> Vec<T> {
     dx
 }
 
-grad_op!(GradX, "normalize-grad-x", grad_x, (x, y, d), |g, l| l
+cpu_op!(GradX, "normalize-grad-x", grad_x, (x, y, d), |g, l| l
     .shape()
     .clone());

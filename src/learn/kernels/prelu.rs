@@ -1,7 +1,7 @@
 //! PReLU (ONNX `PRelu`; He et al. 2015, eq. 1): `y = x` where `x > 0`, else `slope * x`, as
 //! one fused CPU op with its backward.
-use super::{float_dispatch, grad_op, slice, Float, Runs};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use super::{cpu_op, Float, Runs};
+use candle_core::{Result, Shape, Tensor};
 
 type Geometry = Runs;
 
@@ -56,27 +56,17 @@ fn forward<T: Float>(x: &[T], s: &[T], g: Geometry) -> Vec<T> {
     y
 }
 
-impl CustomOp2 for PRelu {
-    fn name(&self) -> &'static str {
-        "prelu"
-    }
+cpu_op!(
+    PRelu,
+    "prelu",
+    forward,
+    (x, s),
+    |g, l| l.shape().clone(),
+    bwd = backward
+);
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = float_dispatch!(self.name(), (s1, s2), |x, s| forward(
-            slice(x, l1, "prelu")?,
-            slice(s, l2, "prelu")?,
-            self.0
-        ));
-        Ok((y, l1.shape().clone()))
-    }
-
-    fn bwd(
+impl PRelu {
+    fn backward(
         &self,
         x: &Tensor,
         slope: &Tensor,
@@ -110,7 +100,7 @@ fn grad_x<T: Float>(x: &[T], s: &[T], dy: &[T], g: Geometry) -> Vec<T> {
     dx
 }
 
-grad_op!(GradX, "prelu-grad-x", grad_x, (x, s, d), |g, l| l
+cpu_op!(GradX, "prelu-grad-x", grad_x, (x, s, d), |g, l| l
     .shape()
     .clone());
 
@@ -132,6 +122,6 @@ fn grad_slope<T: Float>(x: &[T], dy: &[T], g: Geometry) -> Vec<T> {
     ds
 }
 
-grad_op!(GradSlope, "prelu-grad-slope", grad_slope, (x, d), |g, l| {
+cpu_op!(GradSlope, "prelu-grad-slope", grad_slope, (x, d), |g, l| {
     Shape::from(g.c)
 });
