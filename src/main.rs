@@ -106,6 +106,11 @@ enum Cmd {
         /// Calibration crops per mixture for `--refit` (of `--seconds` each).
         #[arg(long, default_value_t = 2)]
         refit_crops: usize,
+        /// Extra calibration crops for `--refit`, remixed label-free: the original model's
+        /// estimates on the mixtures as speech, their residuals (perturbed in speed, tilt and
+        /// direction) or coloured noise as noise, at SNRs in [-5, 10] dB.
+        #[arg(long, default_value_t = 0)]
+        refit_remix: usize,
         /// Ridge strength of `--refit`, relative to the mean diagonal of the Gram matrix.
         #[arg(long, default_value_t = 1e-4)]
         ridge: f64,
@@ -190,6 +195,10 @@ enum Cmd {
         /// Skip the least-squares refit of the linear layers before fine-tuning.
         #[arg(long)]
         no_refit: bool,
+        /// Label-free remixes added to the refit's calibration audio (see `prune
+        /// --refit-remix`).
+        #[arg(long, default_value_t = 80)]
+        refit_remix: usize,
     },
     /// Learn channel masks with the SepPrune Gumbel learner (Candle, CPU) on a data set.
     Learn {
@@ -292,6 +301,10 @@ enum Cmd {
         /// with added noise (label-free).
         #[arg(long)]
         dynamic_mix: bool,
+        /// With --dynamic-mix, perturb recorded noises: speed (x2/3 to x3/2), spectral tilt,
+        /// time reversal.
+        #[arg(long, requires = "dynamic_mix")]
+        perturb_noise: bool,
         /// Validations without improvement before the learning rate is halved.
         #[arg(long, default_value_t = 1)]
         patience: usize,
@@ -507,6 +520,7 @@ fn main() -> Result<()> {
             runs,
             cuda,
             no_refit,
+            refit_remix,
         } => {
             let o = sepprune::pipeline::Options {
                 target_macs,
@@ -521,6 +535,7 @@ fn main() -> Result<()> {
                 progress: true,
                 cuda,
                 refit: !no_refit,
+                refit_remix,
             };
             let train = train.unwrap_or_else(|| data.clone());
             let dir = sepprune::pipeline::compress(&model, &data, &train, &output, &o)?;
@@ -626,6 +641,7 @@ fn main() -> Result<()> {
             seed,
             loss,
             dynamic_mix,
+            perturb_noise,
             patience,
             ema,
             force,
@@ -650,6 +666,7 @@ fn main() -> Result<()> {
                 progress: !json,
                 device: sepprune::learn::device(cuda)?,
                 dynamic_mix,
+                perturb_noise,
                 patience,
                 ema,
             };
@@ -747,6 +764,7 @@ fn main() -> Result<()> {
             refit,
             refit_scope,
             refit_crops,
+            refit_remix,
             ridge,
         } => {
             let t0 = std::time::Instant::now();
@@ -831,6 +849,8 @@ fn main() -> Result<()> {
                         crops_per_file: refit_crops,
                         ridge,
                         scope: refit_scope,
+                        remix: refit_remix,
+                        seed: 0,
                         progress: !json,
                     };
                     let r = sepprune::learn::refit::refit(

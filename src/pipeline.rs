@@ -48,6 +48,9 @@ pub struct Options {
     /// Refit the linear layers by least squares on `train`'s mixtures before fine-tuning
     /// ([`crate::learn::refit`], label-free).
     pub refit: bool,
+    /// Label-free remixes added to the refit's calibration audio
+    /// ([`crate::learn::refit::RefitOptions::remix`]).
+    pub refit_remix: usize,
 }
 
 fn row(name: &str, p: &Profile, e: &EvalReport) -> String {
@@ -135,6 +138,8 @@ pub fn compress(
         let ro = RefitOptions {
             samples: 16000,
             crops_per_file: 2,
+            remix: o.refit_remix,
+            seed: o.seed,
             progress: o.progress,
             ..RefitOptions::default()
         };
@@ -145,14 +150,15 @@ pub fn compress(
     let start = refitted.as_ref().map_or(&slim_ir.model, |r| &r.model);
     let tuned = if o.finetune_minutes > 0.0 {
         // the recipe measured best on held-out data (README, "Dynamic mixing"): a fresh
-        // remix every step at lr 1e-4; fixed crops at lr 1e-3 fitted the training noises
-        // and undid the refit's gain
+        // remix every step, with perturbed noises, at lr 1e-4; fixed crops at lr 1e-3
+        // fitted the training noises and undid the refit's gain
         let fo = FinetuneOptions {
             samples,
             crops_per_file: 4,
             teacher: o.teacher.then(|| model.clone()),
             lr: 1e-4,
             dynamic_mix: true,
+            perturb_noise: true,
             minutes: Some(o.finetune_minutes),
             epochs: 1000,
             val_every: Some(32),

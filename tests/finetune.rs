@@ -177,12 +177,13 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
     let dir = tempfile::tempdir().unwrap();
     common::tiny_set(dir.path(), 4);
     let examples = || sepprune::audio::dataset::load(dir.path(), 16000).unwrap();
-    let draw = |seed: u64| {
-        let mut a = Augmenter::new(examples(), 400, None, seed).unwrap();
+    let draw = |seed: u64, perturb: bool| {
+        let mut a = Augmenter::new(examples(), 400, None, perturb, seed).unwrap();
         (0..8).map(|_| a.item()).collect::<Vec<_>>()
     };
-    let items = draw(3);
-    for it in &items {
+    let items = draw(3, false);
+    let perturbed = draw(3, true);
+    for it in items.iter().chain(&perturbed) {
         assert_eq!(
             (it.input.len(), it.targets.len(), it.targets[0].len()),
             (400, 1, 400)
@@ -196,15 +197,25 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
     }
     let inputs =
         |v: &[sepprune::learn::gumbel::Item]| v.iter().map(|i| i.input.clone()).collect::<Vec<_>>();
-    assert_eq!(inputs(&items), inputs(&draw(3)), "same seed, same examples");
-    assert_ne!(inputs(&items), inputs(&draw(4)));
+    assert_eq!(
+        inputs(&items),
+        inputs(&draw(3, false)),
+        "same seed, same examples"
+    );
+    assert_ne!(inputs(&items), inputs(&draw(4, false)));
+    assert_eq!(inputs(&perturbed), inputs(&draw(3, true)));
+    assert_ne!(
+        inputs(&items),
+        inputs(&perturbed),
+        "perturbed noises differ"
+    );
     // label-free: remixes of the teacher's estimates (window by window of 400 samples)
     let teacher = slim_tiny();
     let bare = tempfile::tempdir().unwrap();
     common::tiny_set(bare.path(), 3);
     std::fs::remove_dir_all(bare.path().join("s1")).unwrap();
     let ex = sepprune::audio::dataset::load(bare.path(), 16000).unwrap();
-    let err = Augmenter::new(ex.clone(), 400, None, 0)
+    let err = Augmenter::new(ex.clone(), 400, None, false, 0)
         .err()
         .unwrap()
         .to_string();
@@ -225,7 +236,7 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
             est
         })
         .collect();
-    let mut a = Augmenter::new(ex, 400, Some(&teacher), 0).unwrap();
+    let mut a = Augmenter::new(ex, 400, Some(&teacher), false, 0).unwrap();
     for _ in 0..4 {
         let it = a.item();
         let t = &it.targets[0];

@@ -120,6 +120,39 @@ proptest! {
         );
         prop_assert!(d < 1e-9, "max difference {d}");
     }
+
+    #[test]
+    fn normalize_affine_matches_reduce_mean_then_mul_add(
+        shape in prop::collection::vec(1usize..7, 2..5), from_pick in 1usize..4, axis_pick in 0usize..4,
+        bias in any::<bool>(), offset in -50.0f64..50.0, seed in 0u64..1000,
+    ) {
+        let from = 1 + (from_pick - 1) % (shape.len() - 1);
+        let axis = from + axis_pick % (shape.len() - from);
+        // an offset far from zero: the kernel must centre before it scales
+        let x = ((rand(&shape, seed) * 3.0).unwrap() + offset).unwrap();
+        let eps = 1e-8;
+        let axes: Vec<usize> = (from..shape.len()).collect();
+        let pshape: Vec<usize> = shape[axis..].iter().enumerate().map(|(i, &d)| if i == 0 { d } else { 1 }).collect();
+        let mut inputs = vec![x, rand(&pshape, seed + 1)];
+        if bias {
+            inputs.push(rand(&[shape[axis]], seed + 2));
+        }
+        let d = compare(
+            &inputs,
+            |v| kernels::normalize_affine(&v[0], from, eps, &v[1], v.get(2), axis).unwrap().expect("applies"),
+            |v| {
+                let d = v[0].broadcast_sub(&v[0].mean_keepdim(axes.clone()).unwrap()).unwrap();
+                let var = d.sqr().unwrap().mean_keepdim(axes.clone()).unwrap();
+                let n = d.broadcast_div(&(var + eps).unwrap().sqrt().unwrap()).unwrap();
+                let y = n.broadcast_mul(&v[1]).unwrap();
+                match v.get(2) {
+                    Some(b) => y.broadcast_add(&b.reshape(pshape.as_slice()).unwrap()).unwrap(),
+                    None => y,
+                }
+            },
+        );
+        prop_assert!(d < 1e-9, "max difference {d}");
+    }
 }
 
 proptest! {
@@ -150,6 +183,21 @@ proptest! {
         );
         prop_assert!(d < 1e-12, "max difference {d}");
     }
+
+    #[test]
+    fn channel_bias_matches_broadcast_add(
+        shape in prop::collection::vec(1usize..6, 1..4), axis_pick in 0usize..4, seed in 0u64..1000,
+    ) {
+        let axis = axis_pick % shape.len();
+        let bshape: Vec<usize> = shape[axis..].iter().enumerate().map(|(i, &d)| if i == 0 { d } else { 1 }).collect();
+        let inputs = [rand(&shape, seed), rand(&[shape[axis]], seed + 1)];
+        let d = compare(
+            &inputs,
+            |v| kernels::channel_bias(&v[0], &v[1], axis).unwrap().expect("applies"),
+            |v| v[0].broadcast_add(&v[1].reshape(bshape.as_slice()).unwrap()).unwrap(),
+        );
+        prop_assert!(d < 1e-12, "max difference {d}");
+    }
 }
 
 #[test]
@@ -171,7 +219,7 @@ fn kernels_decline_what_they_do_not_cover() {
 }
 
 /// Every normalisation of the Conv-TasNet and A-FRCNN fixtures (gLN: two means each) is
-/// found as one fused chain; `candle_fixtures.rs` checks the fused graphs against tract.
+/// found as one fused chain with its affine map; `candle_fixtures.rs` checks the fused graphs against tract.
 #[test]
 fn every_normalisation_of_the_fixtures_is_fused() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models");
@@ -188,17 +236,17 @@ fn every_normalisation_of_the_fixtures_is_fused() {
             .filter(|n| n.op_type() == "ReduceMean")
             .count();
         let fused = sepprune::learn::fuse::find(&ir);
-        let norms: Vec<_> = fused
-            .iter()
-            .filter(|f| matches!(f.kind, Kind::Normalize { .. }))
-            .collect();
         assert!(means > 0, "{name}: no ReduceMean");
-        assert_eq!(norms.len() * 2, means, "{name}");
-        for f in &norms {
-            assert_eq!(f.nodes.len(), 7, "{name}: {f:?}");
+        // each norm is fused with its gamma and beta: seven nodes, then Mul and Add,
+        // between two transposes in gLN as exported
+        assert_eq!(fused.len() * 2, means, "{name}: {fused:?}");
+        for f in &fused {
+            assert!(
+                matches!(f.kind, Kind::NormalizeAffine { axis: 1, .. }),
+                "{name}: {f:?}"
+            );
+            assert!([9, 11].contains(&f.nodes.len()), "{name}: {f:?}");
+            assert_eq!(f.inputs.len(), 3, "{name}: {f:?}");
         }
-        // each norm's gamma and beta follow as one affine map
-        let affine = fused.len() - norms.len();
-        assert_eq!(affine, norms.len(), "{name}: {fused:?}");
     }
 }

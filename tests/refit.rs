@@ -29,6 +29,8 @@ fn opts(scope: RefitScope, ridge: f64) -> RefitOptions {
         crops_per_file: 2,
         ridge,
         scope,
+        remix: 0,
+        seed: 0,
         progress: false,
     }
 }
@@ -180,4 +182,14 @@ fn after_pruning_the_refit_lowers_layer_and_output_errors_and_changes_only_those
     // deterministic
     let again = run().unwrap();
     assert_eq!(encode(&again.model), encode(&r.model));
+    // label-free remixes join the calibration audio, and the refit still moves the slim
+    // model towards the original on the real mixtures
+    let o = RefitOptions {
+        remix: 4,
+        ..opts(RefitScope::Sliced, 1e-4)
+    };
+    let remixed = refit(&ir, &gs, &masks, &s, dir.path(), &o).unwrap();
+    assert_eq!(remixed.crops, r.crops + 4);
+    assert!(output_mse(original, &remixed.model, dir.path()) < before);
+    assert_ne!(encode(&remixed.model), encode(&r.model));
 }

@@ -8,6 +8,12 @@
 //! [0, 0.98]: white to nearly brown); the mixture is their sum at an SNR uniform in
 //! [-5, 10] dB; the targets are the source crops.
 //!
+//! With `perturb`, a recorded noise is also perturbed, so that a few noise recordings stand
+//! for more: speed perturbation (Ko et al. 2015, "Audio augmentation for speech
+//! recognition": resampled by a factor uniform in log between 2/3 and 3/2, which scales its
+//! spectrum), a first-order spectral tilt `y[t] = x[t] + b x[t-1]` (`b` uniform in
+//! [-0.9, 0.9]: high-pass to low-pass) and, half the time, time reversal.
+//!
 //! Label-free (a teacher model): bootstrapped remixing (Tzinis et al. 2022, "RemixIT"): the
 //! teacher's outputs on each whole mixture stand in for its sources, and the mixture minus
 //! their sum for its noise; they are remixed as above, the teacher's estimates being the
@@ -25,6 +31,8 @@ pub struct Augmenter {
     /// Each example's noise: its mixture minus the sum of its sources.
     noises: Vec<Vec<f32>>,
     samples: usize,
+    /// Perturb recorded noises (speed, tilt, reversal).
+    perturb: bool,
     rng: ChaCha8Rng,
 }
 
@@ -78,6 +86,31 @@ fn coloured(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
         .collect()
 }
 
+/// A crop of `x` perturbed to `n` samples: speed factor `r` (a crop of about `n r` samples
+/// linearly resampled to `n`), tilt and reversal (see the module docs).
+fn perturbed(x: &[f32], n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let r = rng.random_range((2f64 / 3.0).ln()..1.5f64.ln()).exp();
+    let src = crop(x, (n as f64 * r).ceil() as usize + 1, rng);
+    let mut y: Vec<f32> = (0..n)
+        .map(|i| {
+            let p = i as f64 * r;
+            let (j, f) = (p as usize, (p - p.floor()) as f32);
+            src[j] + f * (src[j + 1] - src[j])
+        })
+        .collect();
+    let b: f32 = rng.random_range(-0.9..0.9);
+    let mut prev = 0f32;
+    for v in y.iter_mut() {
+        let cur = *v;
+        *v = cur + b * prev;
+        prev = cur;
+    }
+    if rng.random_bool(0.5) {
+        y.reverse();
+    }
+    y
+}
+
 /// `x + g * noise` with `g` such that `x`'s power over the scaled noise's is `snr_db`.
 fn add_at_snr(x: &mut [f32], noise: &[f32], snr_db: f64) {
     let (px, pn) = (power(x), power(noise));
@@ -92,7 +125,8 @@ fn add_at_snr(x: &mut [f32], noise: &[f32], snr_db: f64) {
 
 impl Augmenter {
     /// With `teacher`, examples are label-free (the teacher's estimates replace any
-    /// references); otherwise every example must have its references.
+    /// references); otherwise every example must have its references. With `perturb`,
+    /// recorded noises are perturbed (speed, tilt, reversal).
     ///
     /// Errors: no examples; references missing without a teacher; a teacher that does not
     /// run at `samples`.
@@ -100,6 +134,7 @@ impl Augmenter {
         examples: Vec<Example>,
         samples: usize,
         teacher: Option<&crate::onnx::ModelProto>,
+        perturb: bool,
         seed: u64,
     ) -> Result<Augmenter> {
         if examples.is_empty() {
@@ -134,6 +169,7 @@ impl Augmenter {
             examples,
             noises,
             samples,
+            perturb,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xD1CE),
         })
     }
@@ -150,7 +186,12 @@ impl Augmenter {
             })
             .collect();
         let noise = if rng.random_bool(0.5) {
-            crop(&self.noises[rng.random_range(0..k)], n, rng)
+            let recorded = &self.noises[rng.random_range(0..k)];
+            if self.perturb {
+                perturbed(recorded, n, rng)
+            } else {
+                crop(recorded, n, rng)
+            }
         } else {
             coloured(n, rng)
         };

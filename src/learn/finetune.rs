@@ -52,6 +52,9 @@ pub struct FinetuneOptions {
     /// Train on a fresh dynamically mixed example at every step ([`super::augment`]) drawn
     /// from the training files, instead of their fixed crops (validation keeps its crops).
     pub dynamic_mix: bool,
+    /// With `dynamic_mix`, perturb recorded noises (speed, spectral tilt, reversal;
+    /// [`super::augment`]).
+    pub perturb_noise: bool,
     /// Validate and keep an exponential moving average of the weights with this decay per
     /// step (Polyak averaging), not the last weights.
     pub ema: Option<f64>,
@@ -76,6 +79,7 @@ impl Default for FinetuneOptions {
             progress: false,
             device: Device::Cpu,
             dynamic_mix: false,
+            perturb_noise: false,
             ema: None,
         }
     }
@@ -365,6 +369,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
             examples,
             o.samples,
             o.teacher.as_ref(),
+            o.perturb_noise,
             o.seed,
         )?)
     } else {

@@ -12,6 +12,9 @@
 //!   (or live parameters) along one axis, optionally between a Transpose and its inverse
 //!   (gLN's `gamma * x.transpose(1, -1) + beta` as Asteroid exports it): the map runs on
 //!   `x` in its own layout ([`super::kernels::channel_affine`]).
+//! - **Normalisation and its affine map**: a normalisation whose output only its affine
+//!   chain reads, along an axis inside the normalised block (a norm's gamma and beta), as
+//!   one kernel ([`super::kernels::normalize_affine`]).
 use crate::ir::Ir;
 use crate::onnx::Tensor;
 
@@ -32,6 +35,9 @@ pub enum Kind {
     /// `x * scale + bias` along `x`'s axis `axis` (inputs `[x, scale, bias?]`,
     /// [`super::kernels::channel_affine`]).
     Affine { axis: usize },
+    /// A normalisation over axes `from..` then `* scale + bias` along axis `axis` (inputs
+    /// `[x, scale, bias?]`, [`super::kernels::normalize_affine`]).
+    NormalizeAffine { from: usize, eps: f64, axis: usize },
 }
 
 impl Fusion {
@@ -43,6 +49,9 @@ impl Fusion {
         let y = match self.kind {
             Kind::Normalize { from, eps } => super::kernels::normalize(&x[0], from, eps)?,
             Kind::Affine { axis } => super::kernels::channel_affine(&x[0], &x[1], x.get(2), axis)?,
+            Kind::NormalizeAffine { from, eps, axis } => {
+                super::kernels::normalize_affine(&x[0], from, eps, &x[1], x.get(2), axis)?
+            }
         };
         y.ok_or_else(|| candle_core::Error::Msg("fused kernel does not apply".into()))
     }
@@ -50,9 +59,44 @@ impl Fusion {
 
 /// Every fusable chain of `ir`, in graph order of their first nodes.
 pub fn find(ir: &Ir) -> Vec<Fusion> {
-    (0..ir.nodes().len())
+    let chains: Vec<Fusion> = (0..ir.nodes().len())
         .filter_map(|i| normalization(ir, i).or_else(|| affine(ir, i)))
-        .collect()
+        .collect();
+    merge_affines(ir, chains)
+}
+
+/// Each normalisation whose output only a per-channel affine chain reads, along an axis
+/// inside the normalised block, merged with that chain into one.
+fn merge_affines(ir: &Ir, chains: Vec<Fusion>) -> Vec<Fusion> {
+    let output =
+        |f: &Fusion| ir.nodes()[*f.nodes.last().expect("a chain has nodes")].output[0].clone();
+    let mut out: Vec<Fusion> = vec![];
+    for f in chains {
+        let Kind::Affine { axis } = f.kind else {
+            out.push(f);
+            continue;
+        };
+        let norm = out.iter().enumerate().find_map(|(k, p)| match p.kind {
+            Kind::Normalize { from, eps }
+                if axis >= from
+                    && output(p) == f.inputs[0]
+                    && sole_reader(ir, &f.inputs[0]) == Some(f.nodes[0]) =>
+            {
+                Some((k, from, eps))
+            }
+            _ => None,
+        });
+        match norm {
+            Some((k, from, eps)) => {
+                let merged = &mut out[k];
+                merged.nodes.extend(&f.nodes);
+                merged.inputs.extend(f.inputs[1..].iter().cloned());
+                merged.kind = Kind::NormalizeAffine { from, eps, axis };
+            }
+            None => out.push(f),
+        }
+    }
+    out
 }
 
 /// The node reading `value`, when exactly one node does (possibly at several inputs) and

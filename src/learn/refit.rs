@@ -43,6 +43,12 @@ pub struct RefitOptions {
     /// tr(XᵀX) / d); keeps the solve well posed when kept channels are collinear.
     pub ridge: f64,
     pub scope: RefitScope,
+    /// Extra calibration crops remixed label-free ([`super::augment`] with the original
+    /// model as teacher and perturbed noises), so that the refit also sees noises unlike
+    /// the few recorded ones.
+    pub remix: usize,
+    /// Seed of the remixes.
+    pub seed: u64,
     pub progress: bool,
 }
 
@@ -53,6 +59,8 @@ impl Default for RefitOptions {
             crops_per_file: 1,
             ridge: 1e-4,
             scope: RefitScope::Sliced,
+            remix: 0,
+            seed: 0,
             progress: false,
         }
     }
@@ -96,7 +104,8 @@ struct Target {
 }
 
 /// Refits the linear layers of `slim` (the slimmed `original` under `masks`, as written by
-/// [`crate::prune::slim`]; node and value names shared) on the mixtures of `data`.
+/// [`crate::prune::slim`]; node and value names shared) on the mixtures of `data` (and
+/// `o.remix` label-free remixes of them).
 ///
 /// Errors: unreadable data, an op without a Candle lowering, a singular system (raise
 /// `ridge`).
@@ -118,7 +127,13 @@ pub fn refit(
         .collect();
     let orig = CandleGraph::new(orig_ir, &dev, DType::F32, &[])?;
     let slimg = CandleGraph::new(slim_ir, &dev, DType::F32, &live)?;
-    let xs = mixture_crops(data, o.samples, o.crops_per_file)?;
+    let mut xs = mixture_crops(data, o.samples, o.crops_per_file)?;
+    if o.remix > 0 {
+        let examples = crate::audio::dataset::load(data, 16000)?;
+        let teacher = Some(&original.model);
+        let mut mixer = super::augment::Augmenter::new(examples, o.samples, teacher, true, o.seed)?;
+        xs.extend((0..o.remix).map(|_| mixer.item().input));
+    }
     let mut runs_o = vec![];
     let mut runs_s = vec![];
     for x in &xs {

@@ -450,6 +450,9 @@ impl OpRule for ConvTranspose {
 fn add_bias(node: &NodeProto, y: CTensor, b: Option<&CTensor>) -> Result<CTensor> {
     let Some(b) = b else { return Ok(y) };
     let e = ce(node);
+    if let Some(y) = kernels::channel_bias(&y, b, 1).map_err(&e)? {
+        return Ok(y);
+    }
     let mut shape = vec![1usize; y.rank()];
     shape[1] = b.elem_count();
     b.reshape(shape)

@@ -1,6 +1,6 @@
 //! A per-channel affine map `y = x * scale[c] + bias[c]` (a norm's gamma and beta) as one
 //! fused CPU op with its backward.
-use super::{cpu_op, Float, Runs};
+use super::{channel_params, cpu_op, sum, Float, Runs};
 use candle_core::{Result, Shape, Tensor};
 
 type Geometry = Runs;
@@ -17,26 +17,12 @@ pub fn channel_affine(
     bias: Option<&Tensor>,
     axis: usize,
 ) -> Result<Option<Tensor>> {
-    let float = matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
-    let Some(&c) = x.dims().get(axis) else {
+    let Some((_, scale, bias)) = channel_params(x, axis, scale, bias)? else {
         return Ok(None);
-    };
-    let fits = |t: &Tensor| t.elem_count() == c && t.dtype() == x.dtype();
-    if !x.device().is_cpu() || !float || !fits(scale) || !bias.is_none_or(fits) {
-        return Ok(None);
-    }
-    let g = Geometry {
-        outer: x.dims()[..axis].iter().product(),
-        c,
-        inner: x.dims()[axis + 1..].iter().product(),
-    };
-    let bias = match bias {
-        Some(b) => b.contiguous()?,
-        None => Tensor::zeros(c, x.dtype(), x.device())?,
     };
     let y = x
         .contiguous()?
-        .apply_op3(&scale.contiguous()?, &bias, Affine(g))?;
+        .apply_op3(&scale, &bias, Affine(Runs::around(x.dims(), axis)))?;
     Ok(Some(y))
 }
 
@@ -102,13 +88,9 @@ struct GradParams(Geometry);
 fn grad_params<T: Float>(x: &[T], dy: &[T], _bias: &[T], g: Geometry) -> Vec<T> {
     let mut out = vec![T::default(); 2 * g.c];
     g.each(|c, r| {
-        let (mut s, mut b) = (T::default(), T::default());
-        for (&v, &d) in x[r.clone()].iter().zip(&dy[r]) {
-            s += v * d;
-            b += d;
-        }
-        out[c] += s;
-        out[g.c + c] += b;
+        let (xs, d) = (&x[r.clone()], &dy[r]);
+        out[c] += sum(xs.len(), |i| xs[i] * d[i]);
+        out[g.c + c] += sum(d.len(), |i| d[i]);
     });
     out
 }
@@ -120,3 +102,59 @@ cpu_op!(
     (x, d, b),
     |g, l| Shape::from((2, g.c))
 );
+
+/// `x + bias` with `bias` (`C` entries, any shape) along `x`'s axis `axis` (a convolution's
+/// bias): the affine map without a scale. `None` where [`channel_affine`] would decline.
+///
+/// Backward: `dx = dy` (the same tensor, no copy), `dbias[c] = sum(dy)` over channel `c`'s
+/// entries. Decomposed, a broadcast add also builds a zero-filled full-size gradient for the
+/// broadcast bias and accumulates into it before reducing it.
+pub fn channel_bias(x: &Tensor, bias: &Tensor, axis: usize) -> Result<Option<Tensor>> {
+    let Some((_, bias, _)) = channel_params(x, axis, bias, None)? else {
+        return Ok(None);
+    };
+    let y = x
+        .contiguous()?
+        .apply_op2(&bias, Bias(Runs::around(x.dims(), axis)))?;
+    Ok(Some(y))
+}
+
+struct Bias(Geometry);
+
+fn bias_forward<T: Float>(x: &[T], b: &[T], g: Geometry) -> Vec<T> {
+    let mut y = Vec::with_capacity(x.len());
+    g.each(|c, r| {
+        let o = b[c];
+        y.extend(x[r].iter().map(|&v| v + o));
+    });
+    y
+}
+
+cpu_op!(
+    Bias,
+    "channel-bias",
+    bias_forward,
+    (x, b),
+    |g, l| l.shape().clone(),
+    bwd = backward
+);
+
+impl Bias {
+    fn backward(
+        &self,
+        _x: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = self.0;
+        // [outer, C, inner] -> sum over the runs, then over `outer`
+        let db = dy
+            .contiguous()?
+            .reshape((g.outer, g.c, g.inner))?
+            .sum(2)?
+            .sum(0)?
+            .reshape(bias.shape())?;
+        Ok((Some(dy.clone()), Some(db)))
+    }
+}

@@ -1,6 +1,6 @@
 //! Depthwise 1-D convolution (ONNX `Conv` with `group = C`, `W [C, 1, K]`, stride 1) as one
 //! fused CPU op with its backward: Conv-TasNet's and SuDoRM-RF's dilated depthwise layers.
-use super::{cpu_op, Float};
+use super::{cpu_op, sum, Float};
 use candle_core::{Result, Shape, Tensor};
 
 #[derive(Clone, Copy, Debug)]
@@ -149,11 +149,7 @@ fn grad_w<T: Float>(x: &[T], dy: &[T], g: Geometry) -> Vec<T> {
     g.each(|row, wi, r, from| {
         let ds = &dy[row * g.t_out..][r.clone()];
         let xs = &x[row * g.t + from..][..r.len()];
-        let mut acc = T::default();
-        for (&xv, &d) in xs.iter().zip(ds) {
-            acc += xv * d;
-        }
-        dw[wi] += acc;
+        dw[wi] += sum(ds.len(), |i| xs[i] * ds[i]);
     });
     dw
 }

@@ -13,12 +13,12 @@ mod depthwise;
 mod normalize;
 mod prelu;
 
-pub use affine::channel_affine;
+pub use affine::{channel_affine, channel_bias};
 pub use depthwise::depthwise_conv1d;
-pub use normalize::normalize;
+pub use normalize::{normalize, normalize_affine};
 pub use prelu::prelu;
 
-use candle_core::{Layout, Result};
+use candle_core::{Layout, Result, Tensor};
 
 /// A tensor viewed as `[outer, C, inner]`: runs of `inner` contiguous entries that share a
 /// channel (a PReLU slope, an affine scale).
@@ -30,6 +30,15 @@ struct Runs {
 }
 
 impl Runs {
+    /// `dims` viewed around its axis `axis` (`axis < dims.len()`).
+    fn around(dims: &[usize], axis: usize) -> Runs {
+        Runs {
+            outer: dims[..axis].iter().product(),
+            c: dims[axis],
+            inner: dims[axis + 1..].iter().product(),
+        }
+    }
+
     /// `f(channel, run)` over the runs in memory order.
     fn each(&self, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
         for o in 0..self.outer {
@@ -39,6 +48,47 @@ impl Runs {
             }
         }
     }
+}
+
+/// The parameters of a per-channel map along `x`'s axis `axis`: `C`, then `scale` and
+/// `bias` (zeros when absent) made contiguous; `None` when the kernels do not apply (not on
+/// the CPU, not f32/f64, parameters without `C` entries or of another dtype).
+fn channel_params(
+    x: &Tensor,
+    axis: usize,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Option<(usize, Tensor, Tensor)>> {
+    let float = matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
+    let Some(&c) = x.dims().get(axis) else {
+        return Ok(None);
+    };
+    let fits = |t: &Tensor| t.elem_count() == c && t.dtype() == x.dtype();
+    if !x.device().is_cpu() || !float || !fits(scale) || !bias.is_none_or(fits) {
+        return Ok(None);
+    }
+    let bias = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(c, x.dtype(), x.device())?,
+    };
+    Ok(Some((c, scale.contiguous()?, bias)))
+}
+
+/// `sum f(i)` over `0..n`, in eight interleaved partial sums (which vectorise, where one
+/// running sum would not: float addition does not reassociate).
+fn sum<T: Float>(n: usize, f: impl Fn(usize) -> T) -> T {
+    let mut acc = [T::default(); 8];
+    let whole = n / 8 * 8;
+    for i in (0..whole).step_by(8) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a += f(i + j);
+        }
+    }
+    let mut total = T::default();
+    for v in acc.into_iter().chain((whole..n).map(f)) {
+        total += v;
+    }
+    total
 }
 
 /// The contiguous slice a layout reads.

@@ -1,6 +1,6 @@
 //! PReLU (ONNX `PRelu`; He et al. 2015, eq. 1): `y = x` where `x > 0`, else `slope * x`, as
 //! one fused CPU op with its backward.
-use super::{cpu_op, Float, Runs};
+use super::{cpu_op, sum, Float, Runs};
 use candle_core::{Result, Shape, Tensor};
 
 type Geometry = Runs;
@@ -16,11 +16,7 @@ fn geometry(x: &[usize], slope: &[usize]) -> Option<Geometry> {
             c: 1,
             inner: x.iter().product(),
         },
-        (Some((i, &d)), None) if x[off + i] == d => Runs {
-            outer: x[..off + i].iter().product(),
-            c: d,
-            inner: x[off + i + 1..].iter().product(),
-        },
+        (Some((i, &d)), None) if x[off + i] == d => Runs::around(x, off + i),
         _ => return None,
     };
     Some(g)
@@ -73,55 +69,36 @@ impl PRelu {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dx = x.apply_op3_no_bwd(slope, &dy, &GradX(self.0))?;
-        let ds = x
-            .apply_op2_no_bwd(&dy, &GradSlope(self.0))?
-            .reshape(slope.shape())?;
+        // one pass over x and dy: [dx; dslope]
+        let out = x.apply_op3_no_bwd(slope, &dy.contiguous()?, &Grad(self.0))?;
+        let n = x.elem_count();
+        let dx = out.narrow(0, 0, n)?.reshape(x.shape())?;
+        let ds = out.narrow(0, n, self.0.c)?.reshape(slope.shape())?;
         Ok((Some(dx), Some(ds)))
     }
 }
 
-/// `dx` from `(x, slope, dy)`.
-struct GradX(Geometry);
+/// `[dx (flattened); dslope]` from `(x, slope, dy)`.
+struct Grad(Geometry);
 
-fn grad_x<T: Float>(x: &[T], s: &[T], dy: &[T], g: Geometry) -> Vec<T> {
+fn grad<T: Float>(x: &[T], s: &[T], dy: &[T], g: Geometry) -> Vec<T> {
     let zero = T::default();
-    let mut dx = Vec::with_capacity(x.len());
-    g.each(|c, r| {
-        let a = s[c];
-        dx.extend(
-            x[r.clone()]
-                .iter()
-                .zip(&dy[r])
-                .map(|(&v, &d)| if v > zero { d } else { a * d }),
-        );
-    });
-    dx
-}
-
-cpu_op!(GradX, "prelu-grad-x", grad_x, (x, s, d), |g, l| l
-    .shape()
-    .clone());
-
-/// `dslope` `[C]` from `(x, dy)`.
-struct GradSlope(Geometry);
-
-fn grad_slope<T: Float>(x: &[T], dy: &[T], g: Geometry) -> Vec<T> {
-    let zero = T::default();
+    let mut out = Vec::with_capacity(x.len() + g.c);
     let mut ds = vec![zero; g.c];
     g.each(|c, r| {
-        let mut acc = zero;
-        for (&v, &d) in x[r.clone()].iter().zip(&dy[r]) {
-            if v <= zero {
-                acc += v * d;
-            }
-        }
-        ds[c] += acc;
+        let a = s[c];
+        let (xs, d) = (&x[r.clone()], &dy[r]);
+        out.extend(
+            xs.iter()
+                .zip(d)
+                .map(|(&v, &d)| if v > zero { d } else { a * d }),
+        );
+        ds[c] += sum(xs.len(), |i| if xs[i] > zero { zero } else { xs[i] * d[i] });
     });
-    ds
+    out.extend(ds);
+    out
 }
 
-cpu_op!(GradSlope, "prelu-grad-slope", grad_slope, (x, d), |g, l| {
-    Shape::from(g.c)
-});
+cpu_op!(Grad, "prelu-grad", grad, (x, s, d), |g, l| Shape::from(
+    l.shape().elem_count() + g.c
+));
