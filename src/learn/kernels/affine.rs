@@ -1,6 +1,6 @@
 //! A per-channel affine map `y = x * scale[c] + bias[c]` (a norm's gamma and beta) as one
 //! fused CPU op with its backward.
-use super::{channel_params, cpu_op, sum, Float, Runs};
+use super::{channel_params, cpu_op, split_grads, sum, Float, Runs};
 use candle_core::{Result, Shape, Tensor};
 
 type Geometry = Runs;
@@ -56,52 +56,32 @@ impl Affine {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let g = self.0;
-        let dx = dy.apply_op3_no_bwd(scale, bias, &GradX(g))?;
-        let sums = x.apply_op3_no_bwd(&dy, bias, &GradParams(g))?; // [2, C]
-        let ds = sums.get(0)?.reshape(scale.shape())?;
-        let db = sums.get(1)?.reshape(bias.shape())?;
-        Ok((Some(dx), Some(ds), Some(db)))
+        let out = x.apply_op3_no_bwd(&dy.contiguous()?, scale, &Grad(self.0))?;
+        let (dx, p) = split_grads(&out, x, &[scale, bias])?;
+        Ok((Some(dx), Some(p[0].clone()), Some(p[1].clone())))
     }
 }
 
-/// `dx` from `(dy, scale, _)`.
-struct GradX(Geometry);
+/// `[dx (flattened); dscale; dbias]` from `(x, dy, scale)`, in one pass over `x` and `dy`.
+struct Grad(Geometry);
 
-fn grad_x<T: Float>(dy: &[T], s: &[T], _bias: &[T], g: Geometry) -> Vec<T> {
-    let mut dx = Vec::with_capacity(dy.len());
+fn grad<T: Float>(x: &[T], dy: &[T], s: &[T], g: Geometry) -> Vec<T> {
+    let mut out = Vec::with_capacity(x.len() + 2 * g.c);
+    let (mut ds, mut db) = (vec![T::default(); g.c], vec![T::default(); g.c]);
     g.each(|c, r| {
         let a = s[c];
-        dx.extend(dy[r].iter().map(|&d| d * a));
-    });
-    dx
-}
-
-cpu_op!(GradX, "channel-affine-grad-x", grad_x, (d, s, b), |g, l| l
-    .shape()
-    .clone());
-
-/// `[dscale; dbias]` `[2, C]` from `(x, dy, _)`.
-struct GradParams(Geometry);
-
-fn grad_params<T: Float>(x: &[T], dy: &[T], _bias: &[T], g: Geometry) -> Vec<T> {
-    let mut out = vec![T::default(); 2 * g.c];
-    g.each(|c, r| {
         let (xs, d) = (&x[r.clone()], &dy[r]);
-        out[c] += sum(xs.len(), |i| xs[i] * d[i]);
-        out[g.c + c] += sum(d.len(), |i| d[i]);
+        out.extend(d.iter().map(|&d| d * a));
+        ds[c] += sum(xs.len(), |i| xs[i] * d[i]);
+        db[c] += sum(d.len(), |i| d[i]);
     });
+    out.extend(ds.into_iter().chain(db));
     out
 }
 
-cpu_op!(
-    GradParams,
-    "channel-affine-grad-params",
-    grad_params,
-    (x, d, b),
-    |g, l| Shape::from((2, g.c))
-);
+cpu_op!(Grad, "channel-affine-grad", grad, (x, d, s), |g, l| {
+    Shape::from(l.shape().elem_count() + 2 * g.c)
+});
 
 /// `x + bias` with `bias` (`C` entries, any shape) along `x`'s axis `axis` (a convolution's
 /// bias): the affine map without a scale. `None` where [`channel_affine`] would decline.

@@ -74,6 +74,20 @@ fn channel_params(
     Ok(Some((c, scale.contiguous()?, bias)))
 }
 
+/// A gradient kernel's flat output `[dx; dp_1; ...; dp_k]` as `dx` shaped like `x` and each
+/// `dp_i` shaped like `params[i]` (views of one buffer, no copies).
+fn split_grads(out: &Tensor, x: &Tensor, params: &[&Tensor]) -> Result<(Tensor, Vec<Tensor>)> {
+    let n = x.elem_count();
+    let dx = out.narrow(0, 0, n)?.reshape(x.shape())?;
+    let mut at = n;
+    let mut dp = Vec::with_capacity(params.len());
+    for p in params {
+        dp.push(out.narrow(0, at, p.elem_count())?.reshape(p.shape())?);
+        at += p.elem_count();
+    }
+    Ok((dx, dp))
+}
+
 /// `sum f(i)` over `0..n`, in eight interleaved partial sums (which vectorise, where one
 /// running sum would not: float addition does not reassociate).
 fn sum<T: Float>(n: usize, f: impl Fn(usize) -> T) -> T {

@@ -3,7 +3,7 @@
 //! GroupNorm(1), LayerNormalization and gLN (Luo & Mesgarani 2019, eq. 13, before its
 //! affine) that [`crate::learn::fuse`] finds; and the same followed by its per-channel
 //! affine map (gamma, beta) as one op.
-use super::{channel_params, cpu_op, slice, sum, Float, Runs};
+use super::{channel_params, cpu_op, slice, split_grads, sum, Float, Runs};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 #[derive(Clone, Copy, Debug)]
@@ -195,11 +195,8 @@ impl NormalizeAffine {
         let g = self.0;
         // one pass for the sums both gradients need, one for dx: [dx; dscale; dbias]
         let out = x.apply_op3_no_bwd(&dy.contiguous()?, scale, &AffineGrad(g))?;
-        let n = x.elem_count();
-        let dx = out.narrow(0, 0, n)?.reshape(x.shape())?;
-        let ds = out.narrow(0, n, g.row.c)?.reshape(scale.shape())?;
-        let db = out.narrow(0, n + g.row.c, g.row.c)?.reshape(bias.shape())?;
-        Ok((Some(dx), Some(ds), Some(db)))
+        let (dx, p) = split_grads(&out, x, &[scale, bias])?;
+        Ok((Some(dx), Some(p[0].clone()), Some(p[1].clone())))
     }
 }
 

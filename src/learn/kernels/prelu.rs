@@ -1,6 +1,6 @@
 //! PReLU (ONNX `PRelu`; He et al. 2015, eq. 1): `y = x` where `x > 0`, else `slope * x`, as
 //! one fused CPU op with its backward.
-use super::{cpu_op, sum, Float, Runs};
+use super::{cpu_op, split_grads, sum, Float, Runs};
 use candle_core::{Result, Shape, Tensor};
 
 type Geometry = Runs;
@@ -71,10 +71,8 @@ impl PRelu {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // one pass over x and dy: [dx; dslope]
         let out = x.apply_op3_no_bwd(slope, &dy.contiguous()?, &Grad(self.0))?;
-        let n = x.elem_count();
-        let dx = out.narrow(0, 0, n)?.reshape(x.shape())?;
-        let ds = out.narrow(0, n, self.0.c)?.reshape(slope.shape())?;
-        Ok((Some(dx), Some(ds)))
+        let (dx, p) = split_grads(&out, x, &[slope])?;
+        Ok((Some(dx), Some(p[0].clone())))
     }
 }
 
