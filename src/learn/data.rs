@@ -51,12 +51,25 @@ pub fn crops(
 ///
 /// Errors: unreadable data.
 pub fn mixture_crops(data: &Path, samples: usize, crops_per_file: usize) -> Result<Vec<Vec<f32>>> {
-    Ok(dataset::load(data, 16000)?
+    Ok(mixture_windows(
+        &dataset::load(data, 16000)?,
+        samples,
+        crops_per_file,
+    ))
+}
+
+/// [`mixture_crops`] of examples already loaded.
+pub fn mixture_windows(
+    examples: &[dataset::Example],
+    samples: usize,
+    crops_per_file: usize,
+) -> Vec<Vec<f32>> {
+    examples
         .iter()
         .flat_map(|ex| {
             (0..count(ex.mix.len(), samples, crops_per_file)).map(|c| window(&ex.mix, samples, c))
         })
-        .collect())
+        .collect()
 }
 
 /// How many windows of `samples` to take from a signal of `len` samples (at least one).

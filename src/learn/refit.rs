@@ -11,7 +11,7 @@
 //! solved in closed form from the normal equations. Label-free (mixtures only). Layers are
 //! refitted in graph order while the slimmed model runs, so each one sees the inputs that
 //! the layers refitted before it produce and corrects the error accumulated upstream.
-use super::data::mixture_crops;
+use super::data::mixture_windows;
 use super::graph::{to_candle, CandleGraph};
 use crate::analysis::Groups;
 use crate::error::{Error, Result};
@@ -127,9 +127,9 @@ pub fn refit(
         .collect();
     let orig = CandleGraph::new(orig_ir, &dev, DType::F32, &[])?;
     let slimg = CandleGraph::new(slim_ir, &dev, DType::F32, &live)?;
-    let mut xs = mixture_crops(data, o.samples, o.crops_per_file)?;
+    let examples = crate::audio::dataset::load(data, 16000)?;
+    let mut xs = mixture_windows(&examples, o.samples, o.crops_per_file);
     if o.remix > 0 {
-        let examples = crate::audio::dataset::load(data, 16000)?;
         let teacher = Some(&original.model);
         let mut mixer = super::augment::Augmenter::new(examples, o.samples, teacher, true, o.seed)?;
         xs.extend((0..o.remix).map(|_| mixer.item().input));
