@@ -4,6 +4,10 @@
 //! ORT runs with as many threads as Candle uses (all cores) and with one.
 //!
 //!     cargo bench --bench train_step
+//!     RAYON_NUM_THREADS=1 CANDLE_NUM_THREADS=1 cargo bench --bench train_step  # Candle on 1 thread
+//!
+//! Candle's GEMM threads follow `RAYON_NUM_THREADS`, its elementwise pool
+//! `CANDLE_NUM_THREADS`: set both for a one-thread step.
 use criterion::{criterion_group, criterion_main, Criterion};
 use sepprune::learn::finetune::Trainer;
 use sepprune::learn::gumbel::{step, GumbelConfig, Item, Scores};

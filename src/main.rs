@@ -297,8 +297,10 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = sepprune::learn::loss::Loss::SiSdr)]
         loss: sepprune::learn::loss::Loss,
         /// A fresh dynamically mixed example at every step instead of fixed crops: sources
-        /// and noises of different files remixed (references), or with --teacher mixtures
-        /// with added noise (label-free).
+        /// and noises of different files remixed (references), or with --teacher the
+        /// teacher's speech estimates remixed with noises, the teacher's outputs on each
+        /// remix being its targets (label-free distillation; validation then also holds
+        /// remixes of the validation files).
         #[arg(long)]
         dynamic_mix: bool,
         /// With --dynamic-mix, perturb recorded noises: speed (x2/3 to x3/2), spectral tilt,

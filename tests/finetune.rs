@@ -245,6 +245,18 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
         });
         assert!(found, "a target is a crop of a teacher estimate");
     }
+    // distillation: the same kind of remix, with the teacher's outputs on it as targets
+    for _ in 0..3 {
+        let it = a.distilled().unwrap();
+        assert_eq!(it.targets, vec![tm.run(&it.input).unwrap()]);
+    }
+    let err = Augmenter::new(examples(), 400, None, false, 0)
+        .unwrap()
+        .distilled()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("teacher"), "{err}");
     // fine-tuning on dynamic mixtures runs and improves validation
     let model = slim_tiny();
     let r = finetune(
@@ -257,6 +269,36 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
     )
     .unwrap();
     assert!(r.best.val_loss < r.history[0].val_loss, "{:?}", r.history);
+    // label-free: distilling the unpruned model on remixes of mixtures alone brings the
+    // slimmed one closer to it on validation crops and remixes
+    let r = finetune(
+        &model,
+        bare.path(),
+        &FinetuneOptions {
+            dynamic_mix: true,
+            perturb_noise: true,
+            teacher: Some(common::tiny_tasnet()),
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert!(
+        r.best.val_loss < r.history[0].val_loss - 0.1,
+        "{:?}",
+        r.history
+    );
+    // its validation is not the crops' alone (those are what fixed-crop distillation sees)
+    let crops_only = finetune(
+        &model,
+        bare.path(),
+        &FinetuneOptions {
+            teacher: Some(common::tiny_tasnet()),
+            epochs: 1,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_ne!(crops_only.history[0].val_loss, r.history[0].val_loss);
 }
 
 #[test]

@@ -18,6 +18,12 @@
 //! teacher's outputs on each whole mixture stand in for its sources, and the mixture minus
 //! their sum for its noise; they are remixed as above, the teacher's estimates being the
 //! targets. Only mixtures are read.
+//!
+//! Distillation ([`Augmenter::distilled`]): the same remixed input, with the teacher's
+//! outputs on that very input as targets (Hinton et al. 2015, "Distilling the knowledge in
+//! a neural network", on augmented inputs). The student learns the teacher's function on
+//! noises the data set never recorded; the teacher's own errors are part of the target, so
+//! the student is never asked to beat it.
 use super::gumbel::Item;
 use crate::audio::dataset::Example;
 use crate::error::Result;
@@ -33,6 +39,8 @@ pub struct Augmenter {
     samples: usize,
     /// Perturb recorded noises (speed, tilt, reversal).
     perturb: bool,
+    /// The teacher at `[1, 1, samples]`, label-free.
+    teacher: Option<TractModel>,
     rng: ChaCha8Rng,
 }
 
@@ -151,10 +159,12 @@ impl Augmenter {
             }
         }
         let mut examples = examples;
-        if let Some(m) = teacher {
-            let t = TractModel::new(m, &[1, 1, samples])?;
+        let teacher = teacher
+            .map(|m| TractModel::new(m, &[1, 1, samples]))
+            .transpose()?;
+        if let Some(t) = &teacher {
             for ex in &mut examples {
-                ex.sources = estimate(&t, &ex.mix, samples)?;
+                ex.sources = estimate(t, &ex.mix, samples)?;
             }
         }
         let noises = examples
@@ -170,6 +180,7 @@ impl Augmenter {
             noises,
             samples,
             perturb,
+            teacher,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xD1CE),
         })
     }
@@ -198,5 +209,22 @@ impl Augmenter {
         let mut input: Vec<f32> = (0..n).map(|i| targets.iter().map(|t| t[i]).sum()).collect();
         add_at_snr(&mut input, &noise, rng.random_range(-5.0..10.0));
         Item { input, targets }
+    }
+
+    /// The next remix ([`Augmenter::item`]) with the teacher's outputs on it as targets
+    /// `[S][samples]` (distillation, see the module docs).
+    ///
+    /// Errors: an augmenter built without a teacher; a teacher that fails to run.
+    pub fn distilled(&mut self) -> Result<Item> {
+        let mut it = self.item();
+        let t = self.teacher.as_ref().ok_or_else(|| {
+            crate::error::Error::Other("dynamic mixing: distillation needs a teacher".into())
+        })?;
+        it.targets = t
+            .run(&it.input)?
+            .chunks(self.samples)
+            .map(<[f32]>::to_vec)
+            .collect();
+        Ok(it)
     }
 }

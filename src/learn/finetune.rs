@@ -6,6 +6,10 @@
 //! of every epoch (or every `val_every` steps): the learning rate halves when the validation
 //! loss does not improve, training stops after `stop_after` evaluations without
 //! improvement, at `epochs`, or at `minutes`, and the best weights by validation are kept.
+//! With a teacher and dynamic mixing, training distils the teacher on remixes
+//! ([`super::augment::Augmenter::distilled`]) and validation holds, beside the validation
+//! crops, as many distilled remixes of the validation files: the crops alone only show the
+//! training noises, which a refit student already reproduces.
 //! Learnable parameters are what each op rule names ([`crate::ops::OpRule::params`]):
 //! weights, biases, affine scales, slopes. Everything else in the model is left unchanged.
 use super::data::{crops, epoch_order};
@@ -50,7 +54,8 @@ pub struct FinetuneOptions {
     /// Candle device ([`super::device`]).
     pub device: Device,
     /// Train on a fresh dynamically mixed example at every step ([`super::augment`]) drawn
-    /// from the training files, instead of their fixed crops (validation keeps its crops).
+    /// from the training files, instead of their fixed crops (validation keeps its crops;
+    /// with a teacher, it also gets distilled remixes of the validation files).
     pub dynamic_mix: bool,
     /// With `dynamic_mix`, perturb recorded noises (speed, spectral tilt, reversal;
     /// [`super::augment`]).
@@ -125,6 +130,10 @@ pub fn learnable(ir: &Ir) -> Vec<String> {
     }
     out
 }
+
+/// Seed of the validation remixes: the same draw whatever the training seed, so that runs
+/// with different seeds are validated on the same examples.
+const VALIDATION_SEED: u64 = 0x5_EED0_F7A1;
 
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
@@ -358,23 +367,42 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         // fewer than k files: the last crop is the validation split
         val.push(train.pop().expect("two files"));
     }
-    let mut mixer = if o.dynamic_mix {
-        let examples: Vec<_> = crate::audio::dataset::load(data, 16000)?
+    let mut mixer = None;
+    if o.dynamic_mix {
+        let (mut fit, mut held) = (vec![], vec![]);
+        for (i, e) in crate::audio::dataset::load(data, 16000)?
             .into_iter()
             .enumerate()
-            .filter(|(i, _)| i % k != k - 1)
-            .map(|(_, e)| e)
-            .collect();
-        Some(super::augment::Augmenter::new(
-            examples,
+        {
+            if i % k == k - 1 {
+                held.push(e);
+            } else {
+                fit.push(e);
+            }
+        }
+        if o.teacher.is_some() && !held.is_empty() {
+            // label-free: the real validation crops only show the training noises, which a
+            // refit student already reproduces; as many distilled remixes of the validation
+            // files (a fixed draw) show the noises training perturbs and synthesises
+            let mut v = super::augment::Augmenter::new(
+                held,
+                o.samples,
+                o.teacher.as_ref(),
+                o.perturb_noise,
+                VALIDATION_SEED,
+            )?;
+            for _ in 0..val.len() {
+                val.push(v.distilled()?);
+            }
+        }
+        mixer = Some(super::augment::Augmenter::new(
+            fit,
             o.samples,
             o.teacher.as_ref(),
             o.perturb_noise,
             o.seed,
-        )?)
-    } else {
-        None
-    };
+        )?);
+    }
     let first = Eval {
         step: 0,
         seconds: t0.elapsed().as_secs_f64(),
@@ -396,6 +424,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         let order = epoch_order(train.len(), o.seed, step / train.len());
         for &i in order.iter().skip(step % train.len()) {
             let lv = match mixer.as_mut() {
+                Some(m) if o.teacher.is_some() => trainer.step(&m.distilled()?)?,
                 Some(m) => trainer.step(&m.item())?,
                 None => trainer.step(&train[i])?,
             };
