@@ -151,7 +151,10 @@ pub fn compress(
     let tuned = if o.finetune_minutes > 0.0 {
         // the recipe measured best on held-out data (README, "Dynamic mixing"): a fresh
         // remix every step, with perturbed noises, at lr 1e-4; fixed crops at lr 1e-3
-        // fitted the training noises and undid the refit's gain
+        // fitted the training noises and undid the refit's gain. Label-free (distillation,
+        // validated on remixes too), the lr halves only after 3 validations of 64 steps
+        // without improvement and training runs to the time budget
+        let (val_every, patience, stop_after) = if o.teacher { (64, 3, 1000) } else { (32, 1, 4) };
         let fo = FinetuneOptions {
             samples,
             crops_per_file: 4,
@@ -161,8 +164,9 @@ pub fn compress(
             perturb_noise: true,
             minutes: Some(o.finetune_minutes),
             epochs: 1000,
-            val_every: Some(32),
-            stop_after: 4,
+            val_every: Some(val_every),
+            patience,
+            stop_after,
             seed: o.seed,
             progress: o.progress,
             device: device.clone(),
