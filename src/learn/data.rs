@@ -19,13 +19,31 @@ pub fn crops(
     crops_per_file: usize,
     teacher: Option<&ModelProto>,
 ) -> Result<Vec<Vec<Item>>> {
-    let examples = dataset::load(data, 16000)?;
+    crops_of(
+        &dataset::load(data, 16000)?,
+        data,
+        samples,
+        crops_per_file,
+        teacher,
+    )
+}
+
+/// [`crops`] of examples already loaded from `data` (named in errors).
+///
+/// Errors: no references and no teacher; a teacher that does not run.
+pub fn crops_of(
+    examples: &[dataset::Example],
+    data: &Path,
+    samples: usize,
+    crops_per_file: usize,
+    teacher: Option<&ModelProto>,
+) -> Result<Vec<Vec<Item>>> {
     let teacher = teacher
         .map(|m| TractModel::new(m, &[1, 1, samples]))
         .transpose()?;
     let crop = |x: &[f32], c: usize| window(x, samples, c);
     let mut out = vec![];
-    for ex in &examples {
+    for ex in examples {
         let mut file = vec![];
         for c in 0..count(ex.mix.len(), samples, crops_per_file) {
             let input = crop(&ex.mix, c);

@@ -12,7 +12,7 @@
 //! training noises, which a refit student already reproduces.
 //! Learnable parameters are what each op rule names ([`crate::ops::OpRule::params`]):
 //! weights, biases, affine scales, slopes. Everything else in the model is left unchanged.
-use super::data::{crops, epoch_order};
+use super::data::{crops_of, epoch_order};
 use super::graph::CandleGraph;
 use super::gumbel::Item;
 use super::loss::{on_targets, scalar, Loss};
@@ -347,7 +347,14 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         }
         trainer.set_ema(decay)?;
     }
-    let files = crops(data, o.samples, o.crops_per_file, o.teacher.as_ref())?;
+    let examples = crate::audio::dataset::load(data, 16000)?;
+    let files = crops_of(
+        &examples,
+        data,
+        o.samples,
+        o.crops_per_file,
+        o.teacher.as_ref(),
+    )?;
     let k = o.val_every_file.max(2);
     if files.len() < 2 {
         return Err(Error::Other(format!(
@@ -370,10 +377,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
     let mut mixer = None;
     if o.dynamic_mix {
         let (mut fit, mut held) = (vec![], vec![]);
-        for (i, e) in crate::audio::dataset::load(data, 16000)?
-            .into_iter()
-            .enumerate()
-        {
+        for (i, e) in examples.into_iter().enumerate() {
             if i % k == k - 1 {
                 held.push(e);
             } else {
