@@ -307,6 +307,13 @@ enum Cmd {
         /// time reversal.
         #[arg(long, requires = "dynamic_mix")]
         perturb_noise: bool,
+        /// With --teacher: also distil the teacher's activations at every linear layer, on
+        /// the channels these masks (the ones MODEL was pruned with) kept.
+        #[arg(long, requires = "teacher", value_name = "MASKS.json")]
+        hints: Option<PathBuf>,
+        /// Weight of the hint loss beside the output loss (both in dB).
+        #[arg(long, default_value_t = 1.0)]
+        hint_weight: f64,
         /// Validations without improvement before the learning rate is halved.
         #[arg(long, default_value_t = 1)]
         patience: usize,
@@ -644,6 +651,8 @@ fn main() -> Result<()> {
             loss,
             dynamic_mix,
             perturb_noise,
+            hints,
+            hint_weight,
             patience,
             ema,
             force,
@@ -669,6 +678,8 @@ fn main() -> Result<()> {
                 device: sepprune::learn::device(cuda)?,
                 dynamic_mix,
                 perturb_noise,
+                hints: hints.as_ref().map(|p| Masks::read(p)).transpose()?,
+                hint_weight,
                 patience,
                 ema,
             };

@@ -376,3 +376,119 @@ fn the_moving_average_is_decay_times_old_plus_the_rest_times_new_weights() {
         "the steps changed only {moved} weights"
     );
 }
+
+/// Hints compare each linear layer of the slimmed model with the original's on the kept
+/// channels: pruning one group leaves the layer that writes it exact on those channels
+/// (an error near the f32 floor, while a wrong channel selection would sit near 0 dB), and
+/// changes some layer after it.
+#[test]
+fn hints_compare_each_layer_with_the_teachers_kept_channels() {
+    use sepprune::learn::hints::Hints;
+    use sepprune::learn::CandleGraph;
+    let (orig, n) = (common::tiny_tasnet(), 400);
+    let ir = Ir::new(orig.clone(), n).unwrap();
+    let gs = analyze_groups(&ir).unwrap();
+    let cpu = candle_core::Device::Cpu;
+    let x = verify::test_signal(n, 16000.0);
+    let mut checked = 0;
+    for g in gs.prunable().filter(|g| !g.residual && g.size >= 4) {
+        // keep the odd channels only: any misalignment of kept channels shows
+        let mut masks = sepprune::prune::Masks::new();
+        masks.insert(g.id, g.size, (1..g.size).step_by(2).collect());
+        let slimmed = slim(&ir, &gs, &masks).unwrap().model;
+        let sir = Ir::new(slimmed.clone(), n).unwrap();
+        let hints = Hints::new(&orig, &masks, &sir, &cpu, candle_core::DType::F32).unwrap();
+        assert!(!hints.is_empty());
+        let student = CandleGraph::new(
+            Ir::new(slimmed, n).unwrap(),
+            &cpu,
+            candle_core::DType::F32,
+            &[],
+        )
+        .unwrap();
+        let xt = student.input(&x).unwrap();
+        let (_, acts) = student
+            .forward_keeping(&xt, &Default::default(), hints.names())
+            .unwrap();
+        let errs: Vec<(String, f32)> = hints
+            .errors(&xt, &acts)
+            .unwrap()
+            .into_iter()
+            .map(|(v, e)| (v, e.to_scalar::<f32>().unwrap()))
+            .collect();
+        let in_g = |v: &str| {
+            gs.by_value
+                .get(v)
+                .is_some_and(|a| a.iter().any(|&(_, i)| i == g.id))
+        };
+        // does any computed value upstream of `v` (itself excluded) carry the group?
+        let upstream_in_g = |v: &str| {
+            let mut stack = vec![v.to_string()];
+            let mut seen = std::collections::HashSet::new();
+            while let Some(v) = stack.pop() {
+                let Some(&p) = sir.producer.get(&v) else {
+                    continue;
+                };
+                for i in &sir.nodes()[p].input {
+                    if sir.producer.contains_key(i) && in_g(i) {
+                        return true;
+                    }
+                    if seen.insert(i.clone()) {
+                        stack.push(i.clone());
+                    }
+                }
+            }
+            false
+        };
+        // the first hinted layer that writes the group, with nothing of it upstream
+        let Some(first) = errs.iter().position(|(v, _)| in_g(v)) else {
+            continue;
+        };
+        if upstream_in_g(&errs[first].0) {
+            continue;
+        }
+        for (v, e) in &errs[..=first] {
+            assert!(
+                *e < -80.0,
+                "group {}: layer {v} before the cut differs: {e} dB",
+                g.id
+            );
+        }
+        let worst = errs.iter().map(|(_, e)| *e).fold(f32::MIN, f32::max);
+        assert!(
+            worst > -60.0,
+            "group {}: pruning changed no layer: {errs:?}",
+            g.id
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no group was checked");
+}
+
+#[test]
+fn hints_train_with_the_teacher_and_need_one() {
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_set(dir.path(), 4);
+    let orig = common::tiny_tasnet();
+    let ir = Ir::new(orig.clone(), 400).unwrap();
+    let gs = analyze_groups(&ir).unwrap();
+    let masks = masks_for_ratio(&ir, &gs, &Budget::new(0.4)).unwrap().masks;
+    let model = slim(&ir, &gs, &masks).unwrap().model;
+    let o = FinetuneOptions {
+        hints: Some(masks.clone()),
+        ..opts()
+    };
+    let e = finetune(&model, dir.path(), &o).err().unwrap().to_string();
+    assert!(e.contains("teacher"), "{e}");
+    let o = FinetuneOptions {
+        teacher: Some(orig),
+        ..o
+    };
+    let r = finetune(&model, dir.path(), &o).unwrap();
+    assert!(
+        r.best.val_loss < r.history[0].val_loss - 0.1,
+        "validation loss {} -> {}",
+        r.history[0].val_loss,
+        r.best.val_loss
+    );
+}

@@ -15,6 +15,7 @@
 use super::data::{crops_of, epoch_order};
 use super::graph::CandleGraph;
 use super::gumbel::Item;
+use super::hints::Hints;
 use super::loss::{on_targets, scalar, Loss};
 use crate::error::{Error, Result};
 use crate::ir::Ir;
@@ -60,6 +61,11 @@ pub struct FinetuneOptions {
     /// With `dynamic_mix`, perturb recorded noises (speed, spectral tilt, reversal;
     /// [`super::augment`]).
     pub perturb_noise: bool,
+    /// With a teacher: also match its activations at every linear layer on the channels
+    /// these masks (the ones the model was pruned with) kept ([`super::hints`]).
+    pub hints: Option<crate::prune::Masks>,
+    /// Weight of the hint loss (dB) beside the output loss (dB).
+    pub hint_weight: f64,
     /// Validate and keep an exponential moving average of the weights with this decay per
     /// step (Polyak averaging), not the last weights.
     pub ema: Option<f64>,
@@ -85,6 +91,8 @@ impl Default for FinetuneOptions {
             device: Device::Cpu,
             dynamic_mix: false,
             perturb_noise: false,
+            hints: None,
+            hint_weight: 1.0,
             ema: None,
         }
     }
@@ -149,6 +157,8 @@ pub struct Trainer {
     loss: Loss,
     /// Decay and the moving average of every parameter ([`Trainer::set_ema`]).
     ema: Option<(f64, Vec<CTensor>)>,
+    /// Intermediate-feature distillation and its weight ([`Trainer::set_hints`]).
+    hints: Option<(Hints, f64)>,
 }
 
 fn ce(e: candle_core::Error) -> Error {
@@ -200,7 +210,31 @@ impl Trainer {
             clip,
             loss,
             ema: None,
+            hints: None,
         })
+    }
+
+    /// From now on, every step also minimises `weight` times the hint loss against
+    /// `teacher` (the original model) under `masks` ([`super::hints`]); the reported and
+    /// validated loss stays the output loss.
+    ///
+    /// Errors: as [`Hints::new`].
+    pub fn set_hints(
+        &mut self,
+        teacher: &ModelProto,
+        masks: &crate::prune::Masks,
+        weight: f64,
+    ) -> Result<usize> {
+        let h = Hints::new(
+            teacher,
+            masks,
+            self.graph.ir(),
+            self.graph.device(),
+            self.graph.dtype(),
+        )?;
+        let n = h.len();
+        self.hints = Some((h, weight));
+        Ok(n)
     }
 
     /// Number of trained scalars.
@@ -253,15 +287,22 @@ impl Trainer {
     ///
     /// Errors: the forward pass, or a non-finite loss.
     pub fn step(&mut self, item: &Item) -> Result<f64> {
-        let y = self
-            .graph
-            .forward(&self.graph.input(&item.input)?, &self.overrides())?;
-        let loss = on_targets(&y, &item.targets, self.loss)?;
+        let x = self.graph.input(&item.input)?;
+        let (y, acts) = match &self.hints {
+            Some((h, _)) => self
+                .graph
+                .forward_keeping(&x, &self.overrides(), h.names())?,
+            None => (self.graph.forward(&x, &self.overrides())?, HashMap::new()),
+        };
+        let mut loss = on_targets(&y, &item.targets, self.loss)?;
         let lv = scalar(&loss)?;
         if !lv.is_finite() {
             return Err(Error::Other(format!(
                 "finetune: the loss is {lv}; try a lower --lr"
             )));
+        }
+        if let Some((h, w)) = &self.hints {
+            loss = (loss + (h.loss(&x, &acts)? * *w).map_err(ce)?).map_err(ce)?;
         }
         let mut grads = loss.backward().map_err(ce)?;
         if self.clip > 0.0 {
@@ -346,6 +387,12 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
             )));
         }
         trainer.set_ema(decay)?;
+    }
+    if let Some(masks) = &o.hints {
+        let teacher = o.teacher.as_ref().ok_or_else(|| {
+            Error::Other("finetune: hints need the original model as --teacher".into())
+        })?;
+        trainer.set_hints(teacher, masks, o.hint_weight)?;
     }
     let examples = crate::audio::dataset::load(data, 16000)?;
     let files = crops_of(

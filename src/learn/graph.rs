@@ -158,6 +158,30 @@ impl CandleGraph {
         run.output()
     }
 
+    /// [`CandleGraph::forward`] that also returns the computed values named in `keep` (a
+    /// value inside a fused chain is never computed, so never returned).
+    ///
+    /// Errors: as [`CandleGraph::forward`].
+    pub fn forward_keeping(
+        &self,
+        x: &CTensor,
+        overrides: &HashMap<String, CTensor>,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<(CTensor, HashMap<String, CTensor>)> {
+        let mut run = self.start(x)?;
+        let mut kept = HashMap::new();
+        for (i, node) in self.ir.nodes().iter().enumerate() {
+            run.run_to(i + 1, overrides)?;
+            // a node's outputs live at least until their first reader has run
+            for o in node.output.iter().filter(|o| keep.contains(*o)) {
+                if let Some(v) = run.value(o) {
+                    kept.insert(o.clone(), v.clone());
+                }
+            }
+        }
+        Ok((run.output()?, kept))
+    }
+
     /// A forward pass on `x` that runs node by node ([`Run::run_to`]), so that callers can
     /// read intermediate values and change overrides between nodes.
     ///

@@ -7,6 +7,7 @@ pub mod finetune;
 pub mod fuse;
 pub mod graph;
 pub mod gumbel;
+pub mod hints;
 pub mod kernels;
 pub mod loss;
 pub mod refit;

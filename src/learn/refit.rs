@@ -96,11 +96,11 @@ fn ce(e: candle_core::Error) -> Error {
 
 /// A layer to refit: its node index in the slimmed graph, its rule's [`Linear`] view, the
 /// original node's index, and the kept output channels (`None`: all).
-struct Target {
-    node: usize,
-    lin: Linear,
-    original: usize,
-    keep_out: Option<Vec<usize>>,
+pub(crate) struct Target {
+    pub node: usize,
+    pub lin: Linear,
+    pub original: usize,
+    pub keep_out: Option<Vec<usize>>,
 }
 
 /// Refits the linear layers of `slim` (the slimmed `original` under `masks`, as written by
@@ -233,10 +233,10 @@ pub fn refit(
 }
 
 /// Linear layers left as they were: (node name, reason).
-type Skipped = Vec<(String, String)>;
+pub(crate) type Skipped = Vec<(String, String)>;
 
 /// The layers to refit, in graph order, and the linear layers left alone with the reason.
-fn targets(
+pub(crate) fn targets(
     orig: &Ir,
     slim: &Ir,
     groups: &Groups,
