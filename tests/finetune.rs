@@ -484,6 +484,15 @@ fn hints_train_with_the_teacher_and_need_one() {
         teacher: Some(orig),
         ..o
     };
+    // masks of another model (a group of a different size) are refused, saying why
+    let mut other = masks.clone();
+    other.groups.values_mut().next().unwrap().size += 1;
+    let bad = FinetuneOptions {
+        hints: Some(other),
+        ..o.clone()
+    };
+    let e = finetune(&model, dir.path(), &bad).err().unwrap().to_string();
+    assert!(e.contains("do not fit the teacher"), "{e}");
     let r = finetune(&model, dir.path(), &o).unwrap();
     assert!(
         r.best.val_loss < r.history[0].val_loss - 0.1,

@@ -302,7 +302,14 @@ impl Trainer {
             )));
         }
         if let Some((h, w)) = &self.hints {
-            loss = (loss + (h.loss(&x, &acts)? * *w).map_err(ce)?).map_err(ce)?;
+            let hl = h.loss(&x, &acts)?;
+            let hv = scalar(&hl)?;
+            if !hv.is_finite() {
+                return Err(Error::Other(format!(
+                    "finetune: the hint loss is {hv}; try a lower --lr or --hint-weight"
+                )));
+            }
+            loss = (loss + (hl * *w).map_err(ce)?).map_err(ce)?;
         }
         let mut grads = loss.backward().map_err(ce)?;
         if self.clip > 0.0 {

@@ -45,10 +45,12 @@ pub struct Hints {
 
 impl Hints {
     /// Hints from `original` (the teacher) for `slim`, the model [`crate::prune::slim`]
-    /// made from it under `masks` (value names shared), both lowered at `samples`.
+    /// made from it under `masks` (value names shared); the teacher is lowered at
+    /// `slim.samples`.
     ///
-    /// Errors: masks that do not fit the original's channel groups; no linear layer in
-    /// common; an initializer that cannot be decoded.
+    /// Errors: masks that do not fit the original's channel groups (the message says so
+    /// and gives the mask error); no linear layer in common; an initializer that cannot be
+    /// decoded.
     pub fn new(
         original: &ModelProto,
         masks: &Masks,
@@ -58,7 +60,11 @@ impl Hints {
     ) -> Result<Hints> {
         let orig = Ir::new(original.clone(), slim.samples)?;
         let groups = analyze_groups(&orig)?;
-        masks.validate(&groups)?;
+        masks.validate(&groups).map_err(|e| {
+            Error::Other(format!(
+                "hints: the masks do not fit the teacher's channel groups: {e}"
+            ))
+        })?;
         let (found, _) = targets(&orig, slim, &groups, masks, RefitScope::All)?;
         let mut layers = vec![];
         for t in found {

@@ -97,10 +97,10 @@ fn ce(e: candle_core::Error) -> Error {
 /// A layer to refit: its node index in the slimmed graph, its rule's [`Linear`] view, the
 /// original node's index, and the kept output channels (`None`: all).
 pub(crate) struct Target {
-    pub node: usize,
-    pub lin: Linear,
-    pub original: usize,
-    pub keep_out: Option<Vec<usize>>,
+    pub(crate) node: usize,
+    pub(crate) lin: Linear,
+    original: usize,
+    pub(crate) keep_out: Option<Vec<usize>>,
 }
 
 /// Refits the linear layers of `slim` (the slimmed `original` under `masks`, as written by
