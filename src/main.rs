@@ -307,6 +307,10 @@ enum Cmd {
         /// time reversal.
         #[arg(long, requires = "dynamic_mix")]
         perturb_noise: bool,
+        /// With --teacher --dynamic-mix: distil only remixes on which the teacher improves
+        /// SI-SDR by at least this many dB (measured against the remixed sources).
+        #[arg(long, value_name = "DB", requires_all = ["teacher", "dynamic_mix"], allow_hyphen_values = true)]
+        min_teacher_gain: Option<f64>,
         /// With --teacher: also distil the teacher's activations at every linear layer, on
         /// the channels these masks (the ones MODEL was pruned with) kept.
         #[arg(long, requires = "teacher", value_name = "MASKS.json")]
@@ -651,6 +655,7 @@ fn main() -> Result<()> {
             loss,
             dynamic_mix,
             perturb_noise,
+            min_teacher_gain,
             hints,
             hint_weight,
             patience,
@@ -678,6 +683,7 @@ fn main() -> Result<()> {
                 device: sepprune::learn::device(cuda)?,
                 dynamic_mix,
                 perturb_noise,
+                min_teacher_gain,
                 hints: hints.as_ref().map(|p| Masks::read(p)).transpose()?,
                 hint_weight,
                 patience,

@@ -15,8 +15,9 @@
 //! [-0.9, 0.9]: high-pass to low-pass) and, half the time, time reversal.
 //!
 //! Label-free (a teacher model): bootstrapped remixing (Tzinis et al. 2022, "RemixIT"): the
-//! teacher's outputs on each whole mixture stand in for its sources, and the mixture minus
-//! their sum for its noise; they are remixed as above, the teacher's estimates being the
+//! teacher's outputs on each whole mixture, rescaled to the mixture window by window
+//! (least squares: a scale-invariant model's outputs have an arbitrary gain), stand in for
+//! its sources, and the mixture minus their sum for its noise; they are remixed as above, the teacher's estimates being the
 //! targets. Only mixtures are read.
 //!
 //! Distillation ([`Augmenter::distilled`]): the same remixed input, with the teacher's
@@ -41,10 +42,14 @@ pub struct Augmenter {
     perturb: bool,
     /// The teacher at `[1, 1, samples]`, label-free.
     teacher: Option<TractModel>,
+    /// Distil only remixes on which the teacher gains at least this many dB
+    /// ([`Augmenter::with_min_teacher_gain`]).
+    min_gain: Option<f64>,
     rng: ChaCha8Rng,
 }
 
-/// The teacher's outputs on the whole of `x`, window by window of `samples`: `[S][len]`.
+/// The teacher's outputs on the whole of `x`, window by window of `samples`, each window's
+/// outputs rescaled to the mixture ([`align`]): `[S][len]`.
 fn estimate(teacher: &TractModel, x: &[f32], samples: usize) -> Result<Vec<Vec<f32>>> {
     let mut out: Vec<Vec<f32>> = vec![];
     for start in (0..x.len().max(1)).step_by(samples) {
@@ -56,14 +61,70 @@ fn estimate(teacher: &TractModel, x: &[f32], samples: usize) -> Result<Vec<Vec<f
         let n = w.len();
         w.resize(samples, 0.0);
         let y = teacher.run(&w)?;
-        for (j, src) in y.chunks(samples).enumerate() {
+        let mut y: Vec<Vec<f32>> = y.chunks(samples).map(|s| s[..n].to_vec()).collect();
+        align(&mut y, &w[..n]);
+        for (j, src) in y.into_iter().enumerate() {
             if out.len() <= j {
                 out.push(vec![]);
             }
-            out[j].extend_from_slice(&src[..n]);
+            out[j].extend(src);
         }
     }
     Ok(out)
+}
+
+/// Rescales estimates `y` `[S][n]` in place by the gains `a` that best explain the mixture
+/// `x` `[n]`: `min_a ||x - sum_j a_j y_j||^2` (normal equations `G a = c`, `G_ij = <y_i, y_j>`,
+/// `c_i = <y_i, x>`, with a ridge of `1e-9 G_ii`).
+///
+/// A separator trained with a scale-invariant loss (SI-SDR) outputs its sources at an
+/// arbitrary gain and sign (the real Conv-TasNet enhancer: about -6000 times the speech).
+/// Without this, the residual `x - sum_j y_j` that stands for the noise would be the
+/// estimates themselves, negated and amplified, not the noise. A window the teacher
+/// leaves silent keeps gain 0.
+fn align(y: &mut [Vec<f32>], x: &[f32]) {
+    let s = y.len();
+    let dot = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(&p, &q)| p as f64 * q as f64)
+            .sum::<f64>()
+    };
+    let g = nalgebra::DMatrix::from_fn(s, s, |i, j| dot(&y[i], &y[j]));
+    let c = nalgebra::DVector::from_fn(s, |i, _| dot(&y[i], x));
+    // ridge relative to each estimate's own energy (gains may differ by orders of
+    // magnitude); a silent estimate gets a unit diagonal and so gain 0
+    let ridge = nalgebra::DMatrix::from_fn(s, s, |i, j| match (i == j, g[(i, i)]) {
+        (false, _) => 0.0,
+        (true, e) if e > 0.0 => 1e-9 * e,
+        (true, _) => 1.0,
+    });
+    let gains = (g + ridge)
+        .cholesky()
+        .map(|ch| ch.solve(&c))
+        .unwrap_or_else(|| nalgebra::DVector::zeros(s));
+    for (src, &a) in y.iter_mut().zip(gains.iter()) {
+        src.iter_mut().for_each(|v| *v = (*v as f64 * a) as f32);
+    }
+}
+
+/// Remixes drawn per item at most when the teacher must be reliable on them.
+pub const ATTEMPTS: usize = 16;
+
+/// The teacher's mean SI-SDR improvement (dB) on remix `it`, whose targets are still the
+/// remixed sources, given its outputs `out` `[S][samples]` on `it.input`; each source is
+/// matched with the output closest to it (permutation-free).
+fn teacher_gain(it: &Item, out: &[Vec<f32>]) -> f64 {
+    use crate::audio::metrics::si_sdr;
+    let gains: Vec<f64> = it
+        .targets
+        .iter()
+        .map(|s| {
+            let best = out.iter().map(|y| si_sdr(y, s)).fold(f64::MIN, f64::max);
+            best - si_sdr(&it.input, s)
+        })
+        .collect();
+    gains.iter().sum::<f64>() / gains.len().max(1) as f64
 }
 
 /// A crop of `x` of `n` samples at a random offset (zero-padded when `x` is shorter).
@@ -181,8 +242,19 @@ impl Augmenter {
             samples,
             perturb,
             teacher,
+            min_gain: None,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xD1CE),
         })
+    }
+
+    /// Distil only remixes on which the teacher is reliable: its SI-SDR improvement on the
+    /// remix, measured against the remixed sources (known, since the remix was built from
+    /// them), must be at least `db`. A teacher that fails on some noise (passes it through)
+    /// would otherwise teach the student to fail too. At most [`ATTEMPTS`] remixes are drawn
+    /// per item; if none qualifies, the one the teacher improves most is used.
+    pub fn with_min_teacher_gain(mut self, db: f64) -> Augmenter {
+        self.min_gain = Some(db);
+        self
     }
 
     /// The next example: input `[samples]`, targets `[S][samples]`.
@@ -216,15 +288,91 @@ impl Augmenter {
     ///
     /// Errors: an augmenter built without a teacher; a teacher that fails to run.
     pub fn distilled(&mut self) -> Result<Item> {
-        let mut it = self.item();
-        let t = self.teacher.as_ref().ok_or_else(|| {
-            crate::error::Error::Other("dynamic mixing: distillation needs a teacher".into())
-        })?;
-        it.targets = t
-            .run(&it.input)?
-            .chunks(self.samples)
-            .map(<[f32]>::to_vec)
-            .collect();
-        Ok(it)
+        let mut best: Option<(f64, Item)> = None;
+        for _ in 0..ATTEMPTS {
+            let mut it = self.item();
+            let t = self.teacher.as_ref().ok_or_else(|| {
+                crate::error::Error::Other("dynamic mixing: distillation needs a teacher".into())
+            })?;
+            let out: Vec<Vec<f32>> = t
+                .run(&it.input)?
+                .chunks(self.samples)
+                .map(<[f32]>::to_vec)
+                .collect();
+            let Some(min) = self.min_gain else {
+                it.targets = out;
+                return Ok(it);
+            };
+            let gain = teacher_gain(&it, &out);
+            it.targets = out;
+            if gain >= min {
+                return Ok(it);
+            }
+            if best.as_ref().is_none_or(|(g, _)| gain > *g) {
+                best = Some((gain, it));
+            }
+        }
+        Ok(best.expect("at least one attempt").1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `v` minus its projections on `basis` (Gram-Schmidt).
+    fn orthogonal(mut v: Vec<f32>, basis: &[&[f32]]) -> Vec<f32> {
+        for b in basis {
+            let d = |p: &[f32], q: &[f32]| {
+                p.iter()
+                    .zip(q)
+                    .map(|(&a, &c)| a as f64 * c as f64)
+                    .sum::<f64>()
+            };
+            let k = d(&v, b) / d(b, b);
+            v.iter_mut()
+                .zip(*b)
+                .for_each(|(x, &y)| *x -= (k * y as f64) as f32);
+        }
+        v
+    }
+
+    #[test]
+    fn align_recovers_sources_at_any_gain_and_leaves_the_noise() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut draw = || {
+            (0..500)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect::<Vec<f32>>()
+        };
+        let s1 = draw();
+        let s2 = orthogonal(draw(), &[&s1]);
+        let noise = orthogonal(draw(), &[&s1, &s2]);
+        let x: Vec<f32> = (0..500).map(|i| s1[i] + s2[i] + noise[i]).collect();
+        // a scale-invariant separator: the sources at arbitrary gains and signs
+        let mut y = vec![
+            s1.iter().map(|v| -6000.0 * v).collect::<Vec<f32>>(),
+            s2.iter().map(|v| 0.5 * v).collect(),
+        ];
+        align(&mut y, &x);
+        for (est, s) in y.iter().zip([&s1, &s2]) {
+            let err = est
+                .iter()
+                .zip(s)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-4, "source recovered up to {err}");
+        }
+        let residual: Vec<f32> = (0..500).map(|i| x[i] - y[0][i] - y[1][i]).collect();
+        let err = residual
+            .iter()
+            .zip(&noise)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(err < 1e-4, "the residual is the noise, up to {err}");
+        // a silent estimate gets gain 0, never NaN
+        let mut silent = vec![vec![0f32; 500]];
+        align(&mut silent, &x);
+        assert!(silent[0].iter().all(|&v| v == 0.0));
     }
 }

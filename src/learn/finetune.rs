@@ -61,6 +61,9 @@ pub struct FinetuneOptions {
     /// With `dynamic_mix`, perturb recorded noises (speed, spectral tilt, reversal;
     /// [`super::augment`]).
     pub perturb_noise: bool,
+    /// With a teacher and `dynamic_mix`: distil only remixes on which the teacher gains at
+    /// least this many dB SI-SDR ([`super::augment::Augmenter::with_min_teacher_gain`]).
+    pub min_teacher_gain: Option<f64>,
     /// With a teacher: also match its activations at every linear layer on the channels
     /// these masks (the ones the model was pruned with) kept ([`super::hints`]).
     pub hints: Option<crate::prune::Masks>,
@@ -91,6 +94,7 @@ impl Default for FinetuneOptions {
             device: Device::Cpu,
             dynamic_mix: false,
             perturb_noise: false,
+            min_teacher_gain: None,
             hints: None,
             hint_weight: 1.0,
             ema: None,
@@ -449,17 +453,24 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
                 o.perturb_noise,
                 VALIDATION_SEED,
             )?;
+            if let Some(db) = o.min_teacher_gain {
+                v = v.with_min_teacher_gain(db);
+            }
             for _ in 0..val.len() {
                 val.push(v.distilled()?);
             }
         }
-        mixer = Some(super::augment::Augmenter::new(
+        let m = super::augment::Augmenter::new(
             fit,
             o.samples,
             o.teacher.as_ref(),
             o.perturb_noise,
             o.seed,
-        )?);
+        )?;
+        mixer = Some(match o.min_teacher_gain {
+            Some(db) => m.with_min_teacher_gain(db),
+            None => m,
+        });
     }
     let first = Eval {
         step: 0,
