@@ -3,7 +3,7 @@
 //! nothing else changes, runs are deterministic; Taylor masks slim exactly.
 mod common;
 use sepprune::analysis::analyze_groups;
-use sepprune::audio::metrics::si_sdr;
+use sepprune::audio::metrics::{dot, si_sdr};
 use sepprune::ir::Ir;
 use sepprune::learn::finetune::{finetune, learnable, FinetuneOptions};
 use sepprune::onnx::{encode, tensor_from_proto, ModelProto};
@@ -225,12 +225,6 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
     );
     let tm = TractModel::new(&teacher, &[1, 1, 400]).unwrap();
     // each window's estimate at the gain that best explains the mixture (least squares)
-    let dot = |a: &[f32], b: &[f32]| {
-        a.iter()
-            .zip(b)
-            .map(|(&p, &q)| p as f64 * q as f64)
-            .sum::<f64>()
-    };
     let estimates: Vec<Vec<f32>> = ex
         .iter()
         .map(|e| {

@@ -11,7 +11,8 @@
 //! - Improvements (SI-SDRi, SDRi) subtract the metric of the mixture itself.
 //! - Several sources are matched by permutation-invariant assignment (PIT) on SI-SDR.
 
-fn dot(a: &[f32], b: &[f32]) -> f64 {
+/// `<a, b> = sum_t a[t] b[t]`, accumulated in f64 (over the shorter of the two).
+pub fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 

@@ -17,8 +17,8 @@
 //! Label-free (a teacher model): bootstrapped remixing (Tzinis et al. 2022, "RemixIT"): the
 //! teacher's outputs on each whole mixture, rescaled to the mixture window by window
 //! (least squares: a scale-invariant model's outputs have an arbitrary gain), stand in for
-//! its sources, and the mixture minus their sum for its noise; they are remixed as above, the teacher's estimates being the
-//! targets. Only mixtures are read.
+//! its sources, and the mixture minus their sum for its noise; they are remixed as above,
+//! the teacher's estimates being the targets. Only mixtures are read.
 //!
 //! Distillation ([`Augmenter::distilled`]): the same remixed input, with the teacher's
 //! outputs on that very input as targets (Hinton et al. 2015, "Distilling the knowledge in
@@ -83,13 +83,8 @@ fn estimate(teacher: &TractModel, x: &[f32], samples: usize) -> Result<Vec<Vec<f
 /// estimates themselves, negated and amplified, not the noise. A window the teacher
 /// leaves silent keeps gain 0.
 fn align(y: &mut [Vec<f32>], x: &[f32]) {
+    use crate::audio::metrics::dot;
     let s = y.len();
-    let dot = |a: &[f32], b: &[f32]| {
-        a.iter()
-            .zip(b)
-            .map(|(&p, &q)| p as f64 * q as f64)
-            .sum::<f64>()
-    };
     let g = nalgebra::DMatrix::from_fn(s, s, |i, j| dot(&y[i], &y[j]));
     let c = nalgebra::DVector::from_fn(s, |i, _| dot(&y[i], x));
     // ridge relative to each estimate's own energy (gains may differ by orders of
@@ -319,17 +314,12 @@ impl Augmenter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audio::metrics::dot;
 
     /// `v` minus its projections on `basis` (Gram-Schmidt).
     fn orthogonal(mut v: Vec<f32>, basis: &[&[f32]]) -> Vec<f32> {
         for b in basis {
-            let d = |p: &[f32], q: &[f32]| {
-                p.iter()
-                    .zip(q)
-                    .map(|(&a, &c)| a as f64 * c as f64)
-                    .sum::<f64>()
-            };
-            let k = d(&v, b) / d(b, b);
+            let k = dot(&v, b) / dot(b, b);
             v.iter_mut()
                 .zip(*b)
                 .for_each(|(x, &y)| *x -= (k * y as f64) as f32);
