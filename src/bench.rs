@@ -1,30 +1,72 @@
 //! `bench`: latency of several models across runtimes, interleaved in one run so that
 //! machine noise hits all models alike (NOTES.md protocol: fixed intra-op threads, inter-op 1,
 //! warm-ups, repeated timed runs, median and p10/p90). Ratios are to the first model.
+//!
+//! On a GPU (`ort-cuda`) the input is copied to device memory once and the output stays
+//! there: a timed run is the model's execution on the device, not the PCIe copies.
 use crate::analysis::profile;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ir::Ir;
 use crate::onnx::ModelProto;
-use crate::runtime::Runner;
+use crate::runtime::{Runner, Settings};
 pub use crate::runtime::Runtime;
 use serde::Serialize;
-use std::time::Instant;
 
 #[derive(Debug, Serialize)]
 pub struct Row {
     pub model: String,
     pub runtime: Runtime,
+    /// Audio length of one batch item, in seconds.
     pub seconds: f64,
+    /// Batch size (items per run).
+    pub batch: usize,
+    /// ORT CUDA: whether the run was captured in a CUDA graph.
+    pub cuda_graph: bool,
     pub median_ms: f64,
     pub p10_ms: f64,
     pub p90_ms: f64,
-    /// Real-time factor: processing time / audio duration.
+    /// Real-time factor: processing time / audio duration of the whole batch.
     pub rtf: f64,
+    /// MACs of one batch item.
     pub macs: u64,
     /// Speed-up over the first model (its median / this median).
     pub speedup: f64,
     /// MACs reduction over the first model (its MACs / these MACs): the ideal speed-up.
     pub macs_speedup: f64,
+}
+
+/// What `bench` measures and how.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Input lengths, in seconds at `rate`.
+    pub seconds: Vec<f64>,
+    /// Batch sizes. A model whose input declares batch 1 gets its batch axis widened
+    /// ([`crate::runtime::with_input_shape`]).
+    pub batches: Vec<usize>,
+    pub runtimes: Vec<Runtime>,
+    /// Sample rate of the waveform input, Hz.
+    pub rate: u32,
+    /// ORT CPU intra-op threads.
+    pub threads: usize,
+    /// ORT CUDA: capture and replay CUDA graphs.
+    pub cuda_graph: bool,
+    pub warmup: usize,
+    pub runs: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            seconds: vec![1.0, 4.0],
+            batches: vec![1],
+            runtimes: vec![Runtime::Ort, Runtime::Tract],
+            rate: 16000,
+            threads: 1,
+            cuda_graph: false,
+            warmup: 5,
+            runs: 30,
+        }
+    }
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -33,58 +75,77 @@ fn pct(v: &[f64], p: f64) -> f64 {
     s[((s.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Benchmarks `models` (name, model) at each input length (seconds at `rate`).
-pub fn bench(
-    models: &[(String, ModelProto)],
-    seconds: &[f64],
-    runtimes: &[Runtime],
-    rate: u32,
-    threads: usize,
-    warmup: usize,
-    runs: usize,
-) -> Result<Vec<Row>> {
+/// Benchmarks `models` (name, model) at each input length and batch size, on each runtime.
+///
+/// Errors: a model a runtime cannot prepare or run (with that runtime's message); an
+/// empty list of lengths, batches or runtimes.
+pub fn bench(models: &[(String, ModelProto)], o: &BenchOptions) -> Result<Vec<Row>> {
+    if o.seconds.is_empty() || o.batches.is_empty() || o.runtimes.is_empty() || o.runs == 0 {
+        return Err(Error::Other(
+            "bench: give at least one length, batch size, runtime and run".into(),
+        ));
+    }
+    let settings = Settings {
+        threads: o.threads,
+        cuda_graph: o.cuda_graph,
+    };
     let mut rows = vec![];
-    for &sec in seconds {
-        let samples = (sec * rate as f64).round() as usize;
-        let shape = [1, 1, samples];
+    for &sec in &o.seconds {
+        let samples = (sec * o.rate as f64).round() as usize;
         let macs: Vec<u64> = models
             .iter()
             .map(|(_, m)| Ir::new(m.clone(), samples).map(|ir| profile(&ir).macs))
             .collect::<Result<_>>()?;
-        let x = crate::verify::test_signal(samples, rate as f64);
-        for &rt in runtimes {
-            let mut runners: Vec<Runner> = models
-                .iter()
-                .map(|(_, m)| -> Result<Runner> { Runner::new(rt, m, &shape, threads) })
-                .collect::<Result<_>>()?;
-            for r in runners.iter_mut() {
-                for _ in 0..warmup {
-                    r.run(&x)?;
+        let one = crate::verify::test_signal(samples, o.rate as f64);
+        for &batch in &o.batches {
+            let shape = [batch, 1, samples];
+            let x: Vec<f32> = (0..batch).flat_map(|_| one.iter().copied()).collect();
+            for &rt in &o.runtimes {
+                let context = |name: &str, e: Error| {
+                    Error::Runtime(format!(
+                        "bench {name} in {} at batch {batch}, {sec} s: {e}",
+                        rt.name()
+                    ))
+                };
+                let mut runners: Vec<Runner> = models
+                    .iter()
+                    .map(|(name, m)| -> Result<Runner> {
+                        let prepared = || -> Result<Runner> {
+                            let m = crate::runtime::with_input_shape(m, &shape, false);
+                            let mut r = Runner::with_settings(rt, &m, &shape, settings)?;
+                            r.stage(&x)?;
+                            for _ in 0..o.warmup.max(1) {
+                                r.timed_run()?;
+                            }
+                            Ok(r)
+                        };
+                        prepared().map_err(|e| context(name, e))
+                    })
+                    .collect::<Result<_>>()?;
+                let mut times = vec![vec![]; runners.len()];
+                for _ in 0..o.runs {
+                    for (i, r) in runners.iter_mut().enumerate() {
+                        times[i].push(r.timed_run()? * 1e3);
+                    }
                 }
-            }
-            let mut times = vec![vec![]; runners.len()];
-            for _ in 0..runs {
-                for (i, r) in runners.iter_mut().enumerate() {
-                    let t = Instant::now();
-                    r.run(&x)?;
-                    times[i].push(t.elapsed().as_secs_f64() * 1e3);
+                let base = pct(&times[0], 0.5);
+                for (i, (name, _)) in models.iter().enumerate() {
+                    let med = pct(&times[i], 0.5);
+                    rows.push(Row {
+                        model: name.clone(),
+                        runtime: rt,
+                        seconds: sec,
+                        batch,
+                        cuda_graph: o.cuda_graph && rt == Runtime::OrtCuda,
+                        median_ms: med,
+                        p10_ms: pct(&times[i], 0.1),
+                        p90_ms: pct(&times[i], 0.9),
+                        rtf: med / 1e3 / (sec * batch as f64),
+                        macs: macs[i],
+                        speedup: base / med,
+                        macs_speedup: macs[0] as f64 / macs[i] as f64,
+                    });
                 }
-            }
-            let base = pct(&times[0], 0.5);
-            for (i, (name, _)) in models.iter().enumerate() {
-                let med = pct(&times[i], 0.5);
-                rows.push(Row {
-                    model: name.clone(),
-                    runtime: rt,
-                    seconds: sec,
-                    median_ms: med,
-                    p10_ms: pct(&times[i], 0.1),
-                    p90_ms: pct(&times[i], 0.9),
-                    rtf: med / 1e3 / sec,
-                    macs: macs[i],
-                    speedup: base / med,
-                    macs_speedup: macs[0] as f64 / macs[i] as f64,
-                });
             }
         }
     }
@@ -93,11 +154,23 @@ pub fn bench(
 
 /// Markdown table of bench rows.
 pub fn markdown(rows: &[Row]) -> String {
-    let mut s = String::from("| model | runtime | audio s | median ms | p10 ms | p90 ms | RTF | GMACs | speed-up | MACs ratio | speed-up / MACs ratio |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut s = String::from("| model | runtime | audio s | batch | median ms | p10 ms | p90 ms | RTF | GMACs | speed-up | MACs ratio | speed-up / MACs ratio |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         s += &format!(
-            "| {} | {:?} | {:.1} | {:.2} | {:.2} | {:.2} | {:.4} | {:.3} | {:.2}x | {:.2}x | {:.2} |\n",
-            r.model, r.runtime, r.seconds, r.median_ms, r.p10_ms, r.p90_ms, r.rtf, r.macs as f64 / 1e9, r.speedup, r.macs_speedup, r.speedup / r.macs_speedup
+            "| {} | {}{} | {:.1} | {} | {:.2} | {:.2} | {:.2} | {:.4} | {:.3} | {:.2}x | {:.2}x | {:.2} |\n",
+            r.model,
+            r.runtime.name(),
+            if r.cuda_graph { " (CUDA graph)" } else { "" },
+            r.seconds,
+            r.batch,
+            r.median_ms,
+            r.p10_ms,
+            r.p90_ms,
+            r.rtf,
+            r.macs as f64 / 1e9,
+            r.speedup,
+            r.macs_speedup,
+            r.speedup / r.macs_speedup
         );
     }
     s

@@ -1,8 +1,9 @@
-//! `eval`: a model's SI-SDR, SI-SDRi and SDRi on a LibriMix-style directory (tract).
+//! `eval`: a model's SI-SDR, SI-SDRi and SDRi on a LibriMix-style directory, in any runtime
+//! (tract by default).
 use crate::audio::{dataset, metrics};
 use crate::error::{Error, Result};
 use crate::onnx::ModelProto;
-use crate::runtime::tract::TractModel;
+use crate::runtime::{Runner, Runtime};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,10 +17,13 @@ pub struct EvalReport {
     pub per_example: Vec<(String, metrics::Scores)>,
 }
 
-/// Runs `model` (input `[1, 1, T]`, output `[1, n_src, T]` or `[1, T]`) on every mixture.
-pub fn eval(model: &ModelProto, data: &Path, rate: u32) -> Result<EvalReport> {
+/// Runs `model` (input `[1, 1, T]`, output `[1, n_src, T]` or `[1, T]`) in `runtime` on
+/// every mixture and scores it against the references.
+///
+/// Errors: unreadable audio, a set without references, a model the runtime cannot run.
+pub fn eval(model: &ModelProto, data: &Path, rate: u32, runtime: Runtime) -> Result<EvalReport> {
     let examples = dataset::load(data, rate)?;
-    let mut plans: HashMap<usize, TractModel> = HashMap::new();
+    let mut plans: HashMap<usize, Runner> = HashMap::new();
     let mut per = vec![];
     for ex in &examples {
         if ex.sources.is_empty() {
@@ -32,7 +36,7 @@ pub fn eval(model: &ModelProto, data: &Path, rate: u32) -> Result<EvalReport> {
         let plan = match plans.entry(t) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(TractModel::new(model, &[1, 1, t])?)
+                e.insert(Runner::new(runtime, model, &[1, 1, t], 1)?)
             }
         };
         let y = plan.run(&ex.mix)?;

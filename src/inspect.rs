@@ -21,6 +21,19 @@ pub struct GroupReport {
 }
 
 #[derive(Serialize)]
+pub struct BlockReport {
+    pub id: usize,
+    /// The stream value the block reads.
+    pub input: String,
+    /// Nodes removed with the block (its own and its merging Adds).
+    pub nodes: usize,
+    pub params: u64,
+    pub macs: u64,
+    /// The block's first node.
+    pub first: String,
+}
+
+#[derive(Serialize)]
 pub struct Report {
     pub samples: usize,
     /// The ptflops release whose MACs conventions apply.
@@ -31,6 +44,8 @@ pub struct Report {
     pub groups: Vec<GroupReport>,
     /// Share of separator MACs in nodes touching at least one prunable group.
     pub separator_coverage: f64,
+    /// Removable residual blocks (depth pruning).
+    pub blocks: Vec<BlockReport>,
     #[serde(skip)]
     pub profile: Profile,
 }
@@ -90,7 +105,19 @@ pub fn inspect_as(ir: &Ir, ptflops: crate::ops::Ptflops) -> Result<(Report, Grou
         .filter(|&i| sep(i) && covered[i])
         .map(|i| prof.nodes[i].macs)
         .sum();
+    let blocks = crate::analysis::blocks::find_blocks(ir)
+        .into_iter()
+        .map(|b| BlockReport {
+            id: b.id,
+            nodes: b.node_count(),
+            first: ir.nodes()[b.nodes[0]].name().to_string(),
+            input: b.input,
+            params: b.params,
+            macs: b.macs,
+        })
+        .collect();
     let report = Report {
+        blocks,
         samples: prof.samples,
         ptflops,
         params: prof.params,
@@ -206,6 +233,25 @@ pub fn render(r: &Report, per_node: bool) -> String {
                 None => format!("prunable (from {first})"),
             }
         );
+    }
+    if !r.blocks.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nresidual blocks: {} (removable whole: `prune --drop-blocks N`)",
+            r.blocks.len()
+        );
+        let _ = writeln!(s, "{:>4} {:>6} {:>12} {:>14}  first node", "id", "nodes", "params", "MACs");
+        for b in &r.blocks {
+            let _ = writeln!(
+                s,
+                "{:>4} {:>6} {:>12} {:>14}  {}",
+                b.id,
+                b.nodes,
+                fmt_count(b.params),
+                fmt_count(b.macs),
+                b.first
+            );
+        }
     }
     s
 }

@@ -39,15 +39,24 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = sepprune::ops::Ptflops::V075)]
         ptflops: sepprune::ops::Ptflops,
     },
-    /// Physically remove channels: by a MACs budget (`--ratio`) or from a masks file.
+    /// Physically remove channels (by a MACs budget, `--ratio`, or from a masks file) and/or
+    /// whole residual blocks (`--drop-blocks`, `--blocks`).
     Prune {
         model: PathBuf,
         /// Output ONNX file (written atomically).
         #[arg(short, long)]
         output: PathBuf,
         /// Share of the scope's MACs to remove, in [0, 1).
-        #[arg(long, conflicts_with = "masks", required_unless_present = "masks")]
+        #[arg(long, conflicts_with = "masks", required_unless_present_any = ["masks", "drop_blocks", "blocks"])]
         ratio: Option<f64>,
+        /// Remove this many whole residual blocks (depth pruning; `inspect` lists them):
+        /// those whose removal alone changes the output least on the mixtures of `--data`
+        /// (label-free ablation). Channels are then pruned in what remains.
+        #[arg(long, conflicts_with = "blocks")]
+        drop_blocks: Option<usize>,
+        /// Remove these residual blocks (ids from `inspect`).
+        #[arg(long, value_delimiter = ',')]
+        blocks: Vec<usize>,
         /// Kept channel indices per group (format: see `src/prune/masks.rs`).
         #[arg(long)]
         masks: Option<PathBuf>,
@@ -135,6 +144,9 @@ enum Cmd {
         data: PathBuf,
         #[arg(long, default_value_t = 16000)]
         rate: u32,
+        /// Runtime: tract, ort or ort-cuda.
+        #[arg(long, value_enum, default_value = "tract")]
+        runtime: sepprune::runtime::Runtime,
         #[arg(long)]
         json: bool,
     },
@@ -143,8 +155,15 @@ enum Cmd {
         models: Vec<PathBuf>,
         #[arg(long, value_delimiter = ',', default_value = "1,4")]
         seconds: Vec<f64>,
+        /// Runtimes: ort, ort-cuda (onnxruntime-gpu), tract.
         #[arg(long, value_delimiter = ',', value_enum, default_value = "ort,tract")]
         runtime: Vec<sepprune::runtime::Runtime>,
+        /// Batch sizes (a model that declares batch 1 gets its batch axis widened).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        batch: Vec<usize>,
+        /// ORT CUDA: capture each model's run in a CUDA graph and replay it.
+        #[arg(long)]
+        cuda_graph: bool,
         #[arg(long, default_value_t = 1)]
         threads: usize,
         #[arg(long, default_value_t = 5)]
@@ -418,6 +437,58 @@ fn verify_length(ir: &Ir, seconds: f64, quiet: bool) -> usize {
     }
 }
 
+/// The depth-pruning part of `prune`: the blocks to remove (given, or ranked by ablation
+/// on `data`), the depth-pruned model in the exporter's form, verified unless `no_verify`.
+#[allow(clippy::too_many_arguments)]
+fn depth_step(
+    ir: &Ir,
+    drop: Option<usize>,
+    given: Vec<usize>,
+    data: Option<&std::path::Path>,
+    seconds: f64,
+    runtime: Option<sepprune::runtime::Runtime>,
+    no_verify: bool,
+    verify_seconds: f64,
+    quiet: bool,
+) -> Result<onnx::ModelProto> {
+    use sepprune::prune::depth;
+    let blocks = analysis::blocks::find_blocks(ir);
+    anyhow::ensure!(!blocks.is_empty(), "the model has no removable residual block");
+    let rt = runtime.unwrap_or_else(sepprune::runtime::Runtime::preferred);
+    let removed: Vec<usize> = match drop {
+        Some(n) => {
+            anyhow::ensure!(n < blocks.len(), "--drop-blocks {n}: the model has {} blocks", blocks.len());
+            let data = data.context("--drop-blocks ranks blocks by ablation on --data DIR")?;
+            let samples = (seconds * 16000.0).round().max(1.0) as usize;
+            let crops = sepprune::learn::data::mixture_crops(data, samples, 1)?;
+            let ranking = depth::ablation_ranking(ir, &blocks, &crops, rt)?;
+            if !quiet {
+                for (b, e) in &ranking {
+                    println!("block {b:>3}: output change when removed alone {:.2e}", e);
+                }
+            }
+            let mut r: Vec<usize> = ranking.iter().take(n).map(|&(b, _)| b).collect();
+            r.sort_unstable();
+            r
+        }
+        None => given,
+    };
+    let dropped = depth::drop_blocks(ir, &blocks, &removed)?;
+    if !no_verify {
+        let n = verify_length(ir, verify_seconds, quiet);
+        let x = verify::test_signal(n, 16000.0);
+        let r = verify::check_depth(ir, &blocks, &removed, &dropped, &x, rt)?;
+        if !quiet {
+            print_check(&r);
+        }
+        anyhow::ensure!(r.passed, "verification failed: nothing written");
+    }
+    if !quiet {
+        println!("blocks removed: {removed:?} of {}", blocks.len());
+    }
+    Ok(dropped)
+}
+
 fn load_ir(path: &std::path::Path, seconds: f64, rate: u32) -> Result<Ir> {
     let model = onnx::load(path)?;
     let samples = (seconds * rate as f64).round() as usize;
@@ -478,10 +549,11 @@ fn main() -> Result<()> {
             model,
             data,
             rate,
+            runtime,
             json,
         } => {
             let m = onnx::load(&model)?;
-            let r = sepprune::eval::eval(&m, &data, rate)?;
+            let r = sepprune::eval::eval(&m, &data, rate, runtime)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -499,6 +571,8 @@ fn main() -> Result<()> {
             models,
             seconds,
             runtime,
+            batch,
+            cuda_graph,
             threads,
             warmup,
             runs,
@@ -509,8 +583,17 @@ fn main() -> Result<()> {
                 .iter()
                 .map(|p| Ok((p.display().to_string(), onnx::load(p)?)))
                 .collect::<Result<_>>()?;
-            let rows =
-                sepprune::bench::bench(&ms, &seconds, &runtime, 16000, threads, warmup, runs)?;
+            let o = sepprune::bench::BenchOptions {
+                seconds,
+                batches: batch,
+                runtimes: runtime,
+                rate: 16000,
+                threads,
+                cuda_graph,
+                warmup,
+                runs,
+            };
+            let rows = sepprune::bench::bench(&ms, &o)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -785,6 +868,8 @@ fn main() -> Result<()> {
             refit_crops,
             refit_remix,
             ridge,
+            drop_blocks,
+            blocks,
         } => {
             let t0 = std::time::Instant::now();
             let rt = verify_runtime.unwrap_or(sepprune::runtime::Runtime::Ort);
@@ -792,6 +877,20 @@ fn main() -> Result<()> {
             let ort_ready = (!no_verify && rt == sepprune::runtime::Runtime::Ort)
                 .then(|| std::thread::spawn(sepprune::runtime::ort::available));
             let ir = load_ir(&model, 1.0, 16000)?;
+            if drop_blocks.is_some() || !blocks.is_empty() {
+                let depth = depth_step(&ir, drop_blocks, blocks, data.as_deref(), seconds, verify_runtime, no_verify, verify_seconds, json)?;
+                if ratio.is_none() && masks.is_none() {
+                    onnx::save(&depth, &output, Some(&model), force)?;
+                    let (a, b) = (analysis::profile(&ir), analysis::profile(&Ir::new(depth, ir.samples)?));
+                    println!(
+                        "{} -> {}: params {} -> {}, MACs {} -> {} ({:.3}x), nodes {} -> {}",
+                        model.display(), output.display(), a.params, b.params, a.macs, b.macs,
+                        a.macs as f64 / b.macs as f64, a.nodes.len(), b.nodes.len()
+                    );
+                    return Ok(());
+                }
+                anyhow::bail!("--drop-blocks with --ratio or --masks: not yet");
+            }
             let groups = analysis::analyze_groups(&ir)?;
             let residual = residual_choice(residual, prune_residual);
             let (masks, streams_pruned) = match (ratio, masks) {

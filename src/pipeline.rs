@@ -178,14 +178,14 @@ pub fn compress(
     };
     // the exporter's norm forms put back (runtimes fuse them)
     let final_model = &slim_ir.exported(tuned.as_ref().map_or(start, |t| &t.model));
-    let before = eval::eval(&model, data, 16000)?;
-    let pruned = eval::eval(&slim_ir.model, data, 16000)?;
+    let before = eval::eval(&model, data, 16000, Runtime::Tract)?;
+    let pruned = eval::eval(&slim_ir.model, data, 16000, Runtime::Tract)?;
     let after_refit = match &refitted {
-        Some(r) => Some(eval::eval(&r.model, data, 16000)?),
+        Some(r) => Some(eval::eval(&r.model, data, 16000, Runtime::Tract)?),
         None => None,
     };
     let after = match &tuned {
-        Some(t) => Some(eval::eval(&t.model, data, 16000)?),
+        Some(t) => Some(eval::eval(&t.model, data, 16000, Runtime::Tract)?),
         None => None,
     };
     let rows = bench::bench(
@@ -193,12 +193,12 @@ pub fn compress(
             ("original".into(), model.clone()),
             ("slim".into(), final_model.clone()),
         ],
-        &[1.0, 4.0],
-        &o.runtimes,
-        16000,
-        1,
-        3,
-        o.bench_runs,
+        &bench::BenchOptions {
+            runtimes: o.runtimes.clone(),
+            warmup: 3,
+            runs: o.bench_runs,
+            ..bench::BenchOptions::default()
+        },
     )?;
     let (pa, pb) = (profile(&ir), profile(&slim_ir));
     onnx::save(final_model, out, Some(model_path), false)?;

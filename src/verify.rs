@@ -199,6 +199,55 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
         .collect()
 }
 
+/// Depth pruning's checks in `runtime` on the model input `x` (`[1, 1, len]`): the block
+/// gate graph with every gate at 1 against the original, and with the gates of `removed`
+/// at 0 against `dropped`, the depth-pruned model (the one the caller writes, in the
+/// exporter's form). `kept_channels` reports the share of blocks kept.
+///
+/// Errors: a model that cannot be built or run in `runtime`.
+pub fn check_depth(
+    ir: &Ir,
+    blocks: &[crate::analysis::blocks::Block],
+    removed: &[usize],
+    dropped: &ModelProto,
+    x: &[f32],
+    runtime: Runtime,
+) -> Result<CheckReport> {
+    use crate::prune::depth::block_gate_graph;
+    let shape = [1, 1, x.len()];
+    let run = |m: &ModelProto| Runner::new(runtime, m, &shape, 1)?.run(x);
+    let ones = vec![1.0; blocks.len()];
+    let gates: Vec<f32> = (0..blocks.len())
+        .map(|b| if removed.contains(&b) { 0.0 } else { 1.0 })
+        .collect();
+    let original = run(&ir.exported(&ir.model))?;
+    let all_on = run(&block_gate_graph(ir, blocks, &ones)?)?;
+    let gated = run(&block_gate_graph(ir, blocks, &gates)?)?;
+    let slim = run(dropped)?;
+    let kept = 1.0 - removed.len() as f64 / blocks.len().max(1) as f64;
+    let (e1, e2) = (rel_err(&original, &all_on), rel_err(&gated, &slim));
+    let trials = vec![
+        Trial {
+            name: "block gates, all ones vs original".into(),
+            kept_channels: 1.0,
+            rel_err: e1,
+            passed: e1 <= TOL_IDENTITY,
+        },
+        Trial {
+            name: format!("blocks removed vs block gates ({} of {})", removed.len(), blocks.len()),
+            kept_channels: kept,
+            rel_err: e2,
+            passed: e2 <= TOL_MASKED,
+        },
+    ];
+    Ok(CheckReport {
+        runtime: runtime.name().into(),
+        samples: x.len(),
+        passed: trials.iter().all(|t| t.passed),
+        trials,
+    })
+}
+
 /// A deterministic test signal (harmonics plus noise), for checks without audio.
 pub fn test_signal(n: usize, rate: f64) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);

@@ -274,7 +274,7 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
         .collect();
     let pick = |min: f64| {
         fresh()
-            .with_min_teacher_gain(min)
+            .with_min_teacher_gain(Some(min))
             .distilled()
             .unwrap()
             .input

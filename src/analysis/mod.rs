@@ -1,5 +1,6 @@
-//! Structural analysis: cost profile (params, MACs per node and per region) and channel
-//! groups.
+//! Structural analysis: cost profile (params, MACs per node and per region), channel
+//! groups and residual blocks.
+pub mod blocks;
 pub mod cost;
 pub mod groups;
 pub mod regions;

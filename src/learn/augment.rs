@@ -246,9 +246,10 @@ impl Augmenter {
     /// remix, measured against the remixed sources (known, since the remix was built from
     /// them), must be at least `db`. A teacher that fails on some noise (passes it through)
     /// would otherwise teach the student to fail too. At most [`ATTEMPTS`] remixes are drawn
-    /// per item; if none qualifies, the one the teacher improves most is used.
-    pub fn with_min_teacher_gain(mut self, db: f64) -> Augmenter {
-        self.min_gain = Some(db);
+    /// per item; if none qualifies, the one the teacher improves most is used. `None`: every
+    /// remix is distilled.
+    pub fn with_min_teacher_gain(mut self, db: Option<f64>) -> Augmenter {
+        self.min_gain = db;
         self
     }
 
@@ -283,12 +284,15 @@ impl Augmenter {
     ///
     /// Errors: an augmenter built without a teacher; a teacher that fails to run.
     pub fn distilled(&mut self) -> Result<Item> {
+        if self.teacher.is_none() {
+            return Err(crate::error::Error::Other(
+                "dynamic mixing: distillation needs a teacher".into(),
+            ));
+        }
         let mut best: Option<(f64, Item)> = None;
         for _ in 0..ATTEMPTS {
             let mut it = self.item();
-            let t = self.teacher.as_ref().ok_or_else(|| {
-                crate::error::Error::Other("dynamic mixing: distillation needs a teacher".into())
-            })?;
+            let t = self.teacher.as_ref().expect("checked above");
             let out: Vec<Vec<f32>> = t
                 .run(&it.input)?
                 .chunks(self.samples)

@@ -452,25 +452,22 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
                 o.teacher.as_ref(),
                 o.perturb_noise,
                 VALIDATION_SEED,
-            )?;
-            if let Some(db) = o.min_teacher_gain {
-                v = v.with_min_teacher_gain(db);
-            }
+            )?
+            .with_min_teacher_gain(o.min_teacher_gain);
             for _ in 0..val.len() {
                 val.push(v.distilled()?);
             }
         }
-        let m = super::augment::Augmenter::new(
-            fit,
-            o.samples,
-            o.teacher.as_ref(),
-            o.perturb_noise,
-            o.seed,
-        )?;
-        mixer = Some(match o.min_teacher_gain {
-            Some(db) => m.with_min_teacher_gain(db),
-            None => m,
-        });
+        mixer = Some(
+            super::augment::Augmenter::new(
+                fit,
+                o.samples,
+                o.teacher.as_ref(),
+                o.perturb_noise,
+                o.seed,
+            )?
+            .with_min_teacher_gain(o.min_teacher_gain),
+        );
     }
     let first = Eval {
         step: 0,

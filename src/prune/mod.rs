@@ -1,5 +1,7 @@
-//! Masks, importance criteria, MACs budgets and physical slicing.
+//! Masks, importance criteria, MACs budgets, physical slicing of channels and depth
+//! pruning (whole residual blocks).
 mod budget;
+pub mod depth;
 mod masks;
 mod slice;
 

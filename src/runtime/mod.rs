@@ -1,4 +1,5 @@
-//! Runtimes: tract (pure Rust, always available) and ONNX Runtime (`ort`, load-dynamic).
+//! Runtimes: tract (pure Rust, always available) and ONNX Runtime (`ort`, load-dynamic) on
+//! the CPU or, with `onnxruntime-gpu`, on a CUDA GPU.
 pub mod ort;
 pub mod tract;
 
@@ -8,10 +9,13 @@ use serde::Serialize;
 
 /// An inference runtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Runtime {
     /// ONNX Runtime, CPU execution provider.
     Ort,
+    /// ONNX Runtime, CUDA execution provider on GPU 0 (`onnxruntime-gpu`); fails loudly
+    /// when the provider does not register, never falls back to the CPU.
+    OrtCuda,
     /// tract (pure Rust, single-threaded).
     Tract,
 }
@@ -29,6 +33,7 @@ impl Runtime {
     pub fn name(self) -> &'static str {
         match self {
             Runtime::Ort => "ort",
+            Runtime::OrtCuda => "ort-cuda",
             Runtime::Tract => "tract",
         }
     }
@@ -40,22 +45,126 @@ pub enum Runner {
     Tract(tract::TractModel),
 }
 
+/// How a runtime runs a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// ORT CPU intra-op threads (tract runs on one).
+    pub threads: usize,
+    /// ORT CUDA: capture the run in a CUDA graph and replay it.
+    pub cuda_graph: bool,
+}
+
 impl Runner {
-    /// Prepares `model` for a single f32 input of `shape`; ORT gets `threads` intra-op threads.
+    /// Prepares `model` for a single f32 input of `shape`; ORT CPU gets `threads` intra-op
+    /// threads.
     pub fn new(rt: Runtime, model: &ModelProto, shape: &[usize], threads: usize) -> Result<Runner> {
+        let s = Settings {
+            threads,
+            cuda_graph: false,
+        };
+        Runner::with_settings(rt, model, shape, s)
+    }
+
+    /// Prepares `model` for a single f32 input of `shape` with settings `s`.
+    ///
+    /// Errors: the runtime cannot load or optimise the model; ORT CUDA without a usable
+    /// CUDA provider.
+    pub fn with_settings(
+        rt: Runtime,
+        model: &ModelProto,
+        shape: &[usize],
+        s: Settings,
+    ) -> Result<Runner> {
+        use ort::Provider;
         Ok(match rt {
-            Runtime::Ort => Runner::Ort(ort::OrtModel::new(model, shape, threads)?),
+            Runtime::Ort => Runner::Ort(ort::OrtModel::new(
+                model,
+                shape,
+                Provider::Cpu { threads: s.threads },
+            )?),
+            Runtime::OrtCuda => Runner::Ort(ort::OrtModel::new(
+                &with_input_shape(model, shape, s.cuda_graph),
+                shape,
+                Provider::Cuda {
+                    graph: s.cuda_graph,
+                },
+            )?),
             Runtime::Tract => Runner::Tract(tract::TractModel::new(model, shape)?),
         })
     }
 
-    /// Runs on `x` (row-major); returns the first output, flattened.
+    /// Runs on `x` (row-major); returns the first output, flattened, on the host.
     pub fn run(&mut self, x: &[f32]) -> Result<Vec<f32>> {
         match self {
             Runner::Ort(m) => m.run(x),
             Runner::Tract(m) => m.run(x),
         }
     }
+
+    /// Makes `x` the input of [`Runner::timed_run`] (on a GPU: copied to the device once).
+    pub fn stage(&mut self, x: &[f32]) -> Result<()> {
+        match self {
+            Runner::Ort(m) => m.stage(x),
+            Runner::Tract(m) => {
+                m.stage(x);
+                Ok(())
+            }
+        }
+    }
+
+    /// One run on the staged input, in seconds (on a GPU: input and output in device
+    /// memory, the clock stopped when the device has finished).
+    pub fn timed_run(&mut self) -> Result<f64> {
+        match self {
+            Runner::Ort(m) => m.timed_run(),
+            Runner::Tract(m) => m.timed_run(),
+        }
+    }
+}
+
+/// `model` with its first input declared with the dims of `shape`: a batch axis (axis 0)
+/// declared 1 takes `shape[0]`, so that a model exported for batch 1 can run larger
+/// batches; with `pin`, every symbolic axis takes its length too (static shapes let ORT fold
+/// shape computations, which CUDA graphs need). Outputs' axes become symbolic and
+/// intermediate `value_info` is dropped. Graphs that compute with a literal batch of 1 still
+/// fail in the runtime, with its message.
+pub fn with_input_shape(model: &ModelProto, shape: &[usize], pin: bool) -> ModelProto {
+    use crate::onnx::pb::tensor_shape_proto::dimension::Value;
+    fn dims(v: &mut crate::onnx::ValueInfoProto) -> Option<&mut Vec<crate::onnx::pb::tensor_shape_proto::Dimension>> {
+        v.r#type
+            .as_mut()
+            .and_then(|t| t.value.as_mut())
+            .and_then(|t| match t {
+                crate::onnx::pb::type_proto::Value::TensorType(t) => t.shape.as_mut(),
+                _ => None,
+            })
+            .map(|s| &mut s.dim)
+    }
+    let mut m = model.clone();
+    let Some(g) = m.graph.as_mut() else { return m };
+    let mut changed = false;
+    if let Some(d) = g.input.first_mut().and_then(dims) {
+        for (i, (dim, &n)) in d.iter_mut().zip(shape).enumerate() {
+            let new = match &dim.value {
+                Some(Value::DimValue(1)) if i == 0 && n != 1 => true,
+                Some(Value::DimParam(_)) | None => pin,
+                _ => false,
+            };
+            if new {
+                dim.value = Some(Value::DimValue(n as i64));
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        for o in g.output.iter_mut() {
+            for (i, dim) in dims(o).into_iter().flatten().enumerate() {
+                dim.value = Some(Value::DimParam(format!("out_{i}")));
+            }
+        }
+        g.value_info.clear();
+    }
+    m
 }
 
 /// Relative error `max|a - b| / max|a|` (0 when both are empty).

@@ -6,6 +6,7 @@ use tract_onnx::prelude::*;
 pub struct TractModel {
     plan: std::sync::Arc<TypedSimplePlan>,
     shape: Vec<usize>,
+    staged: Vec<f32>,
 }
 
 impl TractModel {
@@ -31,6 +32,7 @@ impl TractModel {
         Ok(TractModel {
             plan,
             shape: shape.to_vec(),
+            staged: vec![],
         })
     }
 
@@ -43,5 +45,17 @@ impl TractModel {
         let out = self.plan.run(tvec!(Tensor::from(t).into())).map_err(err)?;
         let v = out[0].to_plain_array_view::<f32>().map_err(err)?;
         Ok(v.iter().copied().collect())
+    }
+
+    /// Makes `x` the input of [`TractModel::timed_run`].
+    pub fn stage(&mut self, x: &[f32]) {
+        self.staged = x.to_vec();
+    }
+
+    /// One run on the staged input, in seconds.
+    pub fn timed_run(&self) -> Result<f64> {
+        let t = std::time::Instant::now();
+        self.run(&self.staged)?;
+        Ok(t.elapsed().as_secs_f64())
     }
 }

@@ -1,0 +1,129 @@
+//! Runtimes: declared input shapes, the bench protocol, and ORT CUDA that runs on a GPU or
+//! fails loudly (never a silent fall-back to the CPU).
+mod common;
+use sepprune::bench::{bench, BenchOptions};
+use sepprune::onnx::pb::tensor_shape_proto::dimension::Value;
+use sepprune::onnx::ModelProto;
+use sepprune::runtime::{ort, rel_err, with_input_shape, Runner, Runtime};
+
+fn input_dims(m: &ModelProto) -> Vec<Option<Value>> {
+    let g = m.graph.as_ref().unwrap();
+    let t = match g.input[0].r#type.as_ref().unwrap().value.as_ref().unwrap() {
+        sepprune::onnx::pb::type_proto::Value::TensorType(t) => t,
+        _ => panic!("tensor input"),
+    };
+    t.shape.as_ref().unwrap().dim.iter().map(|d| d.value.clone()).collect()
+}
+
+/// A conv model with input `[1, 1, T]` (batch declared 1, time symbolic).
+fn conv_model() -> ModelProto {
+    let mut g = common::G::new(&[1, 1, -1]);
+    let c = g.conv("x", 1, 4, 3, 1, 1);
+    let y = g.conv(&c, 4, 2, 1, 1, 0);
+    g.output(&y, &[1, 2, -1])
+}
+
+#[test]
+fn input_shapes_widen_a_batch_of_one_and_pin_symbolic_axes() {
+    let m = conv_model();
+    let wide = with_input_shape(&m, &[4, 1, 100], false);
+    assert_eq!(
+        input_dims(&wide),
+        vec![
+            Some(Value::DimValue(4)),
+            Some(Value::DimValue(1)),
+            Some(Value::DimParam("T".into()))
+        ]
+    );
+    let pinned = with_input_shape(&m, &[4, 1, 100], true);
+    assert_eq!(
+        input_dims(&pinned),
+        [4, 1, 100].map(|d| Some(Value::DimValue(d))).to_vec()
+    );
+    // nothing to change: the model comes back as it was
+    assert_eq!(with_input_shape(&m, &[1, 1, 100], false), m);
+    // the widened model runs a batch, item by item equal to batch 1
+    let x1 = sepprune::verify::test_signal(100, 16000.0);
+    let y1 = Runner::new(Runtime::Tract, &m, &[1, 1, 100], 1)
+        .unwrap()
+        .run(&x1)
+        .unwrap();
+    let x3: Vec<f32> = (0..3).flat_map(|_| x1.iter().copied()).collect();
+    let y3 = Runner::new(Runtime::Tract, &with_input_shape(&m, &[3, 1, 100], false), &[3, 1, 100], 1)
+        .unwrap()
+        .run(&x3)
+        .unwrap();
+    assert_eq!(y3.len(), 3 * y1.len());
+    for item in y3.chunks(y1.len()) {
+        assert!(rel_err(&y1, item) < 1e-6);
+    }
+}
+
+#[test]
+fn bench_reports_every_length_batch_and_model_against_the_first() {
+    let m = conv_model();
+    let models = vec![("a".to_string(), m.clone()), ("b".to_string(), m)];
+    let o = BenchOptions {
+        seconds: vec![0.01, 0.02],
+        batches: vec![1, 2],
+        runtimes: vec![Runtime::Tract],
+        warmup: 1,
+        runs: 3,
+        ..BenchOptions::default()
+    };
+    let rows = bench(&models, &o).unwrap();
+    assert_eq!(rows.len(), 2 * 2 * 2);
+    for r in &rows {
+        assert!(r.median_ms > 0.0 && r.p10_ms <= r.median_ms && r.median_ms <= r.p90_ms);
+        assert!((r.macs_speedup - 1.0).abs() < 1e-12, "same model, same MACs");
+        assert!(!r.cuda_graph);
+    }
+    for chunk in rows.chunks(2) {
+        assert_eq!(chunk[0].model, "a");
+        assert_eq!(chunk[0].speedup, 1.0);
+        assert_eq!(chunk[0].batch, chunk[1].batch);
+    }
+    assert_eq!(
+        rows.iter().map(|r| (r.seconds, r.batch)).collect::<Vec<_>>(),
+        vec![
+            (0.01, 1), (0.01, 1), (0.01, 2), (0.01, 2),
+            (0.02, 1), (0.02, 1), (0.02, 2), (0.02, 2)
+        ]
+    );
+    let none = BenchOptions {
+        batches: vec![],
+        ..o
+    };
+    assert!(bench(&models, &none).is_err());
+}
+
+/// With a library that has the CUDA provider and a GPU, ORT CUDA computes what ORT CPU
+/// computes; with a CPU-only library it is an error that names the CUDA provider.
+#[test]
+fn ort_cuda_runs_on_the_gpu_or_fails_loudly() {
+    assert!(ort::available(), "ONNX Runtime missing: pip install onnxruntime==1.31.1");
+    let m = conv_model();
+    let x = sepprune::verify::test_signal(300, 16000.0);
+    let has_provider = ort::library()
+        .and_then(|l| l.parent())
+        .is_some_and(|d| d.join("libonnxruntime_providers_cuda.so").exists());
+    match Runner::new(Runtime::OrtCuda, &m, &[1, 1, 300], 1) {
+        Ok(mut r) => {
+            assert!(has_provider, "ORT CUDA ran without the CUDA provider library");
+            let want = Runner::new(Runtime::Ort, &m, &[1, 1, 300], 1)
+                .unwrap()
+                .run(&x)
+                .unwrap();
+            let got = r.run(&x).unwrap();
+            assert!(rel_err(&want, &got) < 1e-5);
+            r.stage(&x).unwrap();
+            assert!(r.timed_run().unwrap() > 0.0);
+            println!("ORT CUDA ran on the GPU");
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("CUDA execution provider"), "{msg}");
+            println!("ORT CUDA not run here (no CUDA provider or GPU): {msg}");
+        }
+    }
+}
