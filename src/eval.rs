@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::onnx::ModelProto;
 use crate::runtime::{Runner, Runtime};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 #[derive(Debug, Serialize)]
@@ -15,6 +15,48 @@ pub struct EvalReport {
     pub si_sdri: f64,
     pub sdri: f64,
     pub per_example: Vec<(String, metrics::Scores)>,
+    /// Means by mixing condition, when the set has a `conditions.json` (`mix --split-by`):
+    /// dimension (`snr_db`, `noise_category`, `sex`) -> value -> scores.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_condition: BTreeMap<String, BTreeMap<String, ConditionScore>>,
+}
+
+/// Mean scores of the mixtures of one condition.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConditionScore {
+    pub examples: usize,
+    pub si_sdri: f64,
+    pub sdri: f64,
+}
+
+/// Means of `per` grouped by each dimension of `conditions` (mixtures without an entry are
+/// left out).
+fn by_condition(
+    per: &[(String, metrics::Scores)],
+    conditions: &BTreeMap<String, dataset::Condition>,
+) -> BTreeMap<String, BTreeMap<String, ConditionScore>> {
+    let mut out: BTreeMap<String, BTreeMap<String, ConditionScore>> = BTreeMap::new();
+    for (name, sc) in per {
+        let Some(c) = conditions.get(name) else { continue };
+        let mut dims = vec![
+            ("snr_db", format!("{}", c.snr_db)),
+            ("noise_category", c.noise_category.clone()),
+        ];
+        if let Some(sex) = &c.sex {
+            dims.push(("sex", sex.clone()));
+        }
+        for (d, v) in dims {
+            let e = out.entry(d.into()).or_default().entry(v).or_default();
+            e.examples += 1;
+            e.si_sdri += sc.si_sdri;
+            e.sdri += sc.sdri;
+        }
+    }
+    for v in out.values_mut().flat_map(|m| m.values_mut()) {
+        v.si_sdri /= v.examples as f64;
+        v.sdri /= v.examples as f64;
+    }
+    out
 }
 
 /// Runs `model` (input `[1, 1, T]`, output `[1, n_src, T]` or `[1, T]`) in `runtime` on
@@ -52,6 +94,43 @@ pub fn eval(model: &ModelProto, data: &Path, rate: u32, runtime: Runtime) -> Res
         si_sdr: per.iter().map(|p| p.1.si_sdr).sum::<f64>() / n,
         si_sdri: per.iter().map(|p| p.1.si_sdri).sum::<f64>() / n,
         sdri: per.iter().map(|p| p.1.sdri).sum::<f64>() / n,
+        by_condition: dataset::conditions(data)?
+            .map(|c| by_condition(&per, &c))
+            .unwrap_or_default(),
         per_example: per,
     })
+}
+
+/// Markdown tables of [`EvalReport::by_condition`] for several models scored on one set
+/// (`(name, report)`, the first one the reference): SI-SDRi per condition value, and each
+/// later model's share of the first's.
+pub fn condition_tables(reports: &[(&str, &EvalReport)]) -> String {
+    let Some((_, first)) = reports.first() else {
+        return String::new();
+    };
+    let mut s = String::new();
+    for (dim, values) in &first.by_condition {
+        s += &format!("\nSI-SDRi (dB) by {dim}:\n\n| {dim} | mixtures |");
+        for (name, _) in reports {
+            s += &format!(" {name} |");
+        }
+        s += "\n|---|---|";
+        s += &"---|".repeat(reports.len());
+        s += "\n";
+        for (v, c) in values {
+            s += &format!("| {v} | {} |", c.examples);
+            for (k, (_, r)) in reports.iter().enumerate() {
+                let x = r.by_condition.get(dim).and_then(|m| m.get(v)).map(|c| c.si_sdri);
+                match x {
+                    Some(x) if k > 0 && c.si_sdri.abs() > 1e-9 => {
+                        s += &format!(" {x:.2} ({:.0}%) |", 100.0 * x / c.si_sdri)
+                    }
+                    Some(x) => s += &format!(" {x:.2} |"),
+                    None => s += " |",
+                }
+            }
+            s += "\n";
+        }
+    }
+    s
 }

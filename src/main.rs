@@ -137,9 +137,11 @@ enum Cmd {
     },
     /// Build an enhancement set (mix/, s1/) from speech and noise directories.
     Mix(MixArgs),
-    /// SI-SDR, SI-SDRi and SDRi on a LibriMix-style directory (mix/, s1/, s2/ ...), in tract.
+    /// SI-SDR, SI-SDRi and SDRi on a LibriMix-style directory (mix/, s1/, s2/ ...); several
+    /// models are compared, per mixing condition when the set has a conditions.json.
     Eval {
-        model: PathBuf,
+        #[arg(required = true)]
+        models: Vec<PathBuf>,
         #[arg(long)]
         data: PathBuf,
         #[arg(long, default_value_t = 16000)]
@@ -299,9 +301,12 @@ enum Cmd {
         seconds: f64,
         #[arg(long, default_value_t = 2)]
         crops_per_file: usize,
-        /// Every K-th file is the validation split.
+        /// Every K-th file is the validation split (unless --val).
         #[arg(long, default_value_t = 5)]
         val_every_file: usize,
+        /// A separate validation set (e.g. the val/ of `mix --split-by`).
+        #[arg(long)]
+        val: Option<PathBuf>,
         /// Run Candle on the first CUDA GPU (a build with `--features cuda`).
         #[arg(long)]
         cuda: bool,
@@ -372,12 +377,12 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct MixArgs {
-    /// Directory of clean speech WAVs.
-    #[arg(long)]
-    speech: PathBuf,
-    /// Directory of noise WAVs.
-    #[arg(long)]
-    noise: PathBuf,
+    /// Directories of clean speech (WAV, FLAC; any layout, searched recursively).
+    #[arg(long, num_args = 1.., required = true)]
+    speech: Vec<PathBuf>,
+    /// Directories of noise recordings (WAV, FLAC).
+    #[arg(long, num_args = 1.., required = true)]
+    noise: Vec<PathBuf>,
     #[arg(short, long)]
     output: PathBuf,
     /// SNRs in dB, comma-separated.
@@ -389,8 +394,25 @@ struct MixArgs {
     seed: u64,
     /// Hold out every N-th utterance and every N-th noise file (sorted by name): writes
     /// OUT/train and OUT/test, which share no utterance and no noise recording.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "split_by")]
     holdout: Option<usize>,
+    /// Split by speaker and/or noise category (see `src/audio/corpus.rs` for how they are
+    /// read from file and folder names): writes OUT/train, OUT/val and OUT/test, each with
+    /// its mixtures, `conditions.json` and `sources.json`, and OUT/splits.json.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    split_by: Vec<sepprune::audio::corpus::SplitBy>,
+    /// With --split-by: share of speakers (and noise categories) in validation.
+    #[arg(long, default_value_t = 0.1)]
+    val_share: f64,
+    /// With --split-by: share of speakers (and noise categories) in test.
+    #[arg(long, default_value_t = 0.2)]
+    test_share: f64,
+    /// With --split-by: mixtures written per split (train, val, test).
+    #[arg(long, value_delimiter = ',', default_value = "200,40,100")]
+    mixtures: Vec<usize>,
+    /// With --split-by: longest mixture, in seconds (longer speech is cropped).
+    #[arg(long, default_value_t = 4.0)]
+    max_seconds: f64,
 }
 
 /// `--prune-residual` is the shorthand of `--residual prune`.
@@ -534,8 +556,23 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Mix(a) => {
+            if !a.split_by.is_empty() {
+                use sepprune::audio::{corpus, dataset};
+                anyhow::ensure!(a.mixtures.len() == 3, "--mixtures takes three counts: train,val,test");
+                let c = corpus::Corpus::scan(&a.speech, &a.noise)?;
+                let s = corpus::split(&c, &a.split_by, a.val_share, a.test_share, a.seed)?;
+                for (k, (name, part)) in [("train", &s.train), ("val", &s.val), ("test", &s.test)].into_iter().enumerate() {
+                    let n = dataset::build_split(part, &a.output.join(name), a.mixtures[k], &a.snr, a.max_seconds, a.rate, a.seed ^ (k as u64 + 1))?;
+                    let (sp, nz) = part.groups();
+                    println!("{}/{name}: {n} mixtures from {} speakers ({} files) and {} noise categories ({} files)",
+                        a.output.display(), sp.len(), part.speech.len(), nz.len(), part.noise.len());
+                }
+                onnx::write_atomic(&a.output.join("splits.json"), serde_json::to_string_pretty(&s)?.as_bytes())?;
+                return Ok(());
+            }
+            anyhow::ensure!(a.speech.len() == 1 && a.noise.len() == 1, "without --split-by, give one --speech and one --noise directory");
             let n = sepprune::audio::dataset::build_enhancement(
-                &a.speech, &a.noise, &a.output, &a.snr, a.rate, a.seed, a.holdout,
+                &a.speech[0], &a.noise[0], &a.output, &a.snr, a.rate, a.seed, a.holdout,
             )?;
             match n.as_slice() {
                 [train, test] => println!(
@@ -546,25 +583,42 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Eval {
-            model,
+            models,
             data,
             rate,
             runtime,
             json,
         } => {
-            let m = onnx::load(&model)?;
-            let r = sepprune::eval::eval(&m, &data, rate, runtime)?;
+            let mut reports = vec![];
+            for model in &models {
+                let m = onnx::load(model)?;
+                let r = sepprune::eval::eval(&m, &data, rate, runtime)
+                    .with_context(|| format!("evaluating {}", model.display()))?;
+                if !json {
+                    println!(
+                        "{}: {} mixtures, SI-SDR {:.2} dB, SI-SDRi {:.2} dB, SDRi {:.2} dB",
+                        model.display(),
+                        r.examples,
+                        r.si_sdr,
+                        r.si_sdri,
+                        r.sdri
+                    );
+                }
+                reports.push(r);
+            }
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                match reports.as_slice() {
+                    [one] => println!("{}", serde_json::to_string_pretty(one)?),
+                    all => println!("{}", serde_json::to_string_pretty(all)?),
+                }
             } else {
-                println!(
-                    "{}: {} mixtures, SI-SDR {:.2} dB, SI-SDRi {:.2} dB, SDRi {:.2} dB",
-                    model.display(),
-                    r.examples,
-                    r.si_sdr,
-                    r.si_sdri,
-                    r.sdri
-                );
+                let names: Vec<String> = models
+                    .iter()
+                    .map(|p| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()))
+                    .collect();
+                let pairs: Vec<(&str, &sepprune::eval::EvalReport)> =
+                    names.iter().map(String::as_str).zip(reports.iter()).collect();
+                print!("{}", sepprune::eval::condition_tables(&pairs));
             }
         }
         Cmd::Bench {
@@ -732,6 +786,7 @@ fn main() -> Result<()> {
             seconds,
             crops_per_file,
             val_every_file,
+            val,
             val_every,
             stop_after,
             seed,
@@ -758,6 +813,7 @@ fn main() -> Result<()> {
                 epochs,
                 minutes,
                 val_every_file,
+                val_data: val,
                 val_every,
                 stop_after,
                 seed,

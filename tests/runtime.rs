@@ -127,3 +127,18 @@ fn ort_cuda_runs_on_the_gpu_or_fails_loudly() {
         }
     }
 }
+
+/// Written models and reports get the permissions of any new file (umask applied), not a
+/// temporary file's 0600.
+#[cfg(unix)]
+#[test]
+fn outputs_have_the_permissions_of_any_new_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"x").unwrap();
+    let atomic = dir.path().join("atomic.onnx");
+    sepprune::onnx::write_atomic(&atomic, b"x").unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&atomic), mode(&plain));
+}

@@ -17,11 +17,7 @@ fn wavs(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .map(|e| e.eq_ignore_ascii_case("wav"))
-                .unwrap_or(false)
-        })
+        .filter(|p| wav::is_audio(p))
         .collect();
     v.sort();
     Ok(v)
@@ -172,5 +168,137 @@ fn mix_files(
             count += 1;
         }
     }
+    Ok(count)
+}
+
+/// The mixing conditions of one mixture a split set holds ([`CONDITIONS_FILE`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Condition {
+    pub speaker: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sex: Option<String>,
+    pub speech: PathBuf,
+    pub noise_category: String,
+    pub noise: PathBuf,
+    pub snr_db: f64,
+}
+
+/// Name of the file, beside `mix/`, that maps each mixture's file name to its [`Condition`].
+pub const CONDITIONS_FILE: &str = "conditions.json";
+
+/// Reads a set's [`CONDITIONS_FILE`], when there is one.
+///
+/// Errors: a file that exists but does not parse.
+pub fn conditions(dir: &Path) -> Result<Option<std::collections::BTreeMap<String, Condition>>> {
+    let p = dir.join(CONDITIONS_FILE);
+    if !p.exists() {
+        return Ok(None);
+    }
+    let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_str(&s)
+        .map(Some)
+        .map_err(|e| Error::Other(format!("{}: {e}", p.display())))
+}
+
+/// Writes `count` mixtures of one split of a corpus to `out` (LibriMix layout: `mix/`,
+/// `s1/`), with its [`CONDITIONS_FILE`] and its sources ([`super::corpus::SOURCES_FILE`]).
+/// Mixture `i` takes the speakers in a seeded shuffled order (files of one speaker in
+/// turn), the noise categories likewise, and SNR `snrs[i % len]`; speech is cropped to at
+/// most `seconds` (seeded offset), noise taken from a seeded offset and looped when
+/// shorter; a mixture whose peak would exceed 0.99 is scaled down with its reference.
+///
+/// Errors: unreadable audio; an empty split; no SNR.
+pub fn build_split(
+    c: &super::corpus::Corpus,
+    out: &Path,
+    count: usize,
+    snrs: &[f64],
+    seconds: f64,
+    rate: u32,
+    seed: u64,
+) -> Result<usize> {
+    use rand::seq::SliceRandom;
+    use std::collections::BTreeMap;
+    if c.speech.is_empty() || c.noise.is_empty() || snrs.is_empty() {
+        return Err(Error::Audio {
+            path: out.into(),
+            msg: "a split needs speech, noise and at least one SNR".into(),
+        });
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    // round robin over groups, each group's files in turn
+    let order = |items: &[super::corpus::Source], rng: &mut rand_chacha::ChaCha8Rng| {
+        let mut by: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, s) in items.iter().enumerate() {
+            by.entry(s.group.as_str()).or_default().push(i);
+        }
+        let mut groups: Vec<Vec<usize>> = by.into_values().collect();
+        groups.shuffle(rng);
+        (0..count)
+            .map(|k| {
+                let g = &groups[k % groups.len()];
+                g[(k / groups.len()) % g.len()]
+            })
+            .collect::<Vec<usize>>()
+    };
+    let speech_order = order(&c.speech, &mut rng);
+    let noise_order = order(&c.noise, &mut rng);
+    let mut noise_cache: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
+    let mut conditions: BTreeMap<String, Condition> = BTreeMap::new();
+    let max_len = (seconds * rate as f64).round().max(1.0) as usize;
+    for i in 0..count {
+        let sp = &c.speech[speech_order[i]];
+        let ns = &c.noise[noise_order[i]];
+        let mut s = wav::read_at(&sp.path, rate)?;
+        if s.len() > max_len {
+            let off = rng.random_range(0..=s.len() - max_len);
+            s = s[off..off + max_len].to_vec();
+        }
+        if !noise_cache.contains_key(&noise_order[i]) {
+            noise_cache.insert(noise_order[i], wav::read_at(&ns.path, rate)?);
+        }
+        let nz = &noise_cache[&noise_order[i]];
+        if nz.is_empty() || energy(nz) <= 0.0 {
+            return Err(Error::Audio {
+                path: ns.path.clone(),
+                msg: "silent noise file".into(),
+            });
+        }
+        let snr = snrs[i % snrs.len()];
+        let off = rng.random_range(0..nz.len());
+        let n: Vec<f32> = (0..s.len()).map(|t| nz[(off + t) % nz.len()]).collect();
+        let gain = (energy(&s) / (energy(&n).max(1e-12) * 10f64.powf(snr / 10.0))).sqrt() as f32;
+        let mut mix: Vec<f32> = s.iter().zip(&n).map(|(&a, &b)| a + gain * b).collect();
+        let peak = mix.iter().chain(&s).fold(0f32, |m, &v| m.max(v.abs()));
+        let norm = if peak > 0.99 { 0.99 / peak } else { 1.0 };
+        mix.iter_mut().for_each(|v| *v *= norm);
+        let clean: Vec<f32> = s.iter().map(|&v| v * norm).collect();
+        let name = format!("{i:04}_{}_{}_snr{snr}.wav", sp.group, ns.group);
+        wav::write(&out.join("mix").join(&name), &mix, rate)?;
+        wav::write(&out.join("s1").join(&name), &clean, rate)?;
+        conditions.insert(
+            name,
+            Condition {
+                speaker: sp.group.clone(),
+                sex: sp.sex.clone(),
+                speech: sp.path.clone(),
+                noise_category: ns.group.clone(),
+                noise: ns.path.clone(),
+                snr_db: snr,
+            },
+        );
+    }
+    crate::onnx::write_atomic(
+        &out.join(CONDITIONS_FILE),
+        serde_json::to_string_pretty(&conditions)
+            .map_err(|e| Error::Other(e.to_string()))?
+            .as_bytes(),
+    )?;
+    crate::onnx::write_atomic(
+        &out.join(super::corpus::SOURCES_FILE),
+        serde_json::to_string_pretty(c)
+            .map_err(|e| Error::Other(e.to_string()))?
+            .as_bytes(),
+    )?;
     Ok(count)
 }

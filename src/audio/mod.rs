@@ -1,5 +1,7 @@
-//! Audio: WAV input/output, LibriMix-style datasets, enhancement/separation set
-//! building, and separation metrics.
+//! Audio: WAV and FLAC input, WAV output, speech and noise corpora split by speaker and
+//! noise category, LibriMix-style datasets, enhancement set building, and separation
+//! metrics.
+pub mod corpus;
 pub mod dataset;
 pub mod metrics;
 pub mod wav;

@@ -1,18 +1,105 @@
-//! WAV reading (PCM 8/16/24/32-bit, IEEE float 32 and 64) and writing (float 32), mono
-//! mixdown, and resampling to the model's rate (rubato, sinc interpolation).
+//! Audio files: WAV (PCM 8/16/24/32-bit, IEEE float 32 and 64) and FLAC reading, WAV
+//! writing (float 32), mono mixdown, and resampling to the model's rate (rubato, sinc
+//! interpolation).
 //!
-//! hound reads every format except 64-bit float, which the shared data uses; that one is read
-//! from the RIFF chunks directly.
+//! hound reads every WAV format except 64-bit float, which the shared data uses; that one is
+//! read from the RIFF chunks directly. FLAC is decoded by symphonia.
 use crate::error::{Error, Result};
 use std::path::Path;
 
-/// Mono samples in [-1, 1] (channels averaged) and the sample rate in Hz.
+/// File extensions [`read`] decodes (lower case).
+pub const EXTENSIONS: &[&str] = &["wav", "flac"];
+
+/// Whether `path` names an audio file [`read`] decodes (by extension, any case).
+pub fn is_audio(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Mono samples in [-1, 1] (channels averaged) and the sample rate in Hz, from a WAV or
+/// FLAC file.
+///
+/// Errors: [`Error::Audio`] naming the file for an unreadable or unsupported file.
 pub fn read(path: &Path) -> Result<(Vec<f32>, u32)> {
     let bad = |msg: String| Error::Audio {
         path: path.into(),
         msg,
     };
-    let (interleaved, channels, rate) = match hound::WavReader::open(path) {
+    let flac = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("flac"));
+    let (interleaved, channels, rate) = if flac {
+        read_symphonia(path)?
+    } else {
+        read_wav(path)?
+    };
+    if rate == 0 {
+        return Err(bad("sample rate 0".into()));
+    }
+    let channels = channels.max(1);
+    let mono = interleaved
+        .chunks(channels)
+        .map(|c| c.iter().sum::<f32>() / channels as f32)
+        .collect();
+    Ok((mono, rate))
+}
+
+/// Interleaved samples, channel count and rate of a file symphonia decodes (FLAC).
+fn read_symphonia(path: &Path) -> Result<(Vec<f32>, usize, u32)> {
+    use symphonia::core::codecs::audio::AudioDecoderOptions;
+    use symphonia::core::formats::probe::Hint;
+    use symphonia::core::formats::{FormatOptions, TrackType};
+    use symphonia::core::io::MediaSourceStream;
+    use symphonia::core::meta::MetadataOptions;
+    let bad = |msg: String| Error::Audio {
+        path: path.into(),
+        msg,
+    };
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let mut hint = Hint::new();
+    if let Some(e) = path.extension().and_then(|e| e.to_str()) {
+        hint.with_extension(e);
+    }
+    let mut format = symphonia::default::get_probe()
+        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
+        .map_err(|e| bad(e.to_string()))?;
+    let track = format
+        .default_track(TrackType::Audio)
+        .ok_or_else(|| bad("no audio track".into()))?;
+    let track_id = track.id;
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|p| p.audio())
+        .ok_or_else(|| bad("no audio codec parameters".into()))?
+        .clone();
+    let mut decoder = symphonia::default::get_codecs()
+        .make_audio_decoder(&params, &AudioDecoderOptions::default())
+        .map_err(|e| bad(e.to_string()))?;
+    let (mut out, mut chunk) = (Vec::<f32>::new(), Vec::<f32>::new());
+    let (mut channels, mut rate) = (0usize, params.sample_rate.unwrap_or(0));
+    while let Some(packet) = format.next_packet().map_err(|e| bad(e.to_string()))? {
+        if packet.track_id != track_id {
+            continue;
+        }
+        let buf = decoder.decode(&packet).map_err(|e| bad(e.to_string()))?;
+        channels = buf.spec().channels().count();
+        rate = buf.spec().rate();
+        buf.copy_to_vec_interleaved(&mut chunk);
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, channels, rate))
+}
+
+/// Interleaved samples, channel count and rate of a WAV file.
+fn read_wav(path: &Path) -> Result<(Vec<f32>, usize, u32)> {
+    let bad = |msg: String| Error::Audio {
+        path: path.into(),
+        msg,
+    };
+    Ok(match hound::WavReader::open(path) {
         Ok(mut r) => {
             let spec = r.spec();
             let v: Vec<f32> = match spec.sample_format {
@@ -31,13 +118,7 @@ pub fn read(path: &Path) -> Result<(Vec<f32>, u32)> {
             (v, spec.channels as usize, spec.sample_rate)
         }
         Err(_) => read_float64(path)?,
-    };
-    let channels = channels.max(1);
-    let mono = interleaved
-        .chunks(channels)
-        .map(|c| c.iter().sum::<f32>() / channels as f32)
-        .collect();
-    Ok((mono, rate))
+    })
 }
 
 /// 64-bit IEEE float WAV (format tag 3 or WAVE_FORMAT_EXTENSIBLE), which hound rejects.
@@ -82,7 +163,7 @@ fn read_float64(path: &Path) -> Result<(Vec<f32>, usize, u32)> {
     Ok((v, channels, rate))
 }
 
-/// Reads a WAV file at `rate` Hz, resampling when its own rate differs.
+/// Reads a WAV or FLAC file at `rate` Hz, resampling when its own rate differs.
 pub fn read_at(path: &Path, rate: u32) -> Result<Vec<f32>> {
     let (x, r) = read(path)?;
     if r == rate {

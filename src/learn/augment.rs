@@ -32,11 +32,19 @@ use crate::runtime::tract::TractModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Draws training examples of `samples` samples from a data set's examples.
+/// Draws training examples of `samples` samples from a data set's examples, or from a
+/// corpus of speech and noise files ([`Augmenter::from_corpus`]).
 pub struct Augmenter {
-    examples: Vec<Example>,
-    /// Each example's noise: its mixture minus the sum of its sources.
+    /// Source signals per example `[example][S][len]`: references, a teacher's estimates,
+    /// or clean utterances of a corpus (`S = 1`).
+    sources: Vec<Vec<Vec<f32>>>,
+    /// Noise recordings: each example's mixture minus the sum of its sources, or a
+    /// corpus's noise files.
     noises: Vec<Vec<f32>>,
+    /// Probability of coloured noise instead of a recorded one.
+    coloured_share: f64,
+    /// Crops drawn per source, the loudest kept (a corpus's utterances have pauses).
+    crop_tries: usize,
     samples: usize,
     /// Perturb recorded noises (speed, tilt, reversal).
     perturb: bool,
@@ -232,8 +240,10 @@ impl Augmenter {
             })
             .collect();
         Ok(Augmenter {
-            examples,
+            sources: examples.into_iter().map(|e| e.sources).collect(),
             noises,
+            coloured_share: 0.5,
+            crop_tries: 1,
             samples,
             perturb,
             teacher,
@@ -253,19 +263,60 @@ impl Augmenter {
         self
     }
 
+    /// An augmenter over a corpus (a split of `mix --split-by`): every example is one
+    /// utterance of `speech` (a crop where it speaks: the loudest of four draws) plus one of
+    /// `noises` (perturbed with `perturb`) or, a fifth of the time, coloured noise, at an
+    /// SNR uniform in [-5, 10] dB. The targets are the clean crops; with `teacher`, use
+    /// [`Augmenter::distilled`] for the teacher's outputs on the remix instead.
+    ///
+    /// Errors: no speech or no noise; a teacher that does not run at `samples`.
+    pub fn from_corpus(
+        speech: Vec<Vec<f32>>,
+        noises: Vec<Vec<f32>>,
+        samples: usize,
+        teacher: Option<&crate::onnx::ModelProto>,
+        perturb: bool,
+        seed: u64,
+    ) -> Result<Augmenter> {
+        let speech: Vec<Vec<f32>> = speech.into_iter().filter(|s| power(s) > 0.0).collect();
+        let noises: Vec<Vec<f32>> = noises.into_iter().filter(|s| power(s) > 0.0).collect();
+        if speech.is_empty() || noises.is_empty() {
+            return Err(crate::error::Error::Other(
+                "dynamic mixing: the corpus needs non-silent speech and noise files".into(),
+            ));
+        }
+        Ok(Augmenter {
+            sources: speech.into_iter().map(|s| vec![s]).collect(),
+            noises,
+            coloured_share: 0.2,
+            crop_tries: 4,
+            samples,
+            perturb,
+            teacher: teacher
+                .map(|m| TractModel::new(m, &[1, 1, samples]))
+                .transpose()?,
+            min_gain: None,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0xD1CE),
+        })
+    }
+
     /// The next example: input `[samples]`, targets `[S][samples]`.
     pub fn item(&mut self) -> Item {
-        let (n, k) = (self.samples, self.examples.len());
+        let (n, k) = (self.samples, self.sources.len());
         let rng = &mut self.rng;
-        let s = self.examples[0].sources.len();
+        let s = self.sources[0].len();
         let targets: Vec<Vec<f32>> = (0..s)
             .map(|j| {
-                let ex = &self.examples[rng.random_range(0..k)];
-                crop(&ex.sources[j], n, rng)
+                let src = &self.sources[rng.random_range(0..k)][j];
+                // the loudest of a few crops: a crop in a pause teaches nothing
+                (0..self.crop_tries)
+                    .map(|_| crop(src, n, rng))
+                    .max_by(|a, b| power(a).total_cmp(&power(b)))
+                    .expect("at least one crop")
             })
             .collect();
-        let noise = if rng.random_bool(0.5) {
-            let recorded = &self.noises[rng.random_range(0..k)];
+        let noise = if rng.random_bool(1.0 - self.coloured_share) {
+            let recorded = &self.noises[rng.random_range(0..self.noises.len())];
             if self.perturb {
                 perturbed(recorded, n, rng)
             } else {

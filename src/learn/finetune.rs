@@ -41,8 +41,12 @@ pub struct FinetuneOptions {
     pub epochs: usize,
     /// Wall-clock budget in minutes (checked after every step).
     pub minutes: Option<f64>,
-    /// Every k-th file (sorted by name, counting from the k-th) is the validation split.
+    /// Every k-th file (sorted by name, counting from the k-th) is the validation split,
+    /// unless `val_data` is given.
     pub val_every_file: usize,
+    /// A separate validation set (LibriMix layout, e.g. the `val/` of `mix --split-by`):
+    /// validation crops come from it, training uses every file of the data.
+    pub val_data: Option<std::path::PathBuf>,
     /// Validate every this many steps (default: once per epoch).
     pub val_every: Option<usize>,
     /// Evaluations without improvement before stopping.
@@ -85,6 +89,7 @@ impl Default for FinetuneOptions {
             epochs: 10,
             minutes: None,
             val_every_file: 5,
+            val_data: None,
             val_every: None,
             stop_after: 3,
             patience: 1,
@@ -384,10 +389,12 @@ impl Trainer {
     }
 }
 
-/// Fine-tunes `model` on `data`.
+/// Fine-tunes `model` on `data`. With `dynamic_mix` and a [`crate::audio::corpus::SOURCES_FILE`]
+/// in `data` (a split of `mix --split-by`), every step draws a fresh mixture of that
+/// split's speech and noise files; otherwise remixes of `data`'s own examples.
 ///
-/// Errors: unreadable data, fewer than two files (no validation split), an op without a
-/// Candle lowering, a non-finite loss.
+/// Errors: unreadable data, fewer than two files (no validation split) without `val_data`,
+/// an op without a Candle lowering, a non-finite loss.
 pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<Finetuned> {
     let t0 = Instant::now();
     let mut trainer = Trainer::new(model, o.samples, o.lr, o.clip, o.loss, &o.device)?;
@@ -414,29 +421,60 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         o.teacher.as_ref(),
     )?;
     let k = o.val_every_file.max(2);
-    if files.len() < 2 {
-        return Err(Error::Other(format!(
-            "{}: fine-tuning needs at least 2 mixtures (one for validation)",
-            data.display()
-        )));
-    }
     let (mut train, mut val): (Vec<Item>, Vec<Item>) = (vec![], vec![]);
-    for (i, f) in files.into_iter().enumerate() {
-        if i % k == k - 1 {
-            val.extend(f);
-        } else {
-            train.extend(f);
+    if let Some(v) = &o.val_data {
+        let held = crate::audio::dataset::load(v, 16000)?;
+        val = crops_of(&held, v, o.samples, o.crops_per_file, o.teacher.as_ref())?
+            .into_iter()
+            .flatten()
+            .collect();
+        train = files.into_iter().flatten().collect();
+    } else {
+        if files.len() < 2 {
+            return Err(Error::Other(format!(
+                "{}: fine-tuning needs at least 2 mixtures (one for validation)",
+                data.display()
+            )));
+        }
+        for (i, f) in files.into_iter().enumerate() {
+            if i % k == k - 1 {
+                val.extend(f);
+            } else {
+                train.extend(f);
+            }
+        }
+        if val.is_empty() {
+            // fewer than k files: the last crop is the validation split
+            val.push(train.pop().expect("two files"));
         }
     }
-    if val.is_empty() {
-        // fewer than k files: the last crop is the validation split
-        val.push(train.pop().expect("two files"));
-    }
     let mut mixer = None;
-    if o.dynamic_mix {
+    let corpus = match o.dynamic_mix {
+        true => crate::audio::corpus::Corpus::of_split(data)?,
+        false => None,
+    };
+    if let Some(c) = corpus {
+        // a split of `mix --split-by`: fresh mixtures of its speech and noise files
+        let read = |v: &[crate::audio::corpus::Source]| -> Result<Vec<Vec<f32>>> {
+            v.iter()
+                .map(|s| crate::audio::wav::read_at(&s.path, 16000))
+                .collect()
+        };
+        mixer = Some(
+            super::augment::Augmenter::from_corpus(
+                read(&c.speech)?,
+                read(&c.noise)?,
+                o.samples,
+                o.teacher.as_ref(),
+                o.perturb_noise,
+                o.seed,
+            )?
+            .with_min_teacher_gain(o.min_teacher_gain),
+        );
+    } else if o.dynamic_mix {
         let (mut fit, mut held) = (vec![], vec![]);
         for (i, e) in examples.into_iter().enumerate() {
-            if i % k == k - 1 {
+            if o.val_data.is_none() && i % k == k - 1 {
                 held.push(e);
             } else {
                 fit.push(e);
