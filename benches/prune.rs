@@ -1,4 +1,4 @@
-//! Criterion benches of the compiler passes on the real Conv-TasNet (../shared/models):
+//! Criterion benches of the compiler passes on the real Conv-TasNet (`benches/common`):
 //! decode + shape inference, channel groups, budgeted masks, slicing.
 use criterion::{criterion_group, criterion_main, Criterion};
 use sepprune::analysis::analyze_groups;

@@ -1,5 +1,5 @@
 //! `bench`: latency of several models across runtimes, interleaved in one run so that
-//! machine noise hits all models alike (NOTES.md protocol: fixed intra-op threads, inter-op 1,
+//! machine noise hits all models alike (`docs/notes.md` protocol: fixed intra-op threads, inter-op 1,
 //! warm-ups, repeated timed runs, median and p10/p90). Ratios are to the first model.
 //!
 //! On a GPU (`ort-cuda`) the input is copied to device memory once and the output stays
@@ -8,8 +8,8 @@ use crate::analysis::profile;
 use crate::error::{Error, Result};
 use crate::ir::Ir;
 use crate::onnx::ModelProto;
-use crate::runtime::{Runner, Settings};
 pub use crate::runtime::Runtime;
+use crate::runtime::{Runner, Settings};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]

@@ -37,7 +37,9 @@ fn by_condition(
 ) -> BTreeMap<String, BTreeMap<String, ConditionScore>> {
     let mut out: BTreeMap<String, BTreeMap<String, ConditionScore>> = BTreeMap::new();
     for (name, sc) in per {
-        let Some(c) = conditions.get(name) else { continue };
+        let Some(c) = conditions.get(name) else {
+            continue;
+        };
         let mut dims = vec![
             ("snr_db", format!("{}", c.snr_db)),
             ("noise_category", c.noise_category.clone()),
@@ -120,7 +122,11 @@ pub fn condition_tables(reports: &[(&str, &EvalReport)]) -> String {
         for (v, c) in values {
             s += &format!("| {v} | {} |", c.examples);
             for (k, (_, r)) in reports.iter().enumerate() {
-                let x = r.by_condition.get(dim).and_then(|m| m.get(v)).map(|c| c.si_sdri);
+                let x = r
+                    .by_condition
+                    .get(dim)
+                    .and_then(|m| m.get(v))
+                    .map(|c| c.si_sdri);
                 match x {
                     Some(x) if k > 0 && c.si_sdri.abs() > 1e-9 => {
                         s += &format!(" {x:.2} ({:.0}%) |", 100.0 * x / c.si_sdri)

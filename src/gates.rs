@@ -4,7 +4,7 @@
 //! inputs: [`Read::Mix`]; an RNN's recurrent weight: [`Read::Weight`]), and channel means
 //! taken over kept channels only
 //! ([`Read::Mean`]): `mean = ReduceMean(g*x) * C / sum(g)`, i.e.
-//! `sum(g*x) / (sum(g) * rest)` (DESIGN.md, "Gate graph, exact by construction").
+//! `sum(g*x) / (sum(g) * rest)` (`docs/design.md`, "Gate graph, exact by construction").
 //!
 //! Per-channel ops in between (PRelu, depthwise conv, norm affine) may make a removed
 //! channel non-zero again, so gating only at the producer would not be exact; gating at

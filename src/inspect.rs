@@ -240,7 +240,11 @@ pub fn render(r: &Report, per_node: bool) -> String {
             "\nresidual blocks: {} (removable whole: `prune --drop-blocks N`)",
             r.blocks.len()
         );
-        let _ = writeln!(s, "{:>4} {:>6} {:>12} {:>14}  first node", "id", "nodes", "params", "MACs");
+        let _ = writeln!(
+            s,
+            "{:>4} {:>6} {:>12} {:>14}  first node",
+            "id", "nodes", "params", "MACs"
+        );
         for b in &r.blocks {
             let _ = writeln!(
                 s,

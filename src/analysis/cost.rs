@@ -1,5 +1,5 @@
 //! Params and MACs per node, per region and in total (ptflops conventions, see
-//! `docs/NOTES.md`): params are the learnable float initializers of rank >= 1 (weights,
+//! `docs/notes.md`): params are the learnable float initializers of rank >= 1 (weights,
 //! biases, affine scales; not buffers), each counted once;
 //! MACs come from each op's rule ([`crate::ops::OpRule::macs`]).
 use super::regions::{find_regions, Region};

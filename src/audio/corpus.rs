@@ -103,7 +103,12 @@ pub fn category_of(root: &Path, path: &Path) -> String {
     first_folder(root, path).unwrap_or_else(|| {
         let s = stem(path);
         let t = s.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '_');
-        if t.is_empty() { s.clone() } else { t.to_string() }.to_lowercase()
+        if t.is_empty() {
+            s.clone()
+        } else {
+            t.to_string()
+        }
+        .to_lowercase()
     })
 }
 
@@ -133,13 +138,21 @@ impl Corpus {
             for p in audio_files(d)? {
                 let group = speaker_of(d, &p);
                 let sex = sexes.get(&group).cloned();
-                c.speech.push(Source { path: p, group, sex });
+                c.speech.push(Source {
+                    path: p,
+                    group,
+                    sex,
+                });
             }
         }
         for d in noise {
             for p in audio_files(d)? {
                 let group = category_of(d, &p);
-                c.noise.push(Source { path: p, group, sex: None });
+                c.noise.push(Source {
+                    path: p,
+                    group,
+                    sex: None,
+                });
             }
         }
         let empty = |what: &str, dirs: &[PathBuf]| Error::Audio {
@@ -243,8 +256,17 @@ pub fn split(c: &Corpus, by: &[SplitBy], val: f64, test: f64, seed: u64) -> Resu
     Ok(Splits {
         format: "sepprune-splits/1".into(),
         seed,
-        train: Corpus { speech: s_train, noise: n_train },
-        val: Corpus { speech: s_val, noise: n_val },
-        test: Corpus { speech: s_test, noise: n_test },
+        train: Corpus {
+            speech: s_train,
+            noise: n_train,
+        },
+        val: Corpus {
+            speech: s_val,
+            noise: n_val,
+        },
+        test: Corpus {
+            speech: s_test,
+            noise: n_test,
+        },
     })
 }

@@ -63,7 +63,12 @@ fn read_symphonia(path: &Path) -> Result<(Vec<f32>, usize, u32)> {
         hint.with_extension(e);
     }
     let mut format = symphonia::default::get_probe()
-        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
+        .probe(
+            &hint,
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
         .map_err(|e| bad(e.to_string()))?;
     let track = format
         .default_track(TrackType::Audio)

@@ -8,7 +8,8 @@ use crate::runtime::tract::TractModel;
 use std::path::Path;
 
 /// Crops of every mixture of `data`, grouped by file (sorted by name): up to
-/// `crops_per_file` non-overlapping windows of `samples` samples (zero-padded when short).
+/// `crops_per_file` non-overlapping windows of `samples` samples (zero-padded when short),
+/// the most energetic ones when there are more.
 /// Targets `[S][samples]` are the references, or with `teacher` the teacher's outputs on the
 /// same crop (label-free: no references needed), split into its S sources.
 ///
@@ -45,7 +46,7 @@ pub fn crops_of(
     let mut out = vec![];
     for ex in examples {
         let mut file = vec![];
-        for c in 0..count(ex.mix.len(), samples, crops_per_file) {
+        for c in chosen_windows(ex, samples, crops_per_file) {
             let input = crop(&ex.mix, c);
             let targets = match &teacher {
                 Some(t) => t.run(&input)?.chunks(samples).map(<[f32]>::to_vec).collect(),
@@ -85,14 +86,41 @@ pub fn mixture_windows(
     examples
         .iter()
         .flat_map(|ex| {
-            (0..count(ex.mix.len(), samples, crops_per_file)).map(|c| window(&ex.mix, samples, c))
+            chosen_windows(ex, samples, crops_per_file)
+                .into_iter()
+                .map(|c| window(&ex.mix, samples, c))
         })
         .collect()
 }
 
-/// How many windows of `samples` to take from a signal of `len` samples (at least one).
-fn count(len: usize, samples: usize, crops_per_file: usize) -> usize {
-    len.div_ceil(samples).clamp(1, crops_per_file.max(1))
+/// The windows of `samples` to take from an example, in time order: all of them when
+/// there are at most `crops_per_file`, else the `crops_per_file` where the references (or,
+/// without references, the mixture) carry the most energy. Utterances begin and end in
+/// silence, and an SI-SDR on a silent reference measures nothing.
+fn chosen_windows(ex: &dataset::Example, samples: usize, crops_per_file: usize) -> Vec<usize> {
+    let n = ex.mix.len().div_ceil(samples).max(1);
+    let k = crops_per_file.max(1);
+    if n <= k {
+        return (0..n).collect();
+    }
+    let energy = |c: usize| -> f64 {
+        let range = c * samples..((c + 1) * samples).min(ex.mix.len());
+        let sq = |x: &[f32]| {
+            x[range.clone()]
+                .iter()
+                .map(|&v| (v as f64).powi(2))
+                .sum::<f64>()
+        };
+        match ex.sources.is_empty() {
+            true => sq(&ex.mix),
+            false => ex.sources.iter().map(|s| sq(s)).sum(),
+        }
+    };
+    let mut by_energy: Vec<(usize, f64)> = (0..n).map(|c| (c, energy(c))).collect();
+    by_energy.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut chosen: Vec<usize> = by_energy.into_iter().take(k).map(|(c, _)| c).collect();
+    chosen.sort_unstable();
+    chosen
 }
 
 /// Window `c` of `samples` samples of `x`, zero-padded when `x` ends first.

@@ -39,6 +39,8 @@ pub struct FinetuneOptions {
     /// Global L2 norm the gradient is clipped to (0: no clipping).
     pub clip: f64,
     pub epochs: usize,
+    /// At most this many steps (with dynamic mixing, where epochs mean little).
+    pub steps: Option<usize>,
     /// Wall-clock budget in minutes (checked after every step).
     pub minutes: Option<f64>,
     /// Every k-th file (sorted by name, counting from the k-th) is the validation split,
@@ -47,12 +49,17 @@ pub struct FinetuneOptions {
     /// A separate validation set (LibriMix layout, e.g. the `val/` of `mix --split-by`):
     /// validation crops come from it, training uses every file of the data.
     pub val_data: Option<std::path::PathBuf>,
+    /// A test set scored at every validation, for learning curves only: nothing (stopping,
+    /// learning rate, the weights kept) depends on it.
+    pub test_data: Option<std::path::PathBuf>,
     /// Validate every this many steps (default: once per epoch).
     pub val_every: Option<usize>,
     /// Evaluations without improvement before stopping.
     pub stop_after: usize,
-    /// Evaluations without improvement before the learning rate is halved (1: at every one).
+    /// Evaluations without improvement before the learning rate is halved (1: at every one;
+    /// [`Schedule::Plateau`] only).
     pub patience: usize,
+    pub schedule: Schedule,
     pub seed: u64,
     pub loss: Loss,
     pub progress: bool,
@@ -78,6 +85,19 @@ pub struct FinetuneOptions {
     pub ema: Option<f64>,
 }
 
+/// How the learning rate moves during a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Halved after `patience` validations without improvement.
+    #[default]
+    Plateau,
+    /// Cosine decay from `lr` to 0 over the budget (`steps`, else `minutes`, else
+    /// `epochs`): `lr * (1 + cos(pi * p)) / 2` at progress p in [0, 1] (Loshchilov and
+    /// Hutter 2017, SGDR without restarts). Validation only picks the weights kept.
+    Cosine,
+}
+
 impl Default for FinetuneOptions {
     fn default() -> Self {
         FinetuneOptions {
@@ -87,12 +107,15 @@ impl Default for FinetuneOptions {
             lr: 1e-3,
             clip: 5.0,
             epochs: 10,
+            steps: None,
             minutes: None,
             val_every_file: 5,
             val_data: None,
+            test_data: None,
             val_every: None,
             stop_after: 3,
             patience: 1,
+            schedule: Schedule::Plateau,
             seed: 0,
             loss: Loss::SiSdr,
             progress: false,
@@ -116,6 +139,9 @@ pub struct Eval {
     pub train_loss: f64,
     /// Mean validation loss (dB; with the SI-SDR loss, minus the validation SI-SDR).
     pub val_loss: f64,
+    /// Mean loss on the test crops, when a test set is given (curves only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_loss: Option<f64>,
     pub lr: f64,
 }
 
@@ -507,17 +533,33 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
             .with_min_teacher_gain(o.min_teacher_gain),
         );
     }
+    let test: Vec<Item> = match &o.test_data {
+        Some(t) => {
+            let ex = crate::audio::dataset::load(t, 16000)?;
+            crops_of(&ex, t, o.samples, 1, o.teacher.as_ref())?
+                .into_iter()
+                .flatten()
+                .collect()
+        }
+        None => vec![],
+    };
+    let test_loss = |trainer: &Trainer| -> Result<Option<f64>> {
+        (!test.is_empty())
+            .then(|| trainer.validate(&test))
+            .transpose()
+    };
     let first = Eval {
         step: 0,
         seconds: t0.elapsed().as_secs_f64(),
         train_loss: f64::NAN,
         val_loss: trainer.validate(&val)?,
+        test_loss: test_loss(&trainer)?,
         lr: o.lr,
     };
     let mut best = (first.clone(), trainer.snapshot()?);
     let mut history = vec![first];
     let val_every = o.val_every.unwrap_or(train.len()).max(1);
-    let total = o.epochs * train.len();
+    let total = o.steps.unwrap_or(usize::MAX).min(o.epochs * train.len());
     let bar = super::progress_bar(total, o.progress);
     let (mut step, mut since, mut stale, mut lr) = (0usize, vec![], 0usize, o.lr);
     let out_of_time = |t: &Instant| {
@@ -534,6 +576,15 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
             };
             step += 1;
             since.push(lv);
+            if o.schedule == Schedule::Cosine {
+                let p = match (o.steps, o.minutes) {
+                    (Some(_), _) => step as f64 / total as f64,
+                    (None, Some(m)) => t0.elapsed().as_secs_f64() / (60.0 * m),
+                    (None, None) => step as f64 / total as f64,
+                };
+                lr = o.lr * 0.5 * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos());
+                trainer.set_lr(lr);
+            }
             bar.inc(1);
             let last = history.last().expect("first evaluation");
             bar.set_message(format!(
@@ -547,6 +598,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
                     seconds: t0.elapsed().as_secs_f64(),
                     train_loss: mean(&since),
                     val_loss: trainer.validate(&val)?,
+                    test_loss: test_loss(&trainer)?,
                     lr,
                 };
                 since.clear();
@@ -555,7 +607,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
                     stale = 0;
                 } else {
                     stale += 1;
-                    if stale % o.patience.max(1) == 0 {
+                    if o.schedule == Schedule::Plateau && stale % o.patience.max(1) == 0 {
                         lr /= 2.0;
                         trainer.set_lr(lr);
                     }

@@ -410,7 +410,7 @@ impl OpRule for ConvTranspose {
     /// 1-D: through `conv_transpose2d` on `[N, C, 1, T]` with no padding (one call per
     /// group: input channels `[k*Cin/g, (k+1)*Cin/g)` give outputs `[k*Cout/g, ..)`), then
     /// cropped by the pads and extended by `output_padding` (candle's `conv_transpose1d` has
-    /// no backward and a wrong CPU forward for batch > 1; NOTES.md).
+    /// no backward and a wrong CPU forward for batch > 1; `docs/notes.md`).
     fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
         let e = ce(node);
         let (xs, w) = (cin(node, x, 0)?, cin(node, x, 1)?);

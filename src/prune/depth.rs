@@ -86,7 +86,11 @@ pub fn remove_dead(graph: &mut onnx::GraphProto) {
         .iter()
         .flat_map(|n| n.output.iter().cloned())
         .collect();
-    let inits: HashSet<String> = graph.initializer.iter().map(|t| t.name().to_string()).collect();
+    let inits: HashSet<String> = graph
+        .initializer
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect();
     graph.initializer.retain(|t| live.contains(t.name()));
     // initializers listed as graph inputs (old exporters) go with their tensors
     graph

@@ -130,7 +130,9 @@ impl Runner {
 /// fail in the runtime, with its message.
 pub fn with_input_shape(model: &ModelProto, shape: &[usize], pin: bool) -> ModelProto {
     use crate::onnx::pb::tensor_shape_proto::dimension::Value;
-    fn dims(v: &mut crate::onnx::ValueInfoProto) -> Option<&mut Vec<crate::onnx::pb::tensor_shape_proto::Dimension>> {
+    fn dims(
+        v: &mut crate::onnx::ValueInfoProto,
+    ) -> Option<&mut Vec<crate::onnx::pb::tensor_shape_proto::Dimension>> {
         v.r#type
             .as_mut()
             .and_then(|t| t.value.as_mut())

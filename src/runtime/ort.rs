@@ -22,7 +22,7 @@ use std::time::Instant;
 pub enum Provider {
     /// The CPU execution provider with this many intra-op threads (inter-op 1).
     Cpu { threads: usize },
-    /// The CUDA execution provider on GPU 0, cuDNN convolution search HEURISTIC (NOTES.md:
+    /// The CUDA execution provider on GPU 0, cuDNN convolution search HEURISTIC (`docs/notes.md`:
     /// EXHAUSTIVE measured 5x slower on the real Conv-TasNet), TF32 off (full f32, so that
     /// verification holds to the CPU's tolerances). With `graph`, ORT captures the run in a
     /// CUDA graph and replays it, which removes the per-kernel launch cost.

@@ -1,7 +1,7 @@
 //! Fine-tuning and the Taylor baseline on a small model: validation improves, the written
 //! model holds exactly the trained weights (its loss in tract equals the reported one) and
 //! nothing else changes, runs are deterministic; Taylor masks slim exactly.
-mod common;
+use crate::common;
 use sepprune::analysis::analyze_groups;
 use sepprune::audio::metrics::{dot, si_sdr};
 use sepprune::ir::Ir;
@@ -371,6 +371,31 @@ fn the_learning_rate_halves_after_patience_validations_without_improvement() {
     assert!(halvings > 0, "no plateau reached: {:?}", r.history);
 }
 
+/// The cosine schedule: every validation reports a lower learning rate than the one
+/// before, `lr (1 + cos(pi step / steps)) / 2`, down to 0 at the last step.
+#[test]
+fn the_cosine_schedule_decays_the_learning_rate_to_zero_over_the_steps() {
+    use sepprune::learn::finetune::Schedule;
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_set(dir.path(), 4);
+    let o = FinetuneOptions {
+        lr: 1e-2,
+        epochs: 100,
+        steps: Some(12),
+        val_every: Some(3),
+        stop_after: 1000,
+        schedule: Schedule::Cosine,
+        ..opts()
+    };
+    let r = finetune(&slim_tiny(), dir.path(), &o).unwrap();
+    assert_eq!(r.history.len(), 5, "{:?}", r.history);
+    for ev in &r.history[1..] {
+        let want = o.lr * 0.5 * (1.0 + (std::f64::consts::PI * ev.step as f64 / 12.0).cos());
+        assert!((ev.lr - want).abs() < 1e-12, "step {}: lr {} != {want}", ev.step, ev.lr);
+    }
+    assert_eq!(r.history.last().unwrap().lr, 0.0);
+}
+
 #[test]
 fn the_moving_average_is_decay_times_old_plus_the_rest_times_new_weights() {
     use sepprune::learn::finetune::Trainer;
@@ -542,4 +567,77 @@ fn hints_train_with_the_teacher_and_need_one() {
         r.history[0].val_loss,
         r.best.val_loss
     );
+}
+
+fn compress_opts(structure: sepprune::pipeline::Structure) -> sepprune::pipeline::Options {
+    sepprune::pipeline::Options {
+        target_macs: 0.6,
+        structure,
+        method: sepprune::pipeline::Method::L1,
+        iters: 0,
+        finetune_minutes: 0.0,
+        finetune_steps: Some(6),
+        finetune_lr: 1e-4,
+        teacher: false,
+        seconds: 0.025,
+        seed: 3,
+        runtimes: vec![sepprune::runtime::Runtime::Tract],
+        bench_runs: 2,
+        progress: false,
+        cuda: false,
+        refit: false,
+        refit_remix: 0,
+        fail_below: None,
+        max_drop: None,
+    }
+}
+
+/// `compress` with a step budget: the same model, data and seed give the same ONNX bytes;
+/// the report has its tables and at least four plots; depth removes whole blocks.
+#[test]
+fn compress_is_byte_identical_for_a_seed_and_reports_with_plots() {
+    use sepprune::pipeline::{compress, Structure};
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_set(&dir.path().join("set"), 4);
+    let model = dir.path().join("tiny.onnx");
+    sepprune::onnx::save(&common::tiny_tasnet(), &model, None, false).unwrap();
+    let set = dir.path().join("set");
+    let run = |name: &str, s: Structure| {
+        let out = dir.path().join(name);
+        let c = compress(&model, &set, None, &out, &compress_opts(s)).unwrap();
+        (std::fs::read(&out).unwrap(), c)
+    };
+    let (a, ca) = run("a.onnx", Structure::Channels);
+    let (b, _) = run("b.onnx", Structure::Channels);
+    assert!(a == b, "two runs with one seed wrote different models");
+    let report = std::fs::read_to_string(ca.dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("| original |") && report.contains("fine-tuned"),
+        "{report}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ca.dir.join("report.json")).unwrap())
+            .unwrap();
+    let plots = json["plots"].as_array().unwrap();
+    assert!(plots.len() >= 4, "{plots:?}");
+    for p in plots {
+        let bytes = std::fs::read(ca.dir.join(p.as_str().unwrap())).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"));
+    }
+    assert!(
+        ca.summary.contains("kept on 4 mixtures") && ca.summary.contains("(in-sample)"),
+        "{}",
+        ca.summary
+    );
+    let (d, cd) = run("d.onnx", Structure::Depth);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cd.dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["removed"]["structure"], "depth");
+    assert_eq!(
+        json["removed"]["removed"].as_array().unwrap().len(),
+        1,
+        "one of two blocks"
+    );
+    assert!(d.len() < a.len() + 10_000 && !d.is_empty());
 }

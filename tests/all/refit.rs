@@ -2,7 +2,7 @@
 //! recovers the original weights exactly (the normal equations are solved right); after
 //! pruning it lowers every layer's reconstruction error and the output error against the
 //! original model; it changes only the refitted layers' weights; the result runs in tract.
-mod common;
+use crate::common;
 use sepprune::analysis::{analyze_groups, Groups};
 use sepprune::ir::Ir;
 use sepprune::learn::refit::{refit, RefitOptions, RefitScope};

@@ -1,6 +1,6 @@
 //! The command line as a build pipeline sees it: JSON keys, clear errors, nothing written on
 //! failure, no overwriting of the input.
-mod common;
+use crate::common;
 use std::process::Command;
 
 fn sepprune() -> Command {
@@ -128,4 +128,64 @@ fn prune_with_refit_reports_the_layers_and_a_bad_data_dir_writes_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/set"));
     assert!(!bad.exists());
+}
+
+/// `--config` gives `compress` its options and the command line overrides them; a failed
+/// quality gate exits with status 2 and leaves the report and `OUT.report/rejected.onnx`,
+/// not OUT; an unknown key is an error that names the file and the option.
+#[test]
+fn compress_reads_a_config_and_a_failed_quality_gate_exits_2_without_writing_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set");
+    common::tiny_set(&set, 4);
+    let model = dir.path().join("tiny.onnx");
+    sepprune::onnx::save(&common::tiny_tasnet(), &model, None, false).unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[compress]\ntarget_macs = 0.6\nstructure = \"channels\"\nmethod = \"l1\"\n\
+         finetune_steps = 2\nseconds = 0.025\nruntime = [\"tract\"]\nruns = 2\n\
+         no_refit = true\nfail_below = 1000.0\n",
+    )
+    .unwrap();
+    let run = |out: &std::path::Path, extra: &[&str]| {
+        sepprune()
+            .arg("compress")
+            .arg(&model)
+            .arg("--data")
+            .arg(&set)
+            .arg("-o")
+            .arg(out)
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let rejected = dir.path().join("rejected.onnx");
+    let r = run(&rejected, &[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("quality gate") && err.contains("--fail-below 1000"), "{err}");
+    assert!(!rejected.exists(), "a rejected model was written to OUT");
+    let report = dir.path().join("rejected.onnx.report");
+    assert!(report.join("rejected.onnx").exists());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["quality_gate"]["fail_below"], 1000.0);
+    assert!(json["quality_gate"]["rejected"].is_string());
+    // the file's structure and method were used: 60% of the separator's MACs, by L1
+    assert_eq!(json["structure"], "channels");
+    assert_eq!(json["method"], "L1");
+    let accepted = dir.path().join("accepted.onnx");
+    let r = run(&accepted, &["--fail-below", "-1000"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(accepted.exists());
+    std::fs::write(&config, "[compress]\nbogus = 1\n").unwrap();
+    let r = run(&dir.path().join("never.onnx"), &[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(err.contains("c.toml") && err.contains("--bogus"), "{err}");
+    assert!(!dir.path().join("never.onnx").exists());
 }

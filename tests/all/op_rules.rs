@@ -1,5 +1,5 @@
 //! Channel-group and shape rules, op by op, on small graphs built in code.
-mod common;
+use crate::common;
 use common::G;
 use sepprune::analysis::analyze_groups;
 use sepprune::ir::Ir;

@@ -1,7 +1,7 @@
 //! Depth pruning: residual blocks found from the graph, removed exactly (the depth-pruned
 //! model equals the block gate graph with the same gates), refused where nothing would be
 //! left to read, and found alike in every export of the same network.
-mod common;
+use crate::common;
 use rand::seq::index::sample;
 use rand::SeedableRng;
 use sepprune::analysis::blocks::find_blocks;
@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 fn run(m: &sepprune::onnx::ModelProto, x: &[f32]) -> Vec<f32> {
-    TractModel::new(m, &[1, 1, x.len()]).unwrap().run(x).unwrap()
+    TractModel::new(m, &[1, 1, x.len()])
+        .unwrap()
+        .run(x)
+        .unwrap()
 }
 
 #[test]
@@ -23,7 +26,11 @@ fn tcn_blocks_are_found_from_the_graph_and_removed_exactly() {
     assert_eq!(blocks.len(), 2, "{blocks:?}");
     for b in &blocks {
         // 1x1 conv, PRelu, gLN, depthwise conv, PRelu, gLN, residual and skip convs
-        let convs = b.nodes.iter().filter(|&&n| ir.nodes()[n].op_type() == "Conv").count();
+        let convs = b
+            .nodes
+            .iter()
+            .filter(|&&n| ir.nodes()[n].op_type() == "Conv")
+            .count();
         assert_eq!(convs, 4, "block {} nodes {:?}", b.id, b.nodes);
         assert_eq!(b.merges.len(), 2, "a residual and a skip merge");
         assert!(b.params > 0 && b.macs > 0);
@@ -34,18 +41,26 @@ fn tcn_blocks_are_found_from_the_graph_and_removed_exactly() {
     let ones = run(&block_gate_graph(&ir, &blocks, &[1.0, 1.0]).unwrap(), &x);
     assert!(rel_err(&original, &ones) < 1e-6);
     for removed in [vec![0], vec![1]] {
-        let gates: Vec<f32> = (0..2).map(|b| if removed.contains(&b) { 0.0 } else { 1.0 }).collect();
+        let gates: Vec<f32> = (0..2)
+            .map(|b| if removed.contains(&b) { 0.0 } else { 1.0 })
+            .collect();
         let gated = run(&block_gate_graph(&ir, &blocks, &gates).unwrap(), &x);
         let dropped = drop_blocks(&ir, &blocks, &removed).unwrap();
         let slim = run(&dropped, &x);
         assert!(rel_err(&gated, &slim) < 1e-6, "blocks {removed:?}");
-        assert!(rel_err(&original, &slim) > 1e-3, "removing block {removed:?} changes the output");
+        assert!(
+            rel_err(&original, &slim) > 1e-3,
+            "removing block {removed:?} changes the output"
+        );
         // fewer nodes and parameters, no dangling initializer
         let g = dropped.graph.as_ref().unwrap();
         let before = ir.exported(&ir.model);
         assert!(g.node.len() + 25 < before.graph.as_ref().unwrap().node.len());
-        let read: std::collections::HashSet<&str> =
-            g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+        let read: std::collections::HashSet<&str> = g
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .collect();
         assert!(g.initializer.iter().all(|t| read.contains(t.name())));
     }
 }
@@ -116,7 +131,10 @@ fn fixture_exports_drop_blocks_exactly_and_alike() {
         checked += 1;
     }
     for (net, c) in &counts {
-        assert!(c.len() == 2 && c[0] == c[1], "{net}: blocks per TorchScript export {c:?}");
+        assert!(
+            c.len() == 2 && c[0] == c[1],
+            "{net}: blocks per TorchScript export {c:?}"
+        );
     }
     println!("blocks per network: {counts:?}");
     assert!(counts["convtasnet"][0] >= 2, "{counts:?}");

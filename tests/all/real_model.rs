@@ -1,5 +1,6 @@
-//! `inspect` on the real Conv-TasNet (../shared/models): ptflops-equivalent figures and groups.
-mod common;
+//! `inspect` on the real Conv-TasNet (`../shared/models`, or fetched from PyPI):
+//! ptflops-equivalent figures and groups.
+use crate::common;
 use sepprune::analysis::Region;
 use sepprune::{inspect, ir::Ir, onnx};
 
@@ -62,11 +63,7 @@ fn prune_half_the_separator_is_exact_checker_valid_and_runs_in_ort_at_several_le
     let slim_model = slim(&ir, &gs, &b.masks).unwrap().model;
     // central property in tract on real speech
     let speech = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/speech/spk1_snt1.wav");
-    assert!(
-        speech.exists(),
-        "MISSING ../shared/data/speech/spk1_snt1.wav"
-    );
+        .join("fixtures/audio/librispeech-103-1240-0000-1.5s.wav");
     let mut x = hound::WavReader::open(&speech)
         .unwrap()
         .samples::<i16>()

@@ -1,6 +1,6 @@
 //! Runtimes: declared input shapes, the bench protocol, and ORT CUDA that runs on a GPU or
 //! fails loudly (never a silent fall-back to the CPU).
-mod common;
+use crate::common;
 use sepprune::bench::{bench, BenchOptions};
 use sepprune::onnx::pb::tensor_shape_proto::dimension::Value;
 use sepprune::onnx::ModelProto;
@@ -12,7 +12,13 @@ fn input_dims(m: &ModelProto) -> Vec<Option<Value>> {
         sepprune::onnx::pb::type_proto::Value::TensorType(t) => t,
         _ => panic!("tensor input"),
     };
-    t.shape.as_ref().unwrap().dim.iter().map(|d| d.value.clone()).collect()
+    t.shape
+        .as_ref()
+        .unwrap()
+        .dim
+        .iter()
+        .map(|d| d.value.clone())
+        .collect()
 }
 
 /// A conv model with input `[1, 1, T]` (batch declared 1, time symbolic).
@@ -49,10 +55,15 @@ fn input_shapes_widen_a_batch_of_one_and_pin_symbolic_axes() {
         .run(&x1)
         .unwrap();
     let x3: Vec<f32> = (0..3).flat_map(|_| x1.iter().copied()).collect();
-    let y3 = Runner::new(Runtime::Tract, &with_input_shape(&m, &[3, 1, 100], false), &[3, 1, 100], 1)
-        .unwrap()
-        .run(&x3)
-        .unwrap();
+    let y3 = Runner::new(
+        Runtime::Tract,
+        &with_input_shape(&m, &[3, 1, 100], false),
+        &[3, 1, 100],
+        1,
+    )
+    .unwrap()
+    .run(&x3)
+    .unwrap();
     assert_eq!(y3.len(), 3 * y1.len());
     for item in y3.chunks(y1.len()) {
         assert!(rel_err(&y1, item) < 1e-6);
@@ -75,7 +86,10 @@ fn bench_reports_every_length_batch_and_model_against_the_first() {
     assert_eq!(rows.len(), 2 * 2 * 2);
     for r in &rows {
         assert!(r.median_ms > 0.0 && r.p10_ms <= r.median_ms && r.median_ms <= r.p90_ms);
-        assert!((r.macs_speedup - 1.0).abs() < 1e-12, "same model, same MACs");
+        assert!(
+            (r.macs_speedup - 1.0).abs() < 1e-12,
+            "same model, same MACs"
+        );
         assert!(!r.cuda_graph);
     }
     for chunk in rows.chunks(2) {
@@ -84,10 +98,18 @@ fn bench_reports_every_length_batch_and_model_against_the_first() {
         assert_eq!(chunk[0].batch, chunk[1].batch);
     }
     assert_eq!(
-        rows.iter().map(|r| (r.seconds, r.batch)).collect::<Vec<_>>(),
+        rows.iter()
+            .map(|r| (r.seconds, r.batch))
+            .collect::<Vec<_>>(),
         vec![
-            (0.01, 1), (0.01, 1), (0.01, 2), (0.01, 2),
-            (0.02, 1), (0.02, 1), (0.02, 2), (0.02, 2)
+            (0.01, 1),
+            (0.01, 1),
+            (0.01, 2),
+            (0.01, 2),
+            (0.02, 1),
+            (0.02, 1),
+            (0.02, 2),
+            (0.02, 2)
         ]
     );
     let none = BenchOptions {
@@ -101,7 +123,10 @@ fn bench_reports_every_length_batch_and_model_against_the_first() {
 /// computes; with a CPU-only library it is an error that names the CUDA provider.
 #[test]
 fn ort_cuda_runs_on_the_gpu_or_fails_loudly() {
-    assert!(ort::available(), "ONNX Runtime missing: pip install onnxruntime==1.31.1");
+    assert!(
+        ort::available(),
+        "ONNX Runtime missing: pip install onnxruntime==1.31.1"
+    );
     let m = conv_model();
     let x = sepprune::verify::test_signal(300, 16000.0);
     let has_provider = ort::library()
@@ -109,7 +134,10 @@ fn ort_cuda_runs_on_the_gpu_or_fails_loudly() {
         .is_some_and(|d| d.join("libonnxruntime_providers_cuda.so").exists());
     match Runner::new(Runtime::OrtCuda, &m, &[1, 1, 300], 1) {
         Ok(mut r) => {
-            assert!(has_provider, "ORT CUDA ran without the CUDA provider library");
+            assert!(
+                has_provider,
+                "ORT CUDA ran without the CUDA provider library"
+            );
             let want = Runner::new(Runtime::Ort, &m, &[1, 1, 300], 1)
                 .unwrap()
                 .run(&x)
@@ -141,4 +169,108 @@ fn outputs_have_the_permissions_of_any_new_file() {
     sepprune::onnx::write_atomic(&atomic, b"x").unwrap();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&atomic), mode(&plain));
+}
+
+/// Report charts are PNG files written whole (no temporary file left), for short and long
+/// category names, lines with missing points, and labelled points.
+#[test]
+fn report_plots_are_written_as_png() {
+    use sepprune::report::plots::{bars, lines, points, Series};
+    let dir = tempfile::tempdir().unwrap();
+    let short: Vec<String> = (0..24).map(|i| i.to_string()).collect();
+    let long: Vec<String> = [
+        "commune",
+        "farm",
+        "industryhigh",
+        "marketlow",
+        "raze",
+        "substation",
+        "trafichigh",
+    ]
+    .map(String::from)
+    .to_vec();
+    let vals = |n: usize, k: f64| {
+        (0..n)
+            .map(|i| k * (i as f64 + 1.0).sin())
+            .collect::<Vec<f64>>()
+    };
+    bars(
+        &dir.path().join("a.png"),
+        "short ids",
+        "share",
+        &short,
+        &[
+            Series {
+                name: "kept".into(),
+                values: vals(24, 1.0),
+            },
+            Series {
+                name: "removed".into(),
+                values: vals(24, 0.5),
+            },
+        ],
+    )
+    .unwrap();
+    bars(
+        &dir.path().join("b.png"),
+        "long names",
+        "dB",
+        &long,
+        &[Series {
+            name: "x".into(),
+            values: vals(7, 9.0),
+        }],
+    )
+    .unwrap();
+    assert!(bars(
+        &dir.path().join("c.png"),
+        "bad",
+        "dB",
+        &long,
+        &[Series {
+            name: "x".into(),
+            values: vec![1.0]
+        }]
+    )
+    .is_err());
+    lines(
+        &dir.path().join("d.png"),
+        "curves",
+        "step",
+        "dB",
+        &[
+            Series {
+                name: "val".into(),
+                values: vec![(0.0, -3.0), (64.0, -5.0), (128.0, -6.0)],
+            },
+            Series {
+                name: "test".into(),
+                values: vec![(0.0, f64::NAN), (64.0, -4.0)],
+            },
+        ],
+    )
+    .unwrap();
+    points(
+        &dir.path().join("e.png"),
+        "quality",
+        "GMac",
+        "dB",
+        &[(4.9, 9.0, "original".into()), (2.5, 7.8, "slim".into())],
+    )
+    .unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.png", "b.png", "d.png", "e.png"]);
+    for n in names {
+        let bytes = std::fs::read(dir.path().join(&n)).unwrap();
+        assert!(bytes.len() > 2000 && bytes.starts_with(b"\x89PNG"), "{n}");
+    }
+    if let Ok(keep) = std::env::var("SEPPRUNE_KEEP_PLOTS") {
+        for n in ["a.png", "b.png", "d.png", "e.png"] {
+            std::fs::copy(dir.path().join(n), std::path::Path::new(&keep).join(n)).unwrap();
+        }
+    }
 }

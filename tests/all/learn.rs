@@ -1,6 +1,6 @@
 //! Candle lowering: forward parity with tract, finite-difference gradient checks (f64), and
 //! the mask learner on a small model.
-mod common;
+use crate::common;
 use candle_core::{DType, Device, Tensor as CTensor, Var};
 use sepprune::analysis::analyze_groups;
 use sepprune::gates::{gate_graph, gate_name};

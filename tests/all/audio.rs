@@ -1,24 +1,13 @@
-//! WAV reading (PCM16 and float64 from ../shared/data) and metric properties.
+//! Audio reading (PCM16 and float64 WAV, FLAC; real recordings in `fixtures/audio`),
+//! corpora and their splits, and metric properties.
 use sepprune::audio::{metrics, wav};
 use std::path::PathBuf;
 
-fn shared(p: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(p);
-    assert!(
-        p.exists(),
-        "MISSING {}: these tests need ../shared/data",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn float64_mixture_is_a_scaled_sum_of_its_references() {
-    let (m, r) = wav::read(&shared("separation/mixture_1.wav")).unwrap();
-    let (a, _) = wav::read(&shared("separation/source1_1.wav")).unwrap();
-    let (b, _) = wav::read(&shared("separation/source2_1.wav")).unwrap();
+    let (m, r) = wav::read(&fixture("speechbrain-mixture_1-0.5s.wav")).unwrap();
+    let (a, _) = wav::read(&fixture("speechbrain-source1_1-0.5s.wav")).unwrap();
+    let (b, _) = wav::read(&fixture("speechbrain-source2_1-0.5s.wav")).unwrap();
     assert_eq!(r, 16000);
     assert_eq!(m.len(), a.len());
     // the stored mixture is a rescaled sum of the references
@@ -35,7 +24,7 @@ fn float64_mixture_is_a_scaled_sum_of_its_references() {
 
 #[test]
 fn pcm16_speech_reads_in_range() {
-    let (x, r) = wav::read(&shared("speech/spk1_snt1.wav")).unwrap();
+    let (x, r) = wav::read(&fixture("librispeech-103-1240-0000-1.5s.wav")).unwrap();
     assert_eq!(r, 16000);
     assert!(x.len() > 16000);
     let peak = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
@@ -44,7 +33,7 @@ fn pcm16_speech_reads_in_range() {
 
 #[test]
 fn both_metrics_are_scale_invariant_and_only_sdr_forgives_a_short_filter() {
-    let (x, _) = wav::read(&shared("speech/spk1_snt1.wav")).unwrap();
+    let (x, _) = wav::read(&fixture("librispeech-103-1240-0000-1.5s.wav")).unwrap();
     let noisy: Vec<f32> = x
         .iter()
         .enumerate()
@@ -114,7 +103,11 @@ fn flac_decodes_to_the_same_samples_as_its_wav() {
     assert_eq!((rf, rw), (16000, 16000));
     assert_eq!(f.len(), 24000);
     assert_eq!(f.len(), w.len());
-    let diff = f.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let diff = f
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(diff < 1e-7, "max difference {diff}");
     assert!(f.iter().any(|&v| v.abs() > 0.05), "speech, not silence");
 }
@@ -129,7 +122,11 @@ fn stereo_flac_is_mixed_down_and_resampled() {
     let (w, _) = wav::read(&fixture("librispeech-103-1240-0000-1.5s.wav")).unwrap();
     // the file's channels are the first and second halves of the 1.5 s
     let want: Vec<f32> = (0..11025).map(|i| (w[i] + w[11025 + i]) / 2.0).collect();
-    let diff = x.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let diff = x
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(diff < 1e-4, "max difference {diff}");
     let y = wav::read_at(&p, 16000).unwrap();
     assert_eq!(y.len(), (11025.0f64 * 16000.0 / 22050.0).round() as usize);
@@ -139,9 +136,8 @@ fn stereo_flac_is_mixed_down_and_resampled() {
 /// A corpus in two layouts: flat LibriSpeech names (`SPK-CHAPTER-UTT.wav`) and one folder
 /// per speaker; noise takes named `Category<digit>.wav`.
 fn tiny_corpus(root: &std::path::Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let tone = |f: f32, n: usize| -> Vec<f32> {
-        (0..n).map(|i| (i as f32 * f).sin() * 0.3).collect()
-    };
+    let tone =
+        |f: f32, n: usize| -> Vec<f32> { (0..n).map(|i| (i as f32 * f).sin() * 0.3).collect() };
     let flat = root.join("flat");
     let folders = root.join("folders");
     let noise = root.join("noise");
@@ -154,15 +150,20 @@ fn tiny_corpus(root: &std::path::Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
     }
     for spk in ["anna", "bob", "cleo", "dan", "eve"] {
         for utt in 0..2 {
-            let p = folders.join(spk).join("chapter").join(format!("u{utt}.wav"));
+            let p = folders
+                .join(spk)
+                .join("chapter")
+                .join(format!("u{utt}.wav"));
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             wav::write(&p, &tone(0.03, 2500), 16000).unwrap();
         }
     }
     std::fs::create_dir_all(&noise).unwrap();
-    for (k, cat) in ["Farm", "Fire", "Harbor", "Mill", "Rocket", "Tip", "Water", "Green"]
-        .iter()
-        .enumerate()
+    for (k, cat) in [
+        "Farm", "Fire", "Harbor", "Mill", "Rocket", "Tip", "Water", "Green",
+    ]
+    .iter()
+    .enumerate()
     {
         for take in 1..=2 {
             let n = sepprune::verify::test_signal(4000 + 10 * k + take, 16000.0);
@@ -188,8 +189,16 @@ fn corpus_splits_are_deterministic_and_disjoint() {
     assert!(categories.contains("harbor"));
     let by = [SplitBy::Speaker, SplitBy::Noise];
     let a = split(&c, &by, 0.2, 0.2, 3).unwrap();
-    assert_eq!(a, split(&c, &by, 0.2, 0.2, 3).unwrap(), "same seed, same split");
-    assert_ne!(a, split(&c, &by, 0.2, 0.2, 4).unwrap(), "another seed, another split");
+    assert_eq!(
+        a,
+        split(&c, &by, 0.2, 0.2, 3).unwrap(),
+        "same seed, same split"
+    );
+    assert_ne!(
+        a,
+        split(&c, &by, 0.2, 0.2, 4).unwrap(),
+        "another seed, another split"
+    );
     let parts = [&a.train, &a.val, &a.test];
     for field in [0, 1] {
         let groups: Vec<BTreeSet<String>> = parts
@@ -207,9 +216,22 @@ fn corpus_splits_are_deterministic_and_disjoint() {
         }
         let files: usize = parts
             .iter()
-            .map(|p| if field == 0 { p.speech.len() } else { p.noise.len() })
+            .map(|p| {
+                if field == 0 {
+                    p.speech.len()
+                } else {
+                    p.noise.len()
+                }
+            })
             .sum();
-        assert_eq!(files, if field == 0 { c.speech.len() } else { c.noise.len() });
+        assert_eq!(
+            files,
+            if field == 0 {
+                c.speech.len()
+            } else {
+                c.noise.len()
+            }
+        );
     }
     assert_eq!(a.test.groups().0.len(), 3, "20% of 17 speakers");
     // splitting only by speaker leaves every noise in every split
@@ -240,13 +262,24 @@ fn split_sets_record_conditions_and_sources() {
     }
     let ex = dataset::load(&out, 16000).unwrap();
     assert_eq!(ex.len(), 7);
-    assert!(ex.iter().all(|e| e.mix.len() <= 1600 && e.sources.len() == 1));
+    assert!(ex
+        .iter()
+        .all(|e| e.mix.len() <= 1600 && e.sources.len() == 1));
     // the measured SNR of each mixture is the one recorded
     for e in &ex {
-        let noise: Vec<f32> = e.mix.iter().zip(&e.sources[0]).map(|(m, s)| m - s).collect();
+        let noise: Vec<f32> = e
+            .mix
+            .iter()
+            .zip(&e.sources[0])
+            .map(|(m, s)| m - s)
+            .collect();
         let p = |x: &[f32]| x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
         let snr = 10.0 * (p(&e.sources[0]) / p(&noise)).log10();
-        assert!((snr - cond[&e.name].snr_db).abs() < 0.01, "{} {snr}", e.name);
+        assert!(
+            (snr - cond[&e.name].snr_db).abs() < 0.01,
+            "{} {snr}",
+            e.name
+        );
     }
     let back = Corpus::of_split(&out).unwrap().unwrap();
     assert_eq!(back, s.test);

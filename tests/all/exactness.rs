@@ -1,6 +1,6 @@
 //! The central property: a physically pruned model computes the same function as the gate
 //! graph under the same binary mask, and the all-ones gate graph is the original model.
-mod common;
+use crate::common;
 use proptest::prelude::*;
 use sepprune::analysis::analyze_groups;
 use sepprune::ir::Ir;

@@ -1,0 +1,133 @@
+//! `sepprune compress`: the whole pipeline (masks or blocks, prune, verify, refit,
+//! fine-tune, eval, bench) and a report directory beside OUT. Exit status 2: a quality
+//! gate (`--fail-below`, `--max-drop`) failed.
+use anyhow::Result;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    pub model: PathBuf,
+    /// A set of `mix --split-by` (train/, val/, test/: trained, validated and scored
+    /// apart), or a LibriMix-style scoring set (also the training set unless --train).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Training set for masks and fine-tuning (keep it apart from --data for held-out figures).
+    #[arg(long)]
+    pub train: Option<PathBuf>,
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Share of the separator's MACs to keep.
+    #[arg(long, default_value_t = 0.5)]
+    pub target_macs: f64,
+    /// Remove channels, whole residual blocks (depth), or choose by the first
+    /// --runtime (depth for ort-cuda, where batch-1 latency follows the node count).
+    #[arg(long, value_enum, default_value_t = sepprune::pipeline::Structure::Auto)]
+    pub structure: sepprune::pipeline::Structure,
+    /// How channels are chosen (--structure channels).
+    #[arg(long, value_enum, default_value_t = sepprune::pipeline::Method::Learned)]
+    pub method: sepprune::pipeline::Method,
+    /// Mask-learner iterations.
+    #[arg(long, default_value_t = 200)]
+    pub iters: usize,
+    /// Fine-tuning budget in minutes (0: none).
+    #[arg(long, default_value_t = 15.0)]
+    pub finetune_minutes: f64,
+    /// Fine-tuning budget in steps instead: the same model, data and seed then give the
+    /// same output, byte for byte.
+    #[arg(long)]
+    pub finetune_steps: Option<usize>,
+    /// Peak fine-tuning learning rate (Adam), decayed to 0 on a cosine over the budget.
+    #[arg(long, default_value_t = 1e-4)]
+    pub finetune_lr: f64,
+    /// Label-free: learn and fine-tune against the original model's outputs.
+    #[arg(long)]
+    pub teacher: bool,
+    /// Crop length in seconds for learning and fine-tuning.
+    #[arg(long, default_value_t = 0.5)]
+    pub seconds: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "ort,tract")]
+    pub runtime: Vec<sepprune::runtime::Runtime>,
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Run Candle on the first CUDA GPU (a build with `--features cuda`).
+    #[arg(long)]
+    pub cuda: bool,
+    /// Skip the least-squares refit of the linear layers before fine-tuning.
+    #[arg(long)]
+    pub no_refit: bool,
+    /// Label-free remixes added to the refit's calibration audio (see `prune
+    /// --refit-remix`).
+    #[arg(long, default_value_t = 80)]
+    pub refit_remix: usize,
+    /// Quality gate: exit with status 2 when the compressed model's SI-SDRi on the test
+    /// set is below this (dB); the model then goes to OUT.report/rejected.onnx, not OUT.
+    #[arg(long, value_name = "DB", allow_negative_numbers = true)]
+    pub fail_below: Option<f64>,
+    /// Quality gate: exit with status 2 when the compressed model loses more than this
+    /// SI-SDRi (dB) against the original; the model then goes to OUT.report/rejected.onnx.
+    #[arg(long, value_name = "DB")]
+    pub max_drop: Option<f64>,
+    /// Print report.json instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let Args {
+        model,
+        data,
+        train,
+        output,
+        target_macs,
+        structure,
+        method,
+        iters,
+        finetune_minutes,
+        finetune_steps,
+        finetune_lr,
+        teacher,
+        seconds,
+        seed,
+        runtime,
+        runs,
+        cuda,
+        no_refit,
+        refit_remix,
+        fail_below,
+        max_drop,
+        json,
+    } = a;
+    let o = sepprune::pipeline::Options {
+        target_macs,
+        structure,
+        method,
+        iters,
+        finetune_minutes,
+        finetune_steps,
+        finetune_lr,
+        teacher,
+        seconds,
+        seed,
+        runtimes: runtime,
+        bench_runs: runs,
+        progress: true,
+        cuda,
+        refit: !no_refit,
+        refit_remix,
+        fail_below,
+        max_drop,
+    };
+    let c = sepprune::pipeline::compress(&model, &data, train.as_deref(), &output, &o)?;
+    if json {
+        println!("{}", std::fs::read_to_string(c.dir.join("report.json"))?);
+    } else {
+        print!("{}", c.summary);
+    }
+    if let Some(r) = c.rejected {
+        eprintln!("error: quality gate: {r}");
+        std::process::exit(2);
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Commands that chain several passes: `compress` (structure selection, pruning,
+//! verification, recovery, evaluation, benchmark and a report with plots).
+pub mod compress;
+
+pub use compress::{compress, Compressed, Method, Options, Structure};

@@ -1,0 +1,18 @@
+//! The integration tests, in one binary: one link of tract, ORT and Candle instead of one
+//! per file (minutes on 2 cores). Each module tests one part; `common` builds the tiny
+//! models and sets, and finds the real Conv-TasNet.
+mod common;
+
+mod audio;
+mod candle_fixtures;
+mod cli;
+mod depth;
+mod exactness;
+mod finetune;
+mod fixtures;
+mod kernels;
+mod learn;
+mod op_rules;
+mod real_model;
+mod refit;
+mod runtime;
