@@ -50,7 +50,7 @@ make_stub() {
 [ -f "$stub/libcuda.so" ] || make_stub 2>/dev/null || true
 if ! cargo build "${flags[@]}" 2> "$stub/build.log"; then
   # the first build compiles cudarc; the stub needs its symbols, then the link is redone
-  if grep -q "cannot find -lcuda\|undefined reference to \`cu" "$stub/build.log"; then
+  if grep -q "cannot find -lcuda\|unable to find library -lcuda\|undefined reference to \`cu" "$stub/build.log"; then
     make_stub
     cargo build "${flags[@]}"
   else

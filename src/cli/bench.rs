@@ -1,4 +1,5 @@
-//! `sepprune bench`: Latency across runtimes (interleaved runs), beside the MACs ratio. Ratios are to the first model.
+//! `sepprune bench`: latency across runtimes (interleaved runs), beside the MACs ratio. Ratios
+//! are to the first model.
 use anyhow::Result;
 use sepprune::onnx;
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
-//! `sepprune check`: Verify: gate graph (all ones) == original; slim(mask) == gated(mask) for random masks.
+//! `sepprune check`: verify: gate graph (all ones) == original; slim(mask) == gated(mask) for
+//! random masks.
 use anyhow::Result;
 use sepprune::verify;
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
-//! `sepprune eval`: SI-SDR, SI-SDRi and SDRi on a LibriMix-style directory (mix/, s1/, s2/ ...); several models are compared, per mixing condition when the set has a conditions.json.
+//! `sepprune eval`: SI-SDR, SI-SDRi and SDRi on a LibriMix-style directory (mix/, s1/, s2/
+//! ...); several models are compared, per mixing condition when the set has a conditions.json.
 use anyhow::{Context, Result};
 use sepprune::onnx;
 use std::path::PathBuf;

@@ -1,4 +1,6 @@
-//! `sepprune finetune`: Fine-tune every weight of a (slimmed) model with Candle (Adam, validation split, learning rate halved on plateaus, early stop); writes ONNX with updated initializers.
+//! `sepprune finetune`: fine-tune every weight of a (slimmed) model with Candle (Adam,
+//! validation split, learning rate halved on plateaus, early stop); writes ONNX with updated
+//! initializers.
 use anyhow::{Context, Result};
 use sepprune::onnx;
 use sepprune::prune::Masks;

@@ -1,4 +1,4 @@
-//! `sepprune gate`: Write the gate graph: one gate vector per prunable channel group.
+//! `sepprune gate`: writes the gate graph: one gate vector per prunable channel group.
 use anyhow::Result;
 use sepprune::{gates, onnx};
 use std::path::PathBuf;
@@ -15,6 +15,9 @@ pub struct Args {
     pub masks: Option<PathBuf>,
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
+    /// Print `{"output", "gates"}` as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -23,10 +26,19 @@ pub fn run(a: Args) -> Result<()> {
         output,
         masks,
         seconds,
+        json,
     } = a;
     let (ir, groups, masks) = load_analyzed(&model, seconds, masks)?;
     let g = gates::gate_graph(&ir, &groups, masks.as_ref())?;
     onnx::save(&g, &output, Some(&model), false)?;
-    println!("{}: {} gates", output.display(), groups.prunable().count());
+    let gates = groups.prunable().count();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "output": output, "gates": gates })
+        );
+    } else {
+        println!("{}: {gates} gates", output.display());
+    }
     Ok(())
 }

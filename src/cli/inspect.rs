@@ -1,4 +1,5 @@
-//! `sepprune inspect`: Params and MACs per node and region (ptflops conventions), and the channel groups.
+//! `sepprune inspect`: params and MACs per node and region (ptflops conventions), and the
+//! channel groups.
 use anyhow::Result;
 use sepprune::inspect;
 use std::path::PathBuf;

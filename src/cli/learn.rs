@@ -1,4 +1,5 @@
-//! `sepprune learn`: Learn channel masks with the SepPrune Gumbel learner (Candle, CPU) on a data set.
+//! `sepprune learn`: learn channel masks with the SepPrune Gumbel learner (Candle, CPU) on a
+//! data set.
 use anyhow::{Context, Result};
 use sepprune::onnx;
 use sepprune::prune::{self, Residual};

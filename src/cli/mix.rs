@@ -41,6 +41,9 @@ pub struct Args {
     /// With --split-by: longest mixture, in seconds (longer speech is cropped).
     #[arg(long, default_value_t = 4.0)]
     pub max_seconds: f64,
+    /// Print the splits (or the mixture counts) as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -66,6 +69,9 @@ pub fn run(a: Args) -> Result<()> {
                 a.seed ^ (k as u64 + 1),
             )?;
             let (sp, nz) = part.groups();
+            if a.json {
+                continue;
+            }
             println!("{}/{name}: {n} mixtures from {} speakers ({} files) and {} noise categories ({} files)",
                 a.output.display(), sp.len(), part.speech.len(), nz.len(), part.noise.len());
         }
@@ -73,6 +79,9 @@ pub fn run(a: Args) -> Result<()> {
             &a.output.join("splits.json"),
             serde_json::to_string_pretty(&s)?.as_bytes(),
         )?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        }
         return Ok(());
     }
     anyhow::ensure!(
@@ -88,6 +97,13 @@ pub fn run(a: Args) -> Result<()> {
         a.seed,
         a.holdout,
     )?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "output": a.output, "mixtures": n })
+        );
+        return Ok(());
+    }
     match n.as_slice() {
         [train, test] => println!(
             "{}: {train} training mixtures in train/, {test} held-out mixtures in test/",

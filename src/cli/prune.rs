@@ -1,4 +1,5 @@
-//! `sepprune prune`: Physically remove channels (by a MACs budget, `--ratio`, or from a masks file) and/or whole residual blocks (`--drop-blocks`, `--blocks`).
+//! `sepprune prune`: physically remove channels (by a MACs budget, `--ratio`, or from a masks
+//! file) and/or whole residual blocks (`--drop-blocks`, `--blocks`).
 use anyhow::{Context, Result};
 use sepprune::learn::refit::{RefitOptions, RefitScope};
 use sepprune::prune::{self, Criterion, Masks, Residual, Scope};

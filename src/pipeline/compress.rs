@@ -603,12 +603,18 @@ pub fn compress(
 /// The failed quality gate of `o` for these SI-SDRi figures (dB), if any.
 fn quality_gate(o: &Options, original: f64, compressed: f64) -> Option<String> {
     // a NaN score fails every gate
-    if let Some(min) = o.fail_below.filter(|&m| compressed.is_nan() || compressed < m) {
+    if let Some(min) = o
+        .fail_below
+        .filter(|&m| compressed.is_nan() || compressed < m)
+    {
         return Some(format!(
             "SI-SDRi {compressed:.2} dB is below --fail-below {min} dB"
         ));
     }
-    if let Some(d) = o.max_drop.filter(|&d| compressed.is_nan() || original - compressed > d) {
+    if let Some(d) = o
+        .max_drop
+        .filter(|&d| compressed.is_nan() || original - compressed > d)
+    {
         return Some(format!(
             "SI-SDRi dropped by {:.2} dB ({original:.2} -> {compressed:.2}), more than --max-drop {d} dB",
             original - compressed

@@ -166,7 +166,10 @@ fn compress_reads_a_config_and_a_failed_quality_gate_exits_2_without_writing_out
     let r = run(&rejected, &[]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(2), "{err}");
-    assert!(err.contains("quality gate") && err.contains("--fail-below 1000"), "{err}");
+    assert!(
+        err.contains("quality gate") && err.contains("--fail-below 1000"),
+        "{err}"
+    );
     assert!(!rejected.exists(), "a rejected model was written to OUT");
     let report = dir.path().join("rejected.onnx.report");
     assert!(report.join("rejected.onnx").exists());
@@ -188,4 +191,27 @@ fn compress_reads_a_config_and_a_failed_quality_gate_exits_2_without_writing_out
     assert!(!r.status.success());
     assert!(err.contains("c.toml") && err.contains("--bogus"), "{err}");
     assert!(!dir.path().join("never.onnx").exists());
+}
+
+#[test]
+fn gate_json_names_the_output_and_counts_the_gates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("gated.onnx");
+    let out = sepprune()
+        .arg("gate")
+        .arg(common::real_model())
+        .arg("-o")
+        .arg(&out_path)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["gates"], 27);
+    assert_eq!(v["output"].as_str().unwrap(), out_path.to_str().unwrap());
+    assert!(out_path.exists());
 }

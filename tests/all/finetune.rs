@@ -391,7 +391,12 @@ fn the_cosine_schedule_decays_the_learning_rate_to_zero_over_the_steps() {
     assert_eq!(r.history.len(), 5, "{:?}", r.history);
     for ev in &r.history[1..] {
         let want = o.lr * 0.5 * (1.0 + (std::f64::consts::PI * ev.step as f64 / 12.0).cos());
-        assert!((ev.lr - want).abs() < 1e-12, "step {}: lr {} != {want}", ev.step, ev.lr);
+        assert!(
+            (ev.lr - want).abs() < 1e-12,
+            "step {}: lr {} != {want}",
+            ev.step,
+            ev.lr
+        );
     }
     assert_eq!(r.history.last().unwrap().lr, 0.0);
 }
