@@ -554,7 +554,7 @@ pub fn compress(
     )?;
     onnx::write_atomic(&dir.join("report.md"), md.as_bytes())?;
     let mut summary = format!(
-        "sepprune compress: {} -> {} ({what}{})\n  params  {:.3} M -> {:.3} M ({:.0}%)\n  MACs    {:.3} -> {:.3} GMac for 1 s ({:.2}x fewer)\n  quality SI-SDRi {:.2} -> {:.2} dB: {:.0}% kept on {} mixtures of `{}`{}\n  speed  ",
+        "sepprune compress: {} -> {} ({what}{})\n  params  {:.3} M -> {:.3} M ({:.0}%)\n  MACs    {:.3} -> {:.3} GMac for 1 s ({:.2}x fewer)\n  quality SI-SDRi {:.2} -> {:.2} dB ({:+.2} dB): {:.0}% kept on {} mixtures of `{}`{}\n  speed  ",
         model_path.display(),
         out.display(),
         if o.teacher { ", label-free" } else { "" },
@@ -566,6 +566,7 @@ pub fn compress(
         pa.macs as f64 / pb.macs as f64,
         before.si_sdri,
         final_eval.si_sdri,
+        final_eval.si_sdri - before.si_sdri,
         100.0 * final_eval.si_sdri / before.si_sdri,
         final_eval.examples,
         sets.test.display(),
