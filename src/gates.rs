@@ -12,12 +12,12 @@
 //! the slimmed model with the same mask. A concatenation of groups (a channel Concat) is
 //! gated with the Concat of its parts' gates (ones for parts that are not pruned); a group
 //! of whole norm groups ([`Part::Expand`]) with its gate repeated over each unit's run.
+use crate::analysis::Masks;
 use crate::analysis::{groups::Part, Groups};
 use crate::error::Result;
 use crate::ir::Ir;
 use crate::onnx::{self, int_attr, ModelProto, NodeProto, TensorProto};
 use crate::ops::{self, Read};
-use crate::prune::Masks;
 use std::collections::{HashMap, HashSet};
 
 fn node(

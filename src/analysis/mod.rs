@@ -3,8 +3,10 @@
 pub mod blocks;
 pub mod cost;
 pub mod groups;
+pub mod masks;
 pub mod regions;
 
 pub use cost::{profile, NodeCost, Profile};
 pub use groups::{analyze_groups, Group, Groups};
+pub use masks::Masks;
 pub use regions::{find_regions, Region};

@@ -25,7 +25,7 @@ pub struct Args {
     /// Remove these residual blocks (ids from `inspect`).
     #[arg(long, value_delimiter = ',')]
     pub blocks: Vec<usize>,
-    /// Kept channel indices per group (format: see `src/prune/masks.rs`).
+    /// Kept channel indices per group (format: see `src/analysis/masks.rs`).
     #[arg(long)]
     pub masks: Option<PathBuf>,
     /// Channel ranking: L1/L2 norms of the group's parameters, random, or first-order

@@ -2,12 +2,12 @@
 //! pruning (whole residual blocks).
 mod budget;
 pub mod depth;
-mod masks;
 mod slice;
 
 pub use budget::{
     candidates, masks_for_ratio, masks_from_scores, Budget, Budgeted, Cost, Criterion, Residual,
     Scope,
 };
-pub use masks::Masks;
+// masks are the selection's output and slicing's input; they live with the groups they index
+pub use crate::analysis::Masks;
 pub use slice::{pruned_shape, slim};
