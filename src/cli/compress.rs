@@ -75,52 +75,28 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let Args {
-        model,
-        data,
-        train,
-        output,
-        target_macs,
-        structure,
-        method,
-        iters,
-        finetune_minutes,
-        finetune_steps,
-        finetune_lr,
-        teacher,
-        seconds,
-        seed,
-        runtime,
-        runs,
-        cuda,
-        no_refit,
-        refit_remix,
-        fail_below,
-        max_drop,
-        json,
-    } = a;
     let o = sepprune::pipeline::Options {
-        target_macs,
-        structure,
-        method,
-        iters,
-        finetune_minutes,
-        finetune_steps,
-        finetune_lr,
-        teacher,
-        seconds,
-        seed,
-        runtimes: runtime,
-        bench_runs: runs,
+        target_macs: a.target_macs,
+        structure: a.structure,
+        method: a.method,
+        iters: a.iters,
+        finetune_minutes: a.finetune_minutes,
+        finetune_steps: a.finetune_steps,
+        finetune_lr: a.finetune_lr,
+        teacher: a.teacher,
+        seconds: a.seconds,
+        seed: a.seed,
+        runtimes: a.runtime,
+        bench_runs: a.runs,
         progress: true,
-        cuda,
-        refit: !no_refit,
-        refit_remix,
-        fail_below,
-        max_drop,
+        cuda: a.cuda,
+        refit: !a.no_refit,
+        refit_remix: a.refit_remix,
+        fail_below: a.fail_below,
+        max_drop: a.max_drop,
     };
-    let c = sepprune::pipeline::compress(&model, &data, train.as_deref(), &output, &o)?;
-    if json {
+    let c = sepprune::pipeline::compress(&a.model, &a.data, a.train.as_deref(), &a.output, &o)?;
+    if a.json {
         println!("{}", std::fs::read_to_string(c.dir.join("report.json"))?);
     } else {
         print!("{}", c.summary);

@@ -166,6 +166,40 @@ pub fn bars(
     })
 }
 
+/// A chart with f64 axes over `x` and `y` (min, max), its caption, mesh and axis labels
+/// drawn: what [`lines`] and [`points`] share.
+fn xy_chart<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    x: (f64, f64),
+    y: (f64, f64),
+) -> std::result::Result<
+    ChartContext<
+        'a,
+        BitMapBackend<'b>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    String,
+> {
+    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x.0..x.1, y.0..y.1)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(e)?;
+    Ok(chart)
+}
+
 /// Lines through `(x, y)` points, one per series.
 ///
 /// Errors: a render or write failure.
@@ -180,19 +214,7 @@ pub fn lines(
     let (y0, y1) = span(series.iter().flat_map(|s| s.values.iter().map(|p| p.1)));
     render(path, |root| {
         let e = |e: DrawingAreaErrorKind<_>| e.to_string();
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(e)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw()
-            .map_err(e)?;
+        let mut chart = xy_chart(root, title, x_label, y_label, (x0, x1), (y0, y1))?;
         for (k, s) in series.iter().enumerate() {
             let c = colour(k);
             let pts: Vec<(f64, f64)> = s
@@ -237,19 +259,7 @@ pub fn points(
     let (y0, y1) = span(pts.iter().map(|p| p.1));
     render(path, |root| {
         let e = |e: DrawingAreaErrorKind<_>| e.to_string();
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(e)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw()
-            .map_err(e)?;
+        let mut chart = xy_chart(root, title, x_label, y_label, (x0, x1), (y0, y1))?;
         chart
             .draw_series(pts.iter().enumerate().map(|(k, (x, y, label))| {
                 EmptyElement::at((*x, *y))
