@@ -208,9 +208,14 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             continue;
         }
         let mut links = Links::default();
-        match ops::rule(node) {
-            Some(r) => r.couple(node, ir, &mut links),
-            None => links.freeze_node(node, ir, "op has no rule"),
+        match (ops::rule(node), ir.opaque_reason(ni)) {
+            (_, Some(why)) => links.freeze_node(
+                node,
+                ir,
+                &format!("opaque op {} (shapes from tract: {why})", node.op_type()),
+            ),
+            (Some(r), None) => r.couple(node, ir, &mut links),
+            (None, None) => links.freeze_node(node, ir, "op has no rule"),
         }
         for (a, b) in &links.links {
             let (da, db) = (size_of(a), size_of(b));
@@ -473,7 +478,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
         if let Some(&g) = root_group.get(&root) {
             let grp = &mut groups[g];
             grp.members.push(s.clone());
-            if ir.is_initializer(&s.0) {
+            if ir.is_stored_constant(&s.0) {
                 grp.params.push(s.clone());
             }
             if grp.frozen.is_none() {
@@ -483,7 +488,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
         } else if let Some(&c) = root_cat.get(&root) {
             let cat = &mut concatenated[c];
             cat.members.push(s.clone());
-            if ir.is_initializer(&s.0) {
+            if ir.is_stored_constant(&s.0) {
                 cat.params.push(s.clone());
             }
             if cat_frozen[c].is_none() {

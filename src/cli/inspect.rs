@@ -42,6 +42,14 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", inspect::render(&report, nodes));
+        for (ni, why) in &ir.opaque {
+            let n = &ir.nodes()[*ni];
+            println!(
+                "opaque: node '{}' ({}): {why}; its channels are frozen",
+                n.name(),
+                n.op_type()
+            );
+        }
     }
     Ok(())
 }

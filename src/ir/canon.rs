@@ -162,13 +162,22 @@ pub fn bypass_weight_identities(model: &ModelProto) -> Option<ModelProto> {
     graph
         .node
         .retain(|n| !(n.op_type() == "Identity" && n.output.iter().any(|o| alias.contains_key(o))));
-    for n in &mut graph.node {
-        for i in &mut n.input {
-            if let Some(x) = alias.get(i) {
-                *i = x.clone();
+    // subgraphs (If branches) read the aliases from the enclosing scope too
+    fn rename(nodes: &mut [NodeProto], alias: &HashMap<String, String>) {
+        for n in nodes {
+            for i in &mut n.input {
+                if let Some(x) = alias.get(i) {
+                    *i = x.clone();
+                }
+            }
+            for a in &mut n.attribute {
+                for g in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+                    rename(&mut g.node, alias);
+                }
             }
         }
     }
+    rename(&mut graph.node, &alias);
     graph.value_info.retain(|v| !alias.contains_key(v.name()));
     Some(model)
 }
@@ -180,22 +189,35 @@ pub fn bypass_weight_identities(model: &ModelProto) -> Option<ModelProto> {
 /// undone in the written model. An If whose inlined names would collide with the graph's is
 /// left as it is (and its channels stay frozen). `None` when nothing was folded.
 pub fn fold_constant_ifs(model: &ModelProto) -> Option<ModelProto> {
+    let graph = model.graph.as_ref()?;
+    let consts: HashMap<String, bool> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name(), t))
+        .chain(
+            graph
+                .node
+                .iter()
+                .filter(|n| n.op_type() == "Constant")
+                .filter_map(|n| Some((n.output.first()?.as_str(), onnx::attr_t(n, "value")?))),
+        )
+        .filter_map(|(name, t)| {
+            let v = onnx::tensor_from_proto(t).ok()?.to_i64_vec();
+            (v.len() == 1).then(|| (name.to_string(), v[0] != 0))
+        })
+        .collect();
+    fold_ifs(model, &|c| consts.get(c).copied())
+}
+
+/// `model` with every `If` whose condition `cond` knows replaced by the branch it takes
+/// (see [`fold_constant_ifs`]); [`crate::ir::Ir::new`] calls it with the conditions that
+/// shape inference folded and that are the same at two input lengths (an exporter's rank
+/// or dtype guard), never with one that depends on the length (a padding `T % k`).
+pub fn fold_ifs(model: &ModelProto, cond: &dyn Fn(&str) -> Option<bool>) -> Option<ModelProto> {
     let mut model = model.clone();
     let mut folded = false;
     'again: loop {
         let graph = model.graph.as_mut()?;
-        let consts: HashMap<&str, &TensorProto> = graph
-            .initializer
-            .iter()
-            .map(|t| (t.name(), t))
-            .chain(
-                graph
-                    .node
-                    .iter()
-                    .filter(|n| n.op_type() == "Constant")
-                    .filter_map(|n| Some((n.output.first()?.as_str(), onnx::attr_t(n, "value")?))),
-            )
-            .collect();
         let names: HashSet<String> = graph
             .node
             .iter()
@@ -207,13 +229,7 @@ pub fn fold_constant_ifs(model: &ModelProto) -> Option<ModelProto> {
             if node.op_type() != "If" || !node.domain().is_empty() {
                 continue;
             }
-            let Some(cond) = node.input.first().and_then(|c| consts.get(c.as_str())) else {
-                continue;
-            };
-            let Some(take) = onnx::tensor_from_proto(cond).ok().and_then(|t| {
-                let v = t.to_i64_vec();
-                (v.len() == 1).then(|| v[0] != 0)
-            }) else {
+            let Some(take) = node.input.first().and_then(|c| cond(c)) else {
                 continue;
             };
             let branch = if take { "then_branch" } else { "else_branch" };

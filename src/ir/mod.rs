@@ -11,6 +11,7 @@ use crate::ops;
 use std::collections::HashMap;
 
 pub mod canon;
+pub mod oracle;
 
 /// What is statically known about one value.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +38,11 @@ impl Fact {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    /// The value as a boolean, when it is a one-element constant.
+    pub fn as_bool(&self) -> Option<bool> {
+        let v = self.value.as_ref()?.to_i64_vec();
+        (v.len() == 1).then(|| v[0] != 0)
+    }
 }
 
 /// Largest tensor (elements) that constant folding materialises.
@@ -57,6 +63,26 @@ pub struct Ir {
     /// The canonical rewrites applied to the exported model ([`canon::restore`] undoes
     /// them on a model to write).
     pub rewrites: Vec<canon::Applied>,
+    /// Nodes whose output shapes came from tract's analyser ([`oracle`]), with why: no
+    /// rule for the op, or its rule could not infer them (a data-dependent shape). Their
+    /// axes are frozen by the group analysis.
+    pub opaque: Vec<(usize, String)>,
+    /// Output facts of the `If`s left in the model (their branch depends on the length),
+    /// by node name.
+    pub if_facts: HashMap<String, Vec<Fact>>,
+}
+
+/// Where [`Ir::infer_step`] stopped.
+enum Step {
+    Done(Ir),
+    /// At node `node`, an `If` whose condition `cond` is the constant `take`; `facts`: what
+    /// was inferred before it.
+    If {
+        node: usize,
+        cond: String,
+        take: bool,
+        facts: HashMap<String, Fact>,
+    },
 }
 
 impl Ir {
@@ -71,14 +97,81 @@ impl Ir {
     pub fn new(model: ModelProto, samples: usize) -> Result<Ir> {
         let model = canon::fold_constant_ifs(&model).unwrap_or(model);
         let model = canon::bypass_weight_identities(&model).unwrap_or(model);
-        let ir = Ir::infer(model, samples)?;
+        let ir = Ir::fold_ifs_and_infer(model, samples)?;
         match canon::canonicalize(&ir) {
             Some((model, rewrites)) => Ok(Ir {
                 rewrites,
-                ..Ir::infer(model, samples)?
+                ..Ir::infer(model, samples, ir.if_facts.clone())?
             }),
             None => Ok(ir),
         }
+    }
+
+    /// The IR of a model already in canonical form (a slimmed [`Ir::model`]), inferred
+    /// without canonicalising it again: a pattern that appears only after slicing (a
+    /// GroupNorm left with one channel) stays as it is.
+    pub fn canonical(model: ModelProto, samples: usize) -> Result<Ir> {
+        Ir::fold_ifs_and_infer(model, samples)
+    }
+
+    /// Shape inference that resolves the `If`s whose condition folds from shapes (the
+    /// exporters' rank and length guards, in topological order). An If that takes the same
+    /// branch at another input length (`samples * 3 / 2 + 1`) is inlined
+    /// ([`canon::fold_ifs`]): the condition does not depend on the input. One whose branch
+    /// depends on the length (a padding `T % k`) stays, opaque, with the output shapes of
+    /// the branch it takes at `samples`.
+    fn fold_ifs_and_infer(mut model: ModelProto, samples: usize) -> Result<Ir> {
+        let mut given: HashMap<String, Vec<Fact>> = HashMap::new();
+        loop {
+            let (ni, cond, take) = match Ir::infer_step(model.clone(), samples, &given)? {
+                Step::Done(ir) => return Ok(ir),
+                Step::If {
+                    node, cond, take, ..
+                } => (node, cond, take),
+            };
+            let only = |c: &str| (c == cond).then_some(take);
+            let inlined = canon::fold_ifs(&model, &only);
+            let at_other = match Ir::infer_step(model.clone(), samples * 3 / 2 + 1, &given) {
+                Ok(Step::Done(o)) => o.facts.get(&cond).and_then(Fact::as_bool),
+                Ok(Step::If { facts, .. }) => facts.get(&cond).and_then(Fact::as_bool),
+                Err(_) => None,
+            };
+            let node = model
+                .graph
+                .as_ref()
+                .map(|g| g.node[ni].clone())
+                .unwrap_or_default();
+            match inlined {
+                Some(m) if at_other == Some(take) => model = m,
+                Some(m) => {
+                    // the branch taken here, inferred in a copy, gives the If's shapes
+                    let facts = match Ir::infer_step(m, samples, &given)? {
+                        Step::Done(ir) => ir.facts,
+                        Step::If { facts, .. } => facts,
+                    };
+                    let outs: Option<Vec<Fact>> =
+                        node.output.iter().map(|o| facts.get(o).cloned()).collect();
+                    let outs = outs.ok_or_else(|| {
+                        Error::node(&node, "the branch it takes does not give its outputs")
+                    })?;
+                    given.insert(node.name().to_string(), outs);
+                }
+                None => {
+                    return Err(Error::node(
+                        &node,
+                        "its branch cannot be inlined (names collide with the graph's)",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The reason node `ni` is opaque (its shapes came from tract), if it is.
+    pub fn opaque_reason(&self, ni: usize) -> Option<&str> {
+        self.opaque
+            .iter()
+            .find(|(i, _)| *i == ni)
+            .map(|(_, w)| w.as_str())
     }
 
     /// `model` (this IR's model, or one with the same nodes and new initializers) in the
@@ -87,7 +180,24 @@ impl Ir {
         canon::restore(model, self)
     }
 
-    fn infer(model: ModelProto, samples: usize) -> Result<Ir> {
+    /// [`Ir::infer_step`] for a model whose `If`s are resolved (`given`: the output facts of
+    /// the length-dependent ones).
+    fn infer(model: ModelProto, samples: usize, given: HashMap<String, Vec<Fact>>) -> Result<Ir> {
+        match Ir::infer_step(model, samples, &given)? {
+            Step::Done(ir) => Ok(ir),
+            Step::If { node, .. } => Err(Error::Other(format!(
+                "If node {node} has a constant condition left unresolved"
+            ))),
+        }
+    }
+
+    /// Infers facts node by node, stopping at the first `If` whose condition is a known
+    /// constant and whose outputs `given` (If node name -> output facts) does not hold.
+    fn infer_step(
+        model: ModelProto,
+        samples: usize,
+        given: &HashMap<String, Vec<Fact>>,
+    ) -> Result<Step> {
         let graph = model
             .graph
             .as_ref()
@@ -106,17 +216,33 @@ impl Ir {
             };
             facts.insert(init.name().to_string(), Fact { shape: dims, value });
         }
+        let mut extent = None; // the time extent of the first float input
+        let mut int_inputs = vec![];
         for inp in &graph.input {
             if facts.contains_key(inp.name()) {
                 continue; // an initializer listed as input (old exporters)
             }
-            facts.insert(
-                inp.name().to_string(),
-                Fact::shape(input_shape(inp, samples)?),
-            );
+            let (shape, time, float) = input_shape(inp, samples)?;
+            if float && extent.is_none() {
+                extent = time.map(|t| shape[t]);
+            }
+            if !float {
+                int_inputs.push(inp.name().to_string());
+            }
+            facts.insert(inp.name().to_string(), Fact::shape(shape));
+        }
+        // integer inputs (sequence lengths) hold the time extent of the signal
+        for name in int_inputs {
+            let f = facts.get_mut(&name).expect("inserted above");
+            if let (Some(t), true) = (extent, f.numel() == 1) {
+                let v = ndarray::ArrayD::from_elem(f.shape.clone(), t as i64);
+                f.value = Some(Tensor::I64(v));
+            }
         }
         let mut producer = HashMap::new();
         let mut consumers: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+        let mut opaque = vec![];
+        let mut oracle: Option<std::result::Result<HashMap<String, Fact>, String>> = None;
         for (ni, node) in graph.node.iter().enumerate() {
             let mut ins: Vec<Option<&Fact>> = Vec::with_capacity(node.input.len());
             for name in &node.input {
@@ -131,12 +257,90 @@ impl Ir {
                     }
                 }
             }
-            let rule =
-                ops::rule(node).ok_or_else(|| Error::node(node, "no shape rule for this op"))?;
-            let outs = rule.infer(node, &ins).map_err(|e| match e {
-                e @ Error::Node { .. } => e,
-                other => Error::node(node, other.to_string()),
-            })?;
+            let is_if = node.op_type() == "If" && node.domain().is_empty();
+            if let (true, Some(outs)) = (is_if, given.get(node.name())) {
+                for (ii, name) in node.input.iter().enumerate() {
+                    consumers.entry(name.clone()).or_default().push((ni, ii));
+                }
+                for (name, fact) in node.output.iter().zip(outs) {
+                    producer.insert(name.clone(), ni);
+                    facts.insert(name.clone(), fact.clone());
+                }
+                opaque.push((ni, "an If whose branch depends on the input length".into()));
+                continue;
+            }
+            if let (true, Some(take)) = (
+                is_if,
+                ins.first().copied().flatten().and_then(Fact::as_bool),
+            ) {
+                return Ok(Step::If {
+                    node: ni,
+                    cond: node.input[0].clone(),
+                    take,
+                    facts,
+                });
+            }
+            let inferred = match ops::rule(node) {
+                Some(rule) => rule.infer(node, &ins).map_err(|e| match e {
+                    Error::Node { msg, .. } => msg,
+                    other => other.to_string(),
+                }),
+                None => Err("no shape rule for this op".to_string()),
+            };
+            let outs = match inferred {
+                Ok(outs) => outs,
+                // a rule that finds the shapes inconsistent is right: the model does not run
+                // at this length (an export that baked its traced length in)
+                Err(why) if !why.contains("constant") && ops::rule(node).is_some() => {
+                    return Err(Error::node(node, why))
+                }
+                Err(why) => {
+                    // an op the rules do not cover: shapes from tract, the node opaque
+                    let known = oracle.get_or_insert_with(|| {
+                        let inputs: Vec<(String, Fact)> = graph
+                            .input
+                            .iter()
+                            .filter(|i| !init_index.contains_key(i.name()))
+                            .map(|i| (i.name().to_string(), facts[i.name()].clone()))
+                            .collect();
+                        oracle::tract_facts(&model, &inputs)
+                    });
+                    let outs: Option<Vec<Fact>> = match known {
+                        Ok(k) => node
+                            .output
+                            .iter()
+                            .map(|o| {
+                                if o.is_empty() {
+                                    Some(Fact::shape(vec![]))
+                                } else {
+                                    k.get(o).cloned()
+                                }
+                            })
+                            .collect(),
+                        Err(_) => None,
+                    };
+                    match (outs, known) {
+                        (Some(outs), _) => {
+                            opaque.push((ni, why));
+                            outs
+                        }
+                        (None, Err(t)) => {
+                            return Err(Error::node(
+                                node,
+                                format!("{why}; tract's analyser could not infer it either: {t}"),
+                            ))
+                        }
+                        (None, Ok(_)) => {
+                            return Err(Error::node(
+                                node,
+                                format!(
+                                    "{why}; tract's analyser has no static shape for its outputs"
+                                ),
+                            ))
+                        }
+                    }
+                }
+            };
             for (ii, name) in node.input.iter().enumerate() {
                 if !name.is_empty() {
                     consumers.entry(name.clone()).or_default().push((ni, ii));
@@ -158,7 +362,7 @@ impl Ir {
                 )));
             }
         }
-        Ok(Ir {
+        Ok(Step::Done(Ir {
             model,
             samples,
             facts,
@@ -166,7 +370,9 @@ impl Ir {
             consumers,
             init_index,
             rewrites: vec![],
-        })
+            opaque,
+            if_facts: given.clone(),
+        }))
     }
 
     pub fn graph(&self) -> &onnx::GraphProto {
@@ -185,13 +391,29 @@ impl Ir {
     pub fn is_initializer(&self, name: &str) -> bool {
         self.init_index.contains_key(name)
     }
-    /// Decoded initializer (float or int).
+    /// Decoded initializer (float or int), or the value of a `Constant` node's output
+    /// (exporters write a norm's unit scale that way).
     pub fn initializer(&self, name: &str) -> Result<Tensor> {
+        if let Some(t) = self
+            .constant_node(name)
+            .and_then(|n| onnx::attr_t(n, "value"))
+        {
+            return onnx::tensor_from_proto(t);
+        }
         let i = *self.init_index.get(name).ok_or_else(|| Error::Tensor {
             name: name.into(),
             msg: "not an initializer".into(),
         })?;
         onnx::tensor_from_proto(&self.graph().initializer[i])
+    }
+    /// The `Constant` node (with a `value` tensor) that produces `name`, if any.
+    pub fn constant_node(&self, name: &str) -> Option<&NodeProto> {
+        let n = &self.nodes()[*self.producer.get(name)?];
+        (n.op_type() == "Constant" && onnx::attr_t(n, "value").is_some()).then_some(n)
+    }
+    /// An initializer, or a `Constant` node's tensor: a constant that slicing can cut.
+    pub fn is_stored_constant(&self, name: &str) -> bool {
+        self.is_initializer(name) || self.constant_node(name).is_some()
     }
     /// True when the value is known at compile time (initializer, Constant or folded).
     pub fn is_const(&self, name: &str) -> bool {
@@ -230,10 +452,30 @@ impl Ir {
     }
 }
 
-fn input_shape(inp: &onnx::ValueInfoProto, samples: usize) -> Result<Vec<usize>> {
+/// Frames per second assumed for a feature input (log-mel and filterbank front ends use a
+/// 10 ms hop).
+pub const FEATURE_RATE: usize = 100;
+
+/// Smallest fixed feature axis for which a rank-3 input is taken as features, not as
+/// multi-channel audio.
+const MIN_FEATURES: usize = 16;
+
+/// An input's shape for `samples` of 16 kHz audio, the index of its time axis, and whether
+/// it is float. The time axis is the last dynamic dim (other dynamic dims, a batch, are 1).
+/// A waveform (`[T]`, `[1, T]`, `[1, C, T]` with few channels) gets `samples`; features
+/// (rank 3 with a fixed axis of at least 16: `[1, T, 80]` log-mel, `[1, 40, T]`) get
+/// `samples * 100 / 16000` frames. A fixed-length export keeps its declared shape (its time
+/// axis: `None`).
+fn input_shape(
+    inp: &onnx::ValueInfoProto,
+    samples: usize,
+) -> Result<(Vec<usize>, Option<usize>, bool)> {
     use onnx::pb::{tensor_shape_proto::dimension::Value, type_proto::Value as TV};
-    let dims = match inp.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(TV::TensorType(tt)) => tt.shape.as_ref().map(|s| s.dim.clone()).unwrap_or_default(),
+    let (dims, elem) = match inp.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(TV::TensorType(tt)) => (
+            tt.shape.as_ref().map(|s| s.dim.clone()).unwrap_or_default(),
+            tt.elem_type.unwrap_or(1),
+        ),
         _ => {
             return Err(Error::Other(format!(
                 "graph input '{}' is not a tensor",
@@ -241,32 +483,30 @@ fn input_shape(inp: &onnx::ValueInfoProto, samples: usize) -> Result<Vec<usize>>
             )))
         }
     };
-    let last_dynamic = dims
-        .iter()
-        .rposition(|d| !matches!(d.value, Some(Value::DimValue(v)) if v > 0));
-    if last_dynamic.is_none() {
-        // a fixed-length export: its length is the last non-unit dim
-        let fixed = dims.iter().rev().find_map(|d| match d.value {
-            Some(Value::DimValue(v)) if v > 1 => Some(v as usize),
-            _ => None,
-        });
-        if let Some(n) = fixed.filter(|&n| n != samples) {
-            return Err(Error::Other(format!(
-                "graph input '{}' has a fixed length of {n} samples (a static shape), not \
-                 {samples}",
-                inp.name()
-            )));
-        }
-    }
-    Ok(dims
+    let fixed = |d: &onnx::pb::tensor_shape_proto::Dimension| match d.value {
+        Some(Value::DimValue(v)) if v > 0 => Some(v as usize),
+        _ => None,
+    };
+    let time = dims.iter().rposition(|d| fixed(d).is_none());
+    let features = dims.len() == 3
+        && dims
+            .iter()
+            .any(|d| fixed(d).is_some_and(|v| v >= MIN_FEATURES));
+    let t = if features {
+        (samples * FEATURE_RATE / 16000).max(1)
+    } else {
+        samples
+    };
+    let shape = dims
         .iter()
         .enumerate()
-        .map(|(i, d)| match d.value {
-            Some(Value::DimValue(v)) if v > 0 => v as usize,
-            _ if Some(i) == last_dynamic => samples,
-            _ => 1,
+        .map(|(i, d)| match fixed(d) {
+            Some(v) => v,
+            None if Some(i) == time => t,
+            None => 1,
         })
-        .collect())
+        .collect();
+    Ok((shape, time, matches!(elem, 1 | 10 | 11 | 16)))
 }
 
 impl std::fmt::Debug for Ir {

@@ -160,6 +160,49 @@ fn load_external(t: &mut TensorProto, dir: &Path) -> Result<()> {
 pub fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
     node.attribute.iter().find(|a| a.name() == name)
 }
+/// Values a node's subgraphs (an `If`'s branches, a `Loop` or `Scan` body) read from the
+/// enclosing scope: names used inside that no subgraph node, input or initializer defines.
+pub fn captured(node: &NodeProto) -> Vec<String> {
+    fn walk(g: &GraphProto, out: &mut Vec<String>) {
+        let mut defined: std::collections::HashSet<&str> = g
+            .input
+            .iter()
+            .map(|v| v.name())
+            .chain(g.initializer.iter().map(|t| t.name()))
+            .collect();
+        for n in &g.node {
+            for i in n.input.iter().filter(|i| !i.is_empty()) {
+                if !defined.contains(i.as_str()) && !out.contains(i) {
+                    out.push(i.clone());
+                }
+            }
+            for sub in n
+                .attribute
+                .iter()
+                .flat_map(|a| a.g.iter().chain(a.graphs.iter()))
+            {
+                let mut inner = vec![];
+                walk(sub, &mut inner);
+                for i in inner {
+                    if !defined.contains(i.as_str()) && !out.contains(&i) {
+                        out.push(i);
+                    }
+                }
+            }
+            defined.extend(n.output.iter().map(String::as_str));
+        }
+    }
+    let mut out = vec![];
+    for g in node
+        .attribute
+        .iter()
+        .flat_map(|a| a.g.iter().chain(a.graphs.iter()))
+    {
+        walk(g, &mut out);
+    }
+    out
+}
+
 pub fn attr_i(node: &NodeProto, name: &str) -> Option<i64> {
     attr(node, name).and_then(|a| a.i)
 }

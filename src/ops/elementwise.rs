@@ -124,6 +124,8 @@ fn fold_i64(op: &str, a: &ArrayD<i64>, b: &ArrayD<i64>) -> Option<ArrayD<i64>> {
         "Equal" => |x, y| (x == y) as i64,
         "Less" => |x, y| (x < y) as i64,
         "Greater" => |x, y| (x > y) as i64,
+        "LessOrEqual" => |x, y| (x <= y) as i64,
+        "GreaterOrEqual" => |x, y| (x >= y) as i64,
         "And" => |x, y| (x != 0 && y != 0) as i64,
         "Or" => |x, y| (x != 0 || y != 0) as i64,
         _ => return None,

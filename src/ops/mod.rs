@@ -95,12 +95,15 @@ impl Links {
             self.freeze((&node.output[0], a), why);
         }
     }
-    /// Freezes every axis of every input and output of `node`.
+    /// Freezes every axis of every input and output of `node`, and of the values its
+    /// subgraphs read from the enclosing scope (an `If` branch's weights).
     pub fn freeze_node(&mut self, node: &NodeProto, ir: &Ir, why: &str) {
+        let captured = crate::onnx::captured(node);
         for v in node
             .input
             .iter()
             .chain(node.output.iter())
+            .chain(captured.iter())
             .filter(|v| !v.is_empty())
         {
             if let Some(f) = ir.fact(v) {
@@ -265,7 +268,9 @@ pub fn rule(node: &NodeProto) -> Option<&'static dyn OpRule> {
             &elementwise::Unary
         }
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Equal" | "Less" | "Greater"
-        | "And" | "Or" | "Where" | "PRelu" | "Clip" | "Mod" => &elementwise::Broadcast,
+        | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Where" | "PRelu" | "Clip" | "Mod" => {
+            &elementwise::Broadcast
+        }
         "BatchNormalization" => &norm::BatchNorm,
         "InstanceNormalization" => &norm::InstanceNorm,
         "LayerNormalization" => &norm::LayerNorm,

@@ -69,12 +69,22 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
         }
     }
     for (name, list) in &cuts {
-        let i = ir.init_index[*name];
         let mut t = ir.initializer(name)?;
         for (axis, keep) in list {
             t = t.select(*axis, keep);
         }
-        graph.initializer[i] = onnx::tensor_to_proto(&t, &graph.initializer[i]);
+        if let Some(&i) = ir.init_index.get(*name) {
+            graph.initializer[i] = onnx::tensor_to_proto(&t, &graph.initializer[i]);
+        } else if let Some(&ni) = ir.producer.get(*name) {
+            // a Constant node's value
+            let attr = graph.node[ni]
+                .attribute
+                .iter_mut()
+                .find(|a| a.name() == "value");
+            if let Some(slot) = attr.and_then(|a| a.t.as_mut()) {
+                *slot = onnx::tensor_to_proto(&t, slot);
+            }
+        }
     }
 
     // 2. per-op patches
@@ -184,7 +194,7 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
     }
 
     // 4. validate by re-inference
-    let mut check = Ir::new(model, ir.samples)?;
+    let mut check = Ir::canonical(model, ir.samples)?;
     check.rewrites = ir.rewrites.clone();
     for node in check.nodes() {
         for o in node

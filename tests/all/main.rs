@@ -6,6 +6,7 @@ mod common;
 mod audio;
 mod candle_fixtures;
 mod cli;
+mod corpus;
 mod depth;
 mod exactness;
 mod finetune;

@@ -162,16 +162,33 @@ fn decomposed_global_layer_norm_is_a_member_not_a_blocker() {
 }
 
 #[test]
-fn unknown_op_is_reported_with_node_and_op() {
+fn an_op_without_a_rule_is_opaque_and_one_no_runtime_knows_is_reported() {
+    // LpNormalization has no rule: tract's analyser gives its shapes, the node is opaque and
+    // the channels through it freeze, with the op named
     let mut g = G::new(&[1, 2, -1]);
     let h = g.conv("x", 2, 6, 1, 1, 0);
     let u = g.node("LpNormalization", &[&h], vec![]);
     let y = g.conv(&u, 6, 2, 1, 1, 0);
     let model = g.output(&y, &[1, 2, -1]);
-    // LpNormalization has no shape rule: shape inference reports the node and op
+    let ir = Ir::new(model, 30).unwrap();
+    let ni = ir
+        .nodes()
+        .iter()
+        .position(|n| n.op_type() == "LpNormalization")
+        .unwrap();
+    assert!(ir.opaque_reason(ni).is_some());
+    assert_eq!(ir.fact(&u).unwrap().shape, vec![1, 6, 30]);
+    let gs = analyze_groups(&ir).unwrap();
+    let why = gs.of(&h, 1).unwrap().frozen.clone().unwrap();
+    assert!(why.contains("LpNormalization"), "{why}");
+    // an op that neither the rules nor tract know: an error naming the node and the op
+    let mut g = G::new(&[1, 2, -1]);
+    let h = g.conv("x", 2, 6, 1, 1, 0);
+    let u = g.node("NoSuchOp", &[&h], vec![]);
+    let model = g.output(&u, &[1, 6, -1]);
     let err = Ir::new(model, 30).err().unwrap().to_string();
     assert!(
-        err.contains("LpNormalization") && err.contains("n1_LpNormalization"),
+        err.contains("NoSuchOp") && err.contains("n1_NoSuchOp"),
         "{err}"
     );
 }
