@@ -204,7 +204,15 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
                                                  // `width` times (parts = [unit])
     let mut concats: Vec<(Vec<usize>, usize, String, usize)> = vec![];
     for (ni, node) in ir.nodes().iter().enumerate() {
-        if ir.is_folded(node) {
+        // folded shape arithmetic carries no channels; a folded float tensor may (an RNN's
+        // zero initial state sliced per layer from one ConstantOfShape)
+        let float_out = node.output.iter().any(|o| {
+            matches!(
+                ir.fact(o).and_then(|f| f.value.as_ref()),
+                Some(crate::onnx::Tensor::F32(_))
+            )
+        });
+        if ir.is_folded(node) && !float_out {
             continue;
         }
         let mut links = Links::default();

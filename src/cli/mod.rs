@@ -45,19 +45,24 @@ pub fn verify_length(ir: &Ir, seconds: f64, quiet: bool) -> usize {
     if n == ir.samples {
         return n;
     }
-    match Ir::new(ir.model.clone(), n) {
-        Ok(_) => n,
-        Err(e) => {
-            if !quiet {
-                eprintln!(
-                    "note: the model does not run at {n} samples ({e}); it looks like a \
-                     fixed-length export, so it is verified at {} samples",
-                    ir.samples
-                );
-            }
+    let input_shape = |ir: &Ir| {
+        let x = ir.graph_inputs().into_iter().next()?;
+        ir.fact(&x).map(|f| f.shape.clone())
+    };
+    let why = match Ir::new(ir.model.clone(), n) {
+        // a fixed-shape input is analysed at its declared shape, whatever the length asked
+        Ok(o) if input_shape(&o) != input_shape(ir) => return n,
+        Ok(_) => "its input has a fixed shape".to_string(),
+        Err(e) => e.to_string(),
+    };
+    if !quiet {
+        eprintln!(
+            "note: the model does not run at {n} samples ({why}); it looks like a \
+             fixed-length export, so it is verified at {} samples",
             ir.samples
-        }
+        );
     }
+    ir.samples
 }
 
 /// The depth-pruning part of `prune`: the blocks to remove (given, or ranked by ablation

@@ -82,6 +82,44 @@ pub(crate) fn geometry(
     })
 }
 
+/// Spatial axes (2..) of a Conv or ConvTranspose: an axis the window spans with one tap,
+/// stride 1 and no padding maps position `i` to position `i`, so a channel group reaching it
+/// (channels reshaped into a 2-D conv's height) passes through; any other spatial axis mixes
+/// positions and freezes whatever group reaches it (asteroid's SuDoRM-RF mask conv runs a
+/// `[n_src, C + 1]` kernel across the channels).
+fn couple_spatial(node: &NodeProto, ir: &Ir, links: &mut Links, kernel_in_w: usize) {
+    let (x, w, y) = (
+        node.input[0].as_str(),
+        node.input[1].as_str(),
+        node.output[0].as_str(),
+    );
+    let (Some(xf), Some(wf)) = (ir.fact(x), ir.fact(w)) else {
+        return;
+    };
+    let kernel = &wf.shape[kernel_in_w..];
+    let transpose = node.op_type() == "ConvTranspose";
+    let Ok(g) = geometry(node, &xf.shape, kernel, transpose) else {
+        return links.freeze_node(node, ir, "unreadable Conv geometry");
+    };
+    let nd = kernel.len();
+    let out_pad = attr_ints(node, "output_padding").unwrap_or_default();
+    for i in 0..nd {
+        let a = 2 + i;
+        let identity = kernel[i] == 1
+            && g.strides[i] == 1
+            && g.pads[i] == 0
+            && g.pads[nd + i] == 0
+            && out_pad.get(i).copied().unwrap_or(0) == 0;
+        if identity && xf.shape.get(a) == ir.fact(y).and_then(|f| f.shape.get(a)) {
+            links.link((x, a), (y, a));
+        } else {
+            let why = format!("{} mixes positions along axis {a}", node.op_type());
+            links.freeze((x, a), &why);
+            links.freeze((y, a), &why);
+        }
+    }
+}
+
 /// True for a depthwise Conv: weight `[C, 1, k...]` with `group == C` (one filter per channel).
 fn depthwise(w: &[usize], group: usize) -> bool {
     group > 1 && w[1] == 1 && w[0] == group
@@ -194,6 +232,7 @@ impl OpRule for Conv {
             links.freeze_node(node, ir, "Conv with a computed (non-initializer) weight");
             return;
         }
+        couple_spatial(node, ir, links, 2);
         let bias = node.input.get(2).filter(|b| !b.is_empty());
         if let Some(b) = bias {
             links.link((b, 0), (y, 1));
@@ -385,6 +424,7 @@ impl OpRule for ConvTranspose {
             links.freeze_node(node, ir, "ConvTranspose with a computed weight");
             return;
         }
+        couple_spatial(node, ir, links, 2);
         links.link((x, 1), (w, 0));
         if group == 1 {
             links.source((w, 1));

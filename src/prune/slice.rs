@@ -156,6 +156,42 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
             }
         }
     }
+    // 2b. Float constants that the IR folded from shapes (an attention scale
+    // `1 / sqrt(head_dim)` computed from `Shape(q)`) keep their value where data reads them:
+    // the gate graph computes with it, and slicing must not change the function. Only those
+    // that are the same at another input length (a `1 / T` must follow the length), or all
+    // of them in a model that infers at no other length.
+    let other = Ir::canonical(ir.model.clone(), ir.samples * 3 / 2 + 1).ok();
+    for ni in 0..ir.nodes().len() {
+        if ir.is_folded(&ir.nodes()[ni]) {
+            continue;
+        }
+        for k in 0..graph.node[ni].input.len() {
+            let v = graph.node[ni].input[k].clone();
+            let Some(value @ onnx::Tensor::F32(_)) = ir.fact(&v).and_then(|f| f.value.as_ref())
+            else {
+                continue;
+            };
+            let carries = groups.by_value.contains_key(v.as_str())
+                || groups.cat_by_value.contains_key(v.as_str());
+            if carries || ir.is_stored_constant(&v) || !ir.producer.contains_key(&v) {
+                continue;
+            }
+            // (a model that infers at no other length has a fixed length)
+            let same = other
+                .as_ref()
+                .is_none_or(|o| o.fact(&v).is_some_and(|f| f.value.as_ref() == Some(value)));
+            if !same {
+                continue;
+            }
+            let name = format!("{v}.sepprune.folded");
+            if !extra.iter().any(|t| t.name() == name) {
+                extra.push(const_init(&name, value));
+            }
+            graph.node[ni].input[k] = name;
+        }
+    }
+
     // clones of shared Concats go right after their original (later ones first)
     pending.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
     for (p, c) in pending {

@@ -184,3 +184,68 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
     diff / scale
 }
+
+/// A graph input after the first, and what a run feeds it.
+#[derive(Clone, Debug)]
+pub struct SideInput {
+    pub name: String,
+    /// Its dims: declared ones kept, symbolic ones 1.
+    pub shape: Vec<usize>,
+    /// ONNX element type (1 float, 6 int32, 7 int64, 9 bool).
+    pub elem_type: i32,
+    /// Every element's value: the time extent of the first input for an integer input
+    /// (a sequence length), 0 for a float one.
+    pub fill: i64,
+}
+
+/// The inputs after the first of `model`, for a first input of `shape`: integer inputs (a
+/// Conformer's `lengths`) hold the first input's time extent, its last symbolic dim (the
+/// largest dim of a fixed-shape input); float ones are zeros. Initializers listed as inputs
+/// are not inputs.
+pub fn side_inputs(model: &ModelProto, shape: &[usize]) -> Vec<SideInput> {
+    use crate::onnx::pb::{tensor_shape_proto::dimension::Value, type_proto::Value as TV};
+    let Some(g) = model.graph.as_ref() else {
+        return vec![];
+    };
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+    let decl =
+        |v: &crate::onnx::ValueInfoProto| match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(TV::TensorType(tt)) => (
+                tt.shape
+                    .as_ref()
+                    .map(|s| {
+                        s.dim
+                            .iter()
+                            .map(|d| match d.value {
+                                Some(Value::DimValue(n)) if n > 0 => Some(n as usize),
+                                _ => None,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default(),
+                tt.elem_type.unwrap_or(1),
+            ),
+            _ => (vec![], 1),
+        };
+    let mut inputs = g.input.iter().filter(|i| !inits.contains(i.name()));
+    let Some(first) = inputs.next() else {
+        return vec![];
+    };
+    let (dims0, _) = decl(first);
+    let extent = match dims0.iter().rposition(|d| d.is_none()) {
+        Some(t) => shape.get(t).copied().unwrap_or(1),
+        None => shape.iter().copied().max().unwrap_or(1),
+    };
+    inputs
+        .map(|i| {
+            let (dims, elem_type) = decl(i);
+            let float = matches!(elem_type, 1 | 10 | 11 | 16);
+            SideInput {
+                name: i.name().to_string(),
+                shape: dims.iter().map(|d| d.unwrap_or(1)).collect(),
+                elem_type,
+                fill: if float { 0 } else { extent as i64 },
+            }
+        })
+        .collect()
+}

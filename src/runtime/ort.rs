@@ -130,6 +130,8 @@ pub struct OrtModel {
     device: Option<Device>,
     /// CPU sessions: the staged input of timed runs.
     staged: Vec<f32>,
+    /// The other graph inputs, fed on every run ([`super::side_inputs`]).
+    side: Vec<super::SideInput>,
 }
 
 struct Device {
@@ -188,6 +190,7 @@ impl OrtModel {
             provider,
             device: None,
             staged: vec![],
+            side: super::side_inputs(model, shape),
         })
     }
 
@@ -213,10 +216,26 @@ impl OrtModel {
         let arr = ndarray::ArrayViewD::from_shape(ndarray::IxDyn(&self.shape), x)
             .map_err(|x| Error::Runtime(x.to_string()))?;
         let t = TensorRef::from_array_view(arr).map_err(ort_err)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input.as_str() => t])
-            .map_err(ort_err)?;
+        let mut inputs = ort::inputs![self.input.as_str() => t];
+        for s in &self.side {
+            let n: usize = s.shape.iter().product();
+            let v: ort::value::DynValue = match s.elem_type {
+                7 => Tensor::from_array((s.shape.clone(), vec![s.fill; n]))
+                    .map_err(ort_err)?
+                    .into_dyn(),
+                6 => Tensor::from_array((s.shape.clone(), vec![s.fill as i32; n]))
+                    .map_err(ort_err)?
+                    .into_dyn(),
+                9 => Tensor::from_array((s.shape.clone(), vec![s.fill != 0; n]))
+                    .map_err(ort_err)?
+                    .into_dyn(),
+                _ => Tensor::from_array((s.shape.clone(), vec![0f32; n]))
+                    .map_err(ort_err)?
+                    .into_dyn(),
+            };
+            inputs.push((s.name.clone().into(), v.into()));
+        }
+        let outputs = self.session.run(inputs).map_err(ort_err)?;
         let y = outputs[0].try_extract_array::<f32>().map_err(ort_err)?;
         Ok(y.iter().copied().collect())
     }

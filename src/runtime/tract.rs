@@ -7,6 +7,8 @@ pub struct TractModel {
     plan: std::sync::Arc<TypedSimplePlan>,
     shape: Vec<usize>,
     staged: Vec<f32>,
+    /// The other graph inputs' values, fed on every run ([`super::side_inputs`]).
+    side: Vec<Tensor>,
 }
 
 impl TractModel {
@@ -20,11 +22,29 @@ impl TractModel {
         }
         let bytes = onnx::encode(&model);
         let err = |e: TractError| Error::Runtime(format!("tract: {e:#}"));
-        let plan = tract_onnx::onnx()
+        let mut side = vec![];
+        for s in super::side_inputs(&model, shape) {
+            let n: usize = s.shape.iter().product();
+            let t = match s.elem_type {
+                7 => Tensor::from_shape(&s.shape, &vec![s.fill; n]),
+                6 => Tensor::from_shape(&s.shape, &vec![s.fill as i32; n]),
+                9 => Tensor::from_shape(&s.shape, &vec![s.fill != 0; n]),
+                _ => Tensor::from_shape(&s.shape, &vec![0f32; n]),
+            }
+            .map_err(err)?;
+            side.push(t);
+        }
+        let mut m = tract_onnx::onnx()
             .model_for_read(&mut bytes.as_slice())
             .map_err(err)?
             .with_input_fact(0, f32::fact(shape).into())
-            .map_err(err)?
+            .map_err(err)?;
+        for (i, t) in side.iter().enumerate() {
+            m = m
+                .with_input_fact(i + 1, InferenceFact::from(t.clone()))
+                .map_err(err)?;
+        }
+        let plan = m
             .into_optimized()
             .map_err(err)?
             .into_runnable()
@@ -33,6 +53,7 @@ impl TractModel {
             plan,
             shape: shape.to_vec(),
             staged: vec![],
+            side,
         })
     }
 
@@ -42,7 +63,9 @@ impl TractModel {
         let t =
             tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(&self.shape), x.to_vec())
                 .map_err(|e| Error::Runtime(e.to_string()))?;
-        let out = self.plan.run(tvec!(Tensor::from(t).into())).map_err(err)?;
+        let mut inputs: TVec<TValue> = tvec!(Tensor::from(t).into());
+        inputs.extend(self.side.iter().map(|s| s.clone().into()));
+        let out = self.plan.run(inputs).map_err(err)?;
         let v = out[0].to_plain_array_view::<f32>().map_err(err)?;
         Ok(v.iter().copied().collect())
     }

@@ -100,7 +100,7 @@ fn guards_on_rank_fold_and_an_if_on_the_length_stays_opaque() {
 
 #[test]
 fn corpus_exports_slim_exactly_with_random_masks() {
-    // one export per library path that prunes today (docs/corpus.md lists all of them)
+    // one export per structure that once broke (docs/corpus.md lists all of them)
     for f in [
         "ast_convtasnet.ts17.onnx", // If guards inlined, weights through Identity
         "ast_sudormrf_improved.ts13.onnx",
@@ -110,6 +110,10 @@ fn corpus_exports_slim_exactly_with_random_masks() {
         "hf_wavlm.ts13.onnx",
         "hf_data2vec_audio.dynamo18.onnx",
         "hf_whisper_encoder.ts17.onnx", // a fixed [1, 80, 200] log-mel input
+        "ta_wav2vec2.ts17.onnx",        // SDPA scale from Shape(q): kept as a constant
+        "ast_lstmtasnet.ts17.onnx",     // LSTM zero state sliced per layer: patched
+        "ast_sudormrf.ts17.onnx",       // Conv2d across the channels: frozen; an If on T % k
+        "ta_conformer.dynamo18.onnx",   // a second, integer input (lengths)
     ] {
         let ir = load(f, 4000);
         let groups = analyze_groups(&ir).unwrap();
