@@ -25,6 +25,9 @@ pub enum Error {
     Runtime(String),
     #[error("audio {path}: {msg}")]
     Audio { path: PathBuf, msg: String },
+    /// A model the tool declines to prune, with why and what to do instead.
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("{0}")]
     Other(String),
 }

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 pub mod canon;
 pub mod oracle;
+pub mod validate;
 
 /// What is statically known about one value.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,7 +37,7 @@ impl Fact {
         self.shape.len()
     }
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1usize, |a, &d| a.saturating_mul(d))
     }
     /// The value as a boolean, when it is a one-element constant.
     pub fn as_bool(&self) -> Option<bool> {
@@ -89,12 +90,15 @@ impl Ir {
     /// Infers every value's shape with each graph input's dynamic dims set: the last
     /// dynamic dim to `samples`, the others to 1.
     ///
-    /// Errors: [`Error::Node`] naming the first node whose shape cannot be inferred
-    /// (unknown op, inconsistent shapes, non-topological order).
+    /// Errors: [`Error::Refused`] for a model it declines ([`validate::validate`]: no or
+    /// an unsupported opset, a quantized graph, NaN weights); [`Error::Node`] naming the
+    /// first node whose shape cannot be inferred (an op neither the rules nor tract know,
+    /// inconsistent shapes, non-topological order).
     ///
     /// Exporter patterns are first rewritten into canonical forms ([`canon`]), so the IR's
     /// model is the canonical one.
     pub fn new(model: ModelProto, samples: usize) -> Result<Ir> {
+        validate::validate(&model)?;
         let model = canon::fold_constant_ifs(&model).unwrap_or(model);
         let model = canon::bypass_weight_identities(&model).unwrap_or(model);
         let ir = Ir::fold_ifs_and_infer(model, samples)?;
@@ -207,7 +211,7 @@ impl Ir {
         for (i, init) in graph.initializer.iter().enumerate() {
             init_index.insert(init.name().to_string(), i);
             let dims: Vec<usize> = init.dims.iter().map(|&d| d.max(0) as usize).collect();
-            let n: usize = dims.iter().product();
+            let n: usize = dims.iter().fold(1usize, |a, &d| a.saturating_mul(d));
             let is_int = !matches!(init.data_type.unwrap_or(1), 1 | 10 | 11 | 16);
             let value = if is_int || n <= 64 {
                 Some(onnx::tensor_from_proto(init)?)

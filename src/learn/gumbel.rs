@@ -74,6 +74,18 @@ impl Scores {
         }
     }
 
+    /// True when this state (read from a checkpoint a user may have edited) fits `groups`:
+    /// the format, one score and two Adam moments per channel of each, all finite.
+    pub fn fits(&self, groups: &[&Group]) -> bool {
+        let fit = |m: &BTreeMap<usize, Vec<f64>>| {
+            groups.iter().all(|g| {
+                m.get(&g.id)
+                    .is_some_and(|t| t.len() == g.size && t.iter().all(|x| x.is_finite()))
+            })
+        };
+        self.format == FORMAT && fit(&self.theta) && fit(&self.m) && fit(&self.v)
+    }
+
     /// The scores as a map for [`crate::prune::masks_from_scores`].
     pub fn map(&self) -> HashMap<usize, Vec<f64>> {
         self.theta.iter().map(|(&k, v)| (k, v.clone())).collect()

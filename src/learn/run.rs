@@ -1,7 +1,7 @@
 //! `sepprune learn`: the SepPrune mask learner on a data directory, with progress,
 //! checkpoints of the scores, and a final masks file for `prune --masks`.
 use super::graph::CandleGraph;
-use super::gumbel::{rng_at, step, GumbelConfig, Item, Scores, FORMAT};
+use super::gumbel::{rng_at, step, GumbelConfig, Item, Scores};
 use crate::analysis::{Group, Groups};
 use crate::error::{Error, Result};
 use crate::gates::{gate_graph, gate_name};
@@ -79,11 +79,7 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
                 .map_err(|e| {
                     Error::Other(format!("{}: not a scores checkpoint: {e}", p.display()))
                 })?;
-            if s.format != FORMAT
-                || cands
-                    .iter()
-                    .any(|g| s.theta.get(&g.id).map(|t| t.len()) != Some(g.size))
-            {
+            if !s.fits(&cands) {
                 return Err(Error::Other(format!(
                     "{}: checkpoint does not fit this model's groups",
                     p.display()

@@ -112,13 +112,16 @@ fn from_raw<T: Copy, const N: usize>(raw: &[u8], conv: fn([u8; N]) -> T) -> Vec<
 /// the dims.
 pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
     let dims = dims_of(t)?;
-    let n: usize = dims.iter().product();
-    let raw = t.raw_data.as_deref();
-    let dt = t.data_type.unwrap_or(0);
     let bad = |msg: String| Error::Tensor {
         name: t.name().into(),
         msg,
     };
+    let n: usize = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad(format!("dims {dims:?} overflow")))?;
+    let raw = t.raw_data.as_deref();
+    let dt = t.data_type.unwrap_or(0);
     let out = match dt {
         1 => {
             let v = match raw {

@@ -73,6 +73,14 @@ pub(crate) fn geometry(
             "strides/dilations/pads do not match the kernel rank",
         ));
     }
+    if strides.contains(&0) || dilations.contains(&0) || kernel.contains(&0) {
+        return Err(Error::node(
+            node,
+            format!(
+                "zero stride, dilation or kernel size ({strides:?}, {dilations:?}, {kernel:?})"
+            ),
+        ));
+    }
     let group = attr_i(node, "group").unwrap_or(1).max(1) as usize;
     Ok(Geometry {
         group,

@@ -24,7 +24,7 @@ fn link_through(node: &NodeProto, ir: &Ir, links: &mut Links) {
         let Some(f) = ir.fact(inp) else { continue };
         let off = r - f.rank().min(r);
         for (a, &d) in f.shape.iter().enumerate() {
-            if d > 1 && d == of.shape[off + a] {
+            if d > 1 && of.shape.get(off + a) == Some(&d) {
                 links.link((inp, a), (out, off + a));
             }
         }

@@ -64,7 +64,10 @@ fn resolve_target(node: &NodeProto, x: &[usize], target: &[i64]) -> Result<Vec<u
             t => return Err(Error::node(node, format!("invalid target dim {t}"))),
         }
     }
-    let known: usize = out.iter().product();
+    let known: usize = out
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::node(node, format!("target {target:?} overflows")))?;
     if let Some(i) = infer_at {
         if known == 0 || !total.is_multiple_of(known) {
             return Err(Error::node(

@@ -4,6 +4,7 @@
 mod common;
 
 mod audio;
+mod bad_input;
 mod candle_fixtures;
 mod cli;
 mod corpus;
