@@ -1,13 +1,17 @@
 """The open-world corpus table: every export in fixtures/corpus (and our own fixtures/models)
 loaded, analysed and pruned by 30% of its MACs (`--scope all`), as a Markdown table.
 
-usage: python scripts/corpus_table.py [--bin target/release/sepprune] [--out docs/corpus.md]
+usage: python scripts/corpus_table.py [--bin target/release/sepprune] [--out FILE]
+                                     [--extra DIR] [--no-bench]
 
 Columns: params (sepprune's count; PyTorch's from the manifest), MACs at the length counted,
 prunable / frozen channel groups, the MACs reduction `prune --ratio 0.3 --scope all`
-reached, its verification (slim == gate graph under the same masks, in ORT), onnx.checker on
-the slim model, and whether the slim model runs in ORT at 0.5, 1 and 2 s (or its fixed
-shape). Needs onnx and onnxruntime (pip); never a dependency of the tool.
+reached, its verification (slim == gate graph under the same masks, in ORT), the same with
+random masks in tract (`n/a` where tract cannot run the original), onnx.checker on the slim
+model, whether the slim model runs in ORT at 0.5, 1 and 2 s (or its fixed shape), and the
+ORT CPU speed-up at 1 s (one thread, median of 20 interleaved runs; tiny models are noisy).
+`--extra DIR` adds the .onnx files of DIR (scripts/fetch_real_corpus.sh fetches the real
+trained ones). Needs onnx and onnxruntime (pip); never a dependency of the tool.
 """
 import argparse
 import glob
@@ -63,18 +67,23 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/sepprune")
     ap.add_argument("--out", default="")
+    ap.add_argument("--extra", default="")
+    ap.add_argument("--no-bench", action="store_true")
     a = ap.parse_args()
     manifest = json.load(open("fixtures/corpus/manifest.json"))
     files = [(f"fixtures/corpus/{k}", v) for k, v in manifest.items()]
     files += [(p, {"library": "sepprune fixtures", "params": None, "inputs": []})
               for p in sorted(glob.glob("fixtures/models/*.onnx"))]
+    if a.extra:
+        files += [(p, {"library": "registry (trained)", "params": None, "inputs": []})
+                  for p in sorted(glob.glob(os.path.join(a.extra, "*.onnx")))]
     rows, n_ok, n_load = [], 0, 0
     tmp = tempfile.mkdtemp()
     for path, meta in files:
         name = os.path.basename(path)
         rc, out, err = run([a.bin, "inspect", path, "--json"])
         if rc != 0:
-            rows.append(f"| {name} | {meta['library']} | no: {error_line(err)} | | | | | | | |")
+            rows.append(f"| {name} | {meta['library']} | no: {error_line(err)} | | | | | | | | | |")
             continue
         n_load += 1
         ins = json.loads(out)
@@ -87,7 +96,7 @@ def main():
                             "--json"])
         if rc != 0:
             rows.append(f"| {name} | {meta['library']} | yes | {params} | {ins['macs'] / 1e6:.1f} M "
-                        f"@ {ins['samples']} | {prunable} / {frozen} | no: {error_line(err)} | | | |")
+                        f"@ {ins['samples']} | {prunable} / {frozen} | no: {error_line(err)} | | | | | |")
             continue
         p = json.loads(out)
         red = 1 - p["macs_ratio"]
@@ -98,15 +107,31 @@ def main():
         except Exception as e:
             checker = f"fails: {str(e)[:60]}"
         lens = runs_at_lengths(slim, meta.get("inputs", []))
+        rc, out, err = run([a.bin, "check", path, "--runtime", "tract", "--trials", "2",
+                            "--seconds", "1", "--json"])
+        if rc == 0:
+            tract = "exact"
+        elif "tract:" in err:
+            tract = "n/a"
+        else:
+            tract = "FAILS"
+        speed = ""
+        if not a.no_bench:
+            rc, out, err = run([a.bin, "bench", path, slim, "--seconds", "1", "--runtime", "ort",
+                                "--runs", "20", "--json"])
+            if rc == 0:
+                b = json.loads(out)
+                speed = f"{b[1]['speedup']:.2f}x ({b[1]['macs_speedup']:.2f}x MACs)"
         within = abs(red - 0.3) <= 0.05
         n_ok += bool(exact and within and checker == "ok")
         rows.append(f"| {name} | {meta['library']} | yes | {params} | {ins['macs'] / 1e6:.1f} M @ "
                     f"{ins['samples']} | {prunable} / {frozen} | {red * 100:.1f}% | "
-                    f"{'exact' if exact else 'FAILS'} | {checker} | "
-                    f"{'/'.join('y' if o else 'n' for o in lens)} |")
+                    f"{'exact' if exact else 'FAILS'} | {tract} | {checker} | "
+                    f"{'/'.join('y' if o else 'n' for o in lens)} | {speed} |")
     head = ("| file | library | loads | params (ours / PyTorch) | MACs @ samples | groups "
-            "prunable / frozen | MACs removed (asked 30%) | slim == gated (ORT) | onnx.checker "
-            "| runs 0.5/1/2 s |\n|---|---|---|---|---|---|---|---|---|---|")
+            "prunable / frozen | MACs removed (asked 30%) | slim == gated (ORT) | (tract) | "
+            "onnx.checker | runs 0.5/1/2 s | ORT CPU speed-up |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     text = (head + "\n" + "\n".join(rows) +
             f"\n\n{len(files)} files: {n_load} load, {n_ok} reach 30% +- 5 points with an exact, "
             "valid slim model.\n")

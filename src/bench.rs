@@ -92,13 +92,32 @@ pub fn bench(models: &[(String, ModelProto)], o: &BenchOptions) -> Result<Vec<Ro
     let mut rows = vec![];
     for &sec in &o.seconds {
         let samples = (sec * o.rate as f64).round() as usize;
-        let macs: Vec<u64> = models
+        let irs: Vec<Ir> = models
             .iter()
-            .map(|(_, m)| Ir::new(m.clone(), samples).map(|ir| profile(&ir).macs))
+            .map(|(_, m)| Ir::new(m.clone(), samples))
             .collect::<Result<_>>()?;
-        let one = crate::verify::test_signal(samples, o.rate as f64);
+        let macs: Vec<u64> = irs.iter().map(|ir| profile(ir).macs).collect();
+        // the first input as the IR declares it at this length (a waveform [1, 1, T] or
+        // [1, T], features [1, T, 80], a fixed shape), its batch axis widened
+        let first = &irs[0];
+        let in_shape = first
+            .graph_inputs()
+            .first()
+            .and_then(|x| first.fact(x))
+            .map(|f| f.shape.clone())
+            .ok_or_else(|| Error::Other("bench: the model has no input".into()))?;
+        let one = crate::verify::test_signal(in_shape.iter().product(), o.rate as f64);
         for &batch in &o.batches {
-            let shape = [batch, 1, samples];
+            let mut shape = in_shape.clone();
+            match shape.first_mut() {
+                Some(b) if in_shape.len() >= 2 => *b = batch,
+                _ if batch != 1 => {
+                    return Err(Error::Other(format!(
+                        "bench: input {in_shape:?} has no batch axis for batch {batch}"
+                    )))
+                }
+                _ => {}
+            }
             let x: Vec<f32> = (0..batch).flat_map(|_| one.iter().copied()).collect();
             for &rt in &o.runtimes {
                 let context = |name: &str, e: Error| {

@@ -54,7 +54,8 @@ pub fn node_macs_as(ir: &Ir, shape: ops::ShapeOf, ptflops: ops::Ptflops) -> Vec<
 }
 
 /// Float initializers of rank >= 1 that each node uses as learnable parameters
-/// ([`crate::ops::OpRule::params`]: weights, biases, affine scales, slopes), counted at their
+/// ([`crate::ops::OpRule::params`]: weights, biases, affine scales, slopes; every float
+/// initializer input of an op without a rule), counted at their
 /// first user. Like ptflops, which counts a module's `parameters()`, this leaves out buffers
 /// (a positional-encoding table read through a Slice) and RNN initial states.
 pub fn node_params(ir: &Ir) -> Vec<u64> {
@@ -62,7 +63,12 @@ pub fn node_params(ir: &Ir) -> Vec<u64> {
     ir.nodes()
         .iter()
         .map(|n| {
-            let learnable = ops::rule(n).map(|r| r.params(n, ir)).unwrap_or_default();
+            // an op without a rule (opaque: an Einsum, a grouped linear) learns every
+            // float initializer it reads
+            let learnable = match ops::rule(n) {
+                Some(r) => r.params(n, ir),
+                None => (0..n.input.len()).collect(),
+            };
             learnable
                 .into_iter()
                 .filter_map(|i| n.input.get(i))

@@ -460,15 +460,15 @@ impl Ir {
 /// 10 ms hop).
 pub const FEATURE_RATE: usize = 100;
 
-/// Smallest fixed feature axis for which a rank-3 input is taken as features, not as
-/// multi-channel audio.
+/// Smallest fixed feature axis for which an input of rank 3 or more is taken as features,
+/// not as multi-channel audio.
 const MIN_FEATURES: usize = 16;
 
 /// An input's shape for `samples` of 16 kHz audio, the index of its time axis, and whether
 /// it is float. The time axis is the last dynamic dim (other dynamic dims, a batch, are 1).
 /// A waveform (`[T]`, `[1, T]`, `[1, C, T]` with few channels) gets `samples`; features
-/// (rank 3 with a fixed axis of at least 16: `[1, T, 80]` log-mel, `[1, 40, T]`) get
-/// `samples * 100 / 16000` frames. A fixed-length export keeps its declared shape (its time
+/// (rank 3 or more with a fixed axis of at least 16: `[1, T, 80]` log-mel, `[1, 40, T]`,
+/// DeepFilterNet's `[1, 2, T, 96]` spectrum) get `samples * 100 / 16000` frames. A fixed-length export keeps its declared shape (its time
 /// axis: `None`).
 fn input_shape(
     inp: &onnx::ValueInfoProto,
@@ -492,7 +492,7 @@ fn input_shape(
         _ => None,
     };
     let time = dims.iter().rposition(|d| fixed(d).is_none());
-    let features = dims.len() == 3
+    let features = dims.len() >= 3
         && dims
             .iter()
             .any(|d| fixed(d).is_some_and(|v| v >= MIN_FEATURES));

@@ -193,15 +193,27 @@ pub struct SideInput {
     pub shape: Vec<usize>,
     /// ONNX element type (1 float, 6 int32, 7 int64, 9 bool).
     pub elem_type: i32,
-    /// Every element's value: the time extent of the first input for an integer input
-    /// (a sequence length), 0 for a float one.
+    /// Every element's value for an integer input: the time extent of the first input (a
+    /// sequence length). Float inputs get [`SideInput::floats`].
     pub fill: i64,
+}
+
+impl SideInput {
+    /// The values of a float side input: a fixed pseudo-random pattern in [-0.05, 0.05]
+    /// (not zeros, so that a check compares the paths it feeds).
+    pub fn floats(&self) -> Vec<f32> {
+        let n: usize = self.shape.iter().product();
+        (0..n)
+            .map(|i| ((i * 7919 + 13) % 1000) as f32 / 10000.0 - 0.05)
+            .collect()
+    }
 }
 
 /// The inputs after the first of `model`, for a first input of `shape`: integer inputs (a
 /// Conformer's `lengths`) hold the first input's time extent, its last symbolic dim (the
-/// largest dim of a fixed-shape input); float ones are zeros. Initializers listed as inputs
-/// are not inputs.
+/// largest dim of a fixed-shape input); float ones a fixed pattern ([`SideInput::floats`]).
+/// Their own symbolic dims take the first input's time extent when it is their last symbolic
+/// dim (a second feature stream), else 1. Initializers listed as inputs are not inputs.
 pub fn side_inputs(model: &ModelProto, shape: &[usize]) -> Vec<SideInput> {
     use crate::onnx::pb::{tensor_shape_proto::dimension::Value, type_proto::Value as TV};
     let Some(g) = model.graph.as_ref() else {
@@ -240,9 +252,14 @@ pub fn side_inputs(model: &ModelProto, shape: &[usize]) -> Vec<SideInput> {
         .map(|i| {
             let (dims, elem_type) = decl(i);
             let float = matches!(elem_type, 1 | 10 | 11 | 16);
+            let time = dims.iter().rposition(|d| d.is_none());
             SideInput {
                 name: i.name().to_string(),
-                shape: dims.iter().map(|d| d.unwrap_or(1)).collect(),
+                shape: dims
+                    .iter()
+                    .enumerate()
+                    .map(|(k, d)| d.unwrap_or(if Some(k) == time { extent } else { 1 }))
+                    .collect(),
                 elem_type,
                 fill: if float { 0 } else { extent as i64 },
             }

@@ -229,7 +229,7 @@ impl OrtModel {
                 9 => Tensor::from_array((s.shape.clone(), vec![s.fill != 0; n]))
                     .map_err(ort_err)?
                     .into_dyn(),
-                _ => Tensor::from_array((s.shape.clone(), vec![0f32; n]))
+                _ => Tensor::from_array((s.shape.clone(), s.floats()))
                     .map_err(ort_err)?
                     .into_dyn(),
             };

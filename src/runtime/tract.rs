@@ -29,7 +29,7 @@ impl TractModel {
                 7 => Tensor::from_shape(&s.shape, &vec![s.fill; n]),
                 6 => Tensor::from_shape(&s.shape, &vec![s.fill as i32; n]),
                 9 => Tensor::from_shape(&s.shape, &vec![s.fill != 0; n]),
-                _ => Tensor::from_shape(&s.shape, &vec![0f32; n]),
+                _ => Tensor::from_shape(&s.shape, &s.floats()),
             }
             .map_err(err)?;
             side.push(t);
