@@ -2,13 +2,19 @@
 //!
 //! ```json
 //! { "format": "sepprune-masks/1",
-//!   "groups": { "3": { "size": 128, "keep": [0, 2, 5, ...] } } }
+//!   "model": "fnv1a64:5e1c...",
+//!   "groups": { "3": { "size": 128, "keep": [0, 2, 5, ...], "key": "conv3.weight:0" } } }
 //! ```
 //! Group ids are those of `sepprune inspect` for the same model. Indices are 0-based,
 //! sorted, unique and `< size`; a group absent from the file keeps all its channels.
-//! `sepprune learn` writes this format; `sepprune prune --masks` reads it.
+//! `sepprune learn`, `prune --save-masks` and `compress` write this format, stamped with
+//! the model's [`fingerprint`] and each group's stable `key` (the first initializer it
+//! slices, and the axis); `sepprune prune --masks` reads it ([`Masks::read_for`]): masks
+//! stamped for another model are refused, and keys find their groups even where ids differ
+//! (another sepprune version numbering groups differently). Unstamped files are taken by id.
 use crate::analysis::Groups;
 use crate::error::{Error, Result};
+use crate::ir::Ir;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,25 +23,125 @@ use std::path::Path;
 pub struct GroupMask {
     pub size: usize,
     pub keep: Vec<usize>,
+    /// The group's stable name ([`group_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Masks {
     pub format: String,
+    /// The [`fingerprint`] of the model the masks were made for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     pub groups: BTreeMap<usize, GroupMask>,
+}
+
+/// A fingerprint of the analysed graph: every node's op and value names, every
+/// initializer's name and dims (FNV-1a, 64 bits). Weights' values do not enter it: a
+/// fine-tuned copy of a model takes its masks.
+pub fn fingerprint(ir: &Ir) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |s: &str| {
+        for b in s.bytes().chain([0xff]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for n in ir.nodes() {
+        eat(n.op_type());
+        n.input.iter().chain(&n.output).for_each(|v| eat(v));
+    }
+    for t in &ir.graph().initializer {
+        eat(t.name());
+        eat(&format!("{:?}", t.dims));
+    }
+    format!("fnv1a64:{h:016x}")
+}
+
+/// A group's stable name: its first sliced initializer and axis (`conv3.weight:0`), or its
+/// first member when it slices none.
+pub fn group_key(g: &crate::analysis::Group) -> String {
+    let (v, a) = g
+        .params
+        .first()
+        .or(g.members.first())
+        .cloned()
+        .unwrap_or_default();
+    format!("{v}:{a}")
 }
 
 impl Masks {
     pub fn new() -> Masks {
         Masks {
             format: "sepprune-masks/1".into(),
+            model: None,
             groups: BTreeMap::new(),
         }
+    }
+
+    /// These masks stamped for `ir`: its [`fingerprint`] and each group's [`group_key`].
+    pub fn stamped(&self, ir: &Ir, groups: &Groups) -> Masks {
+        let mut m = self.clone();
+        m.model = Some(fingerprint(ir));
+        for (id, gm) in m.groups.iter_mut() {
+            gm.key = groups.groups.get(*id).map(group_key);
+        }
+        m
+    }
+
+    /// These masks for `ir`'s groups: refused when stamped for another model; groups found
+    /// by key where the file has keys.
+    ///
+    /// Errors: [`Error::Masks`] for another model's masks or a key no group has.
+    pub fn resolved(self, ir: &Ir, groups: &Groups) -> Result<Masks> {
+        if let Some(m) = &self.model {
+            let here = fingerprint(ir);
+            if *m != here {
+                return Err(Error::Masks(format!(
+                    "made for another model (fingerprint {m}; this model is {here}): masks \
+                     index the channel groups of one model"
+                )));
+            }
+        }
+        let by_key: BTreeMap<String, usize> =
+            groups.groups.iter().map(|g| (group_key(g), g.id)).collect();
+        let mut out = Masks {
+            groups: BTreeMap::new(),
+            ..self.clone()
+        };
+        for (id, gm) in self.groups {
+            let id = match &gm.key {
+                Some(k) => *by_key.get(k).ok_or_else(|| {
+                    Error::Masks(format!("group {id}: no group of this model is '{k}'"))
+                })?,
+                None => id,
+            };
+            out.groups.insert(id, gm);
+        }
+        Ok(out)
+    }
+
+    /// [`Masks::read`] then [`Masks::resolved`] for `ir`.
+    pub fn read_for(path: &Path, ir: &Ir, groups: &Groups) -> Result<Masks> {
+        Masks::read(path)?
+            .resolved(ir, groups)
+            .map_err(|e| match e {
+                Error::Masks(m) => Error::Masks(format!("{}: {m}", path.display())),
+                e => e,
+            })
     }
     pub fn insert(&mut self, group: usize, size: usize, mut keep: Vec<usize>) {
         keep.sort_unstable();
         keep.dedup();
-        self.groups.insert(group, GroupMask { size, keep });
+        self.groups.insert(
+            group,
+            GroupMask {
+                size,
+                keep,
+                key: None,
+            },
+        );
     }
     /// Kept indices of a group, when it is masked.
     pub fn keep(&self, group: usize) -> Option<&[usize]> {

@@ -138,7 +138,9 @@ pub fn load_analyzed(
 ) -> Result<(Ir, analysis::Groups, Option<Masks>)> {
     let ir = load_ir(model, seconds, 16000)?;
     let groups = analysis::analyze_groups(&ir)?;
-    let masks = masks.map(|p| Masks::read(&p)).transpose()?;
+    let masks = masks
+        .map(|p| Masks::read_for(&p, &ir, &groups))
+        .transpose()?;
     Ok((ir, groups, masks))
 }
 

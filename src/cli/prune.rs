@@ -194,7 +194,7 @@ pub fn run(a: Args) -> Result<()> {
             };
             (b.masks, b.residual)
         }
-        (None, Some(p)) => (Masks::read(&p)?, false),
+        (None, Some(p)) => (Masks::read_for(&p, &ir, &groups)?, false),
         (None, None) => unreachable!("clap requires one"),
     };
     let slim = prune::slim(&ir, &groups, &masks)
@@ -257,7 +257,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     onnx::save(&written, &output, Some(&model), force)?;
     if let Some(p) = save_masks {
-        masks.write(&p)?;
+        masks.stamped(&ir, &groups).write(&p)?;
     }
     let (a, b) = (analysis::profile(&ir), analysis::profile(&slim_ir));
     let sep = |p: &analysis::Profile| p.regions[&analysis::Region::Separator].macs;

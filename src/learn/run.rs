@@ -155,6 +155,9 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
             residual: cands.iter().any(|g| g.residual),
         }
     };
+    // stamped for the model (its fingerprint and stable group keys)
+    let mut budgeted = budgeted;
+    budgeted.masks = budgeted.masks.stamped(&ir1, &groups1);
     Ok(Learned {
         budgeted,
         scores,

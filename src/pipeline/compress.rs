@@ -245,7 +245,7 @@ fn prune_channels(
     Ok(Pruned {
         model,
         ir: slim_ir,
-        removed: Removed::Channels(masks),
+        removed: Removed::Channels(masks.stamped(ir, &groups)),
         check,
     })
 }

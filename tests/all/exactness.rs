@@ -225,3 +225,50 @@ fn residual_streams_are_pruned_when_the_other_groups_cannot_meet_the_budget() {
     assert!((kept(&auto) - 0.1).abs() < 0.05, "kept {}", kept(&auto));
     assert_eq!(auto.masks, at(0.9, Residual::Prune).masks);
 }
+
+#[test]
+fn masks_are_stamped_for_their_model_found_by_key_and_refused_for_another() {
+    use sepprune::analysis::masks::{fingerprint, Masks};
+    let ir = tiny(500);
+    let gs = analyze_groups(&ir).unwrap();
+    let b = masks_for_ratio(
+        &ir,
+        &gs,
+        &Budget {
+            residual: Residual::Prune,
+            ..Budget::new(0.4)
+        },
+    )
+    .unwrap();
+    let stamped = b.masks.stamped(&ir, &gs);
+    assert_eq!(stamped.model.as_deref(), Some(fingerprint(&ir).as_str()));
+    assert!(stamped.groups.values().all(|g| g.key.is_some()));
+    // the same model (at another length: facts do not enter the fingerprint)
+    let again = Ir::new(common::tiny_tasnet(), 800).unwrap();
+    assert_eq!(
+        stamped.clone().resolved(&again, &gs).unwrap().groups,
+        stamped.groups
+    );
+    // ids renumbered (another version's numbering): the keys find the groups
+    let mut shifted = stamped.clone();
+    shifted.groups = stamped
+        .groups
+        .iter()
+        .map(|(&id, g)| (id + 100, g.clone()))
+        .collect();
+    assert_eq!(shifted.resolved(&ir, &gs).unwrap().groups, stamped.groups);
+    // unstamped files are taken by id
+    let plain = Masks {
+        model: None,
+        ..b.masks.clone()
+    };
+    assert_eq!(plain.clone().resolved(&ir, &gs).unwrap(), plain);
+    // another model's masks are refused, naming both fingerprints
+    let other = Ir::new(common::tiny_bilstm(), 500).unwrap();
+    let og = analyze_groups(&other).unwrap();
+    let e = stamped.resolved(&other, &og).err().unwrap().to_string();
+    assert!(
+        e.contains("another model") && e.contains(&fingerprint(&other)),
+        "{e}"
+    );
+}
