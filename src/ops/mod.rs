@@ -3,6 +3,7 @@
 //! consumer reads a channel axis (which decides where gates go), and attribute/constant
 //! patching after slicing. Adding an op is adding one [`OpRule`] impl and one line in [`rule`].
 mod conv;
+mod einsum;
 mod elementwise;
 mod layout;
 pub(crate) use layout::perm_of as transpose_perm;
@@ -296,6 +297,7 @@ pub fn rule(node: &NodeProto) -> Option<&'static dyn OpRule> {
         "Pad" => &layout::Pad,
         "Expand" => &layout::Expand,
         "MatMul" => &matmul::MatMul,
+        "Einsum" => &einsum::Einsum,
         "Gemm" => &matmul::Gemm,
         _ => return None,
     })

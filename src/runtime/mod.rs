@@ -93,7 +93,8 @@ impl Runner {
         })
     }
 
-    /// Runs on `x` (row-major); returns the first output, flattened, on the host.
+    /// Runs on `x` (row-major); returns every float output, flattened and concatenated, on
+    /// the host (a GPU session: its first output).
     pub fn run(&mut self, x: &[f32]) -> Result<Vec<f32>> {
         match self {
             Runner::Ort(m) => m.run(x),

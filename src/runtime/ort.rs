@@ -194,7 +194,8 @@ impl OrtModel {
         })
     }
 
-    /// Runs on `x` (row-major, `shape`); returns the first output, flattened, on the host.
+    /// Runs on `x` (row-major, `shape`); returns every float output, flattened and
+    /// concatenated in order, on the host (a GPU session: its first output).
     pub fn run(&mut self, x: &[f32]) -> Result<Vec<f32>> {
         if matches!(self.provider, Provider::Cuda { .. }) {
             self.stage(x)?;
@@ -236,8 +237,14 @@ impl OrtModel {
             inputs.push((s.name.clone().into(), v.into()));
         }
         let outputs = self.session.run(inputs).map_err(ort_err)?;
-        let y = outputs[0].try_extract_array::<f32>().map_err(ort_err)?;
-        Ok(y.iter().copied().collect())
+        // every float output, in order (a model with several outputs is checked on all)
+        let mut y = vec![];
+        for (_, v) in outputs.iter() {
+            if let Ok(a) = v.try_extract_array::<f32>() {
+                y.extend(a.iter().copied());
+            }
+        }
+        Ok(y)
     }
 
     /// Makes `x` the input of [`OrtModel::timed_run`]: on a GPU it is copied to device memory

@@ -57,7 +57,8 @@ impl TractModel {
         })
     }
 
-    /// Runs on `x` (row-major, `shape` elements); returns the first output, flattened.
+    /// Runs on `x` (row-major, `shape` elements); returns every float output, flattened
+    /// and concatenated in order.
     pub fn run(&self, x: &[f32]) -> Result<Vec<f32>> {
         let err = |e: TractError| Error::Runtime(format!("tract: {e:#}"));
         let t =
@@ -66,8 +67,14 @@ impl TractModel {
         let mut inputs: TVec<TValue> = tvec!(Tensor::from(t).into());
         inputs.extend(self.side.iter().map(|s| s.clone().into()));
         let out = self.plan.run(inputs).map_err(err)?;
-        let v = out[0].to_plain_array_view::<f32>().map_err(err)?;
-        Ok(v.iter().copied().collect())
+        // every float output, in order
+        let mut y = vec![];
+        for o in out.iter() {
+            if let Ok(v) = o.to_plain_array_view::<f32>() {
+                y.extend(v.iter().copied());
+            }
+        }
+        Ok(y)
     }
 
     /// Makes `x` the input of [`TractModel::timed_run`].

@@ -762,3 +762,55 @@ fn split_along_channels_makes_each_piece_a_group_or_a_glu_half() {
     assert_eq!(slim.fact("a").unwrap().shape, vec![1, 1, 30]);
     assert_slim_equals_gated(&ir, &gs, &masks, &slim, 2 * 30);
 }
+
+fn equation(eq: &str) -> sepprune::onnx::AttributeProto {
+    sepprune::onnx::AttributeProto {
+        name: Some("equation".into()),
+        s: Some(eq.as_bytes().to_vec()),
+        r#type: Some(3), // STRING
+        ..Default::default()
+    }
+}
+
+#[test]
+fn einsum_grouped_linears_define_and_contract_channels_and_slim_exactly() {
+    // DeepFilterNet's grouped linear: x [1, T, g=2, i=3] -> [1, T, 2, h=5] -> [1, T, 2, 3]
+    let mut g = G::new(&[1, -1, 2, 3]);
+    let vals = |n: usize, s: f32| (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * s).collect();
+    let w1 = g.const_f("w1", &[2, 3, 5], vals(30, 0.1));
+    let h = g.node("Einsum", &["x", &w1], vec![equation("btgi,gih->btgh")]);
+    let r = g.node("Relu", &[&h], vec![]);
+    let w2 = g.const_f("w2", &[2, 5, 3], vals(30, 0.07));
+    let y = g.node("Einsum", &[&r, &w2], vec![equation("btgh,ghk->btgk")]);
+    let ir = Ir::new(g.output(&y, &[1, -1, 2, 3]), 40).unwrap();
+    assert!(ir.opaque.is_empty(), "{:?}", ir.opaque);
+    assert_eq!(ir.fact(&h).unwrap().shape, vec![1, 40, 2, 5]);
+    // one MAC per term: T * g * i * h, then T * g * h * k (and the Relu, one per element)
+    let macs = sepprune::analysis::profile(&ir).macs;
+    assert_eq!(macs, 40 * 2 * 3 * 5 + 40 * 2 * 5 * 3 + 40 * 2 * 5);
+    let gs = analyze_groups(&ir).unwrap();
+    let hidden = gs.of("w1", 2).unwrap();
+    assert!(hidden.frozen.is_none());
+    assert_eq!(hidden.size, 5);
+    assert_eq!(
+        gs.of("w2", 1).unwrap().id,
+        hidden.id,
+        "h is contracted by the second"
+    );
+    // the group axis g passes through: it is tied to the (fixed) input, never pruned alone
+    assert!(gs.of("w1", 0).is_none_or(|grp| grp.frozen.is_some()));
+    let x = sepprune::verify::test_signal(40 * 6, 16000.0);
+    let r = sepprune::verify::check(&ir, &gs, None, 3, 5, &x, sepprune::runtime::Runtime::Tract)
+        .unwrap();
+    assert!(r.passed, "{:?}", r.trials);
+    // an equation outside the rule (an ellipsis) is an error naming the node
+    let mut g = G::new(&[1, -1, 3]);
+    let w = g.const_f("w", &[3, 4], vals(12, 0.1));
+    let y = g.node("Einsum", &["x", &w], vec![equation("...i,ij->...j")]);
+    let ir = Ir::new(g.output(&y, &[1, -1, 4]), 40);
+    // tract knows the ellipsis: the node is opaque, or the load is an error naming it
+    match ir {
+        Ok(ir) => assert_eq!(ir.opaque.len(), 1),
+        Err(e) => assert!(e.to_string().contains("Einsum"), "{e}"),
+    }
+}
