@@ -461,7 +461,99 @@ pub(crate) fn slice_params(
     Ok(out)
 }
 
+/// The facts of a node's inputs (`None` for an omitted one).
+fn input_facts<'a>(node: &NodeProto, ir: &'a Ir) -> Vec<Option<&'a Fact>> {
+    node.input
+        .iter()
+        .map(|n| if n.is_empty() { None } else { ir.fact(n) })
+        .collect()
+}
+
+/// The Slices of `x` that partition its axis `axis` into contiguous runs (a packed q/k/v
+/// projection `[3E]` split by three Slices): `(node index, start, end)` by start, when
+/// at least two Slices read `x` as data, each cuts only `axis` with step 1 and constant
+/// bounds (input form, opset >= 10), and together they cover it exactly once. The parts
+/// are then a concatenation whose whole is `x` along `axis`, like a Split's outputs.
+fn slice_partition(ir: &Ir, x: &str, axis: usize) -> Option<Vec<(usize, i64, i64)>> {
+    let xs = ir.fact(x)?.shape.clone();
+    let mut parts = vec![];
+    for &(ni, pos) in ir.consumers.get(x)? {
+        let n = &ir.nodes()[ni];
+        if n.op_type() != "Slice" || pos != 0 {
+            continue;
+        }
+        if n.input.len() < 3 {
+            return None; // attribute form: nothing to patch in place
+        }
+        let params = slice_params(n, &input_facts(n, ir), &xs).ok()?;
+        let mut here = None;
+        for &(a, s, e, step) in &params {
+            if a == axis && step == 1 {
+                here = Some((s, e));
+            } else if !(s == 0 && e == xs[a] as i64 && step == 1) {
+                return None;
+            }
+        }
+        let (s, e) = here?;
+        parts.push((ni, s, e));
+    }
+    parts.sort_by_key(|p| p.1);
+    let mut at = 0;
+    for p in &parts {
+        if p.1 != at || p.2 <= p.1 {
+            return None;
+        }
+        at = p.2;
+    }
+    (parts.len() >= 2 && at == xs[axis] as i64).then_some(parts)
+}
+
 impl OpRule for Slice {
+    /// Bounds that follow the pruned parts of a partition ([`slice_partition`]): a part
+    /// starts after the kept channels of the parts before it.
+    fn patch(&self, node: &mut NodeProto, ir: &Ir, new: &Sliced) -> Result<Vec<ConstEdit>> {
+        let Some(x) = ir.fact(&node.input[0]) else {
+            return Ok(vec![]);
+        };
+        let ins = input_facts(node, ir);
+        let Ok(params) = slice_params(node, &ins, &x.shape) else {
+            return Ok(vec![]);
+        };
+        let mut edits = vec![];
+        for (k, &(a, _, _, _)) in params.iter().enumerate() {
+            if !(new.is_channel)(&node.input[0], a) {
+                continue;
+            }
+            let Some(parts) = slice_partition(ir, &node.input[0], a) else {
+                continue;
+            };
+            let kept = |ni: usize| new.of(&ir.nodes()[ni].output[0])[a] as i64;
+            let mut start = 0;
+            for &(ni, _, _) in &parts {
+                if ir.nodes()[ni].output[0] == node.output[0] {
+                    break;
+                }
+                start += kept(ni);
+            }
+            let end = start + new.of(&node.output[0])[a] as i64;
+            for (input, v) in [(1, start), (2, end)] {
+                let Some(mut vals) = ins[input]
+                    .and_then(|f| f.value.as_ref())
+                    .map(|t| t.to_i64_vec())
+                else {
+                    return Err(Error::node(node, "Slice bounds are not constant"));
+                };
+                vals[k] = v;
+                edits.push(ConstEdit {
+                    input,
+                    via: None,
+                    value: Tensor::vec_i64(vals),
+                });
+            }
+        }
+        Ok(edits)
+    }
+
     fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = need(node, inputs, 0)?;
         let params = slice_params(node, inputs, &x.shape)?;
@@ -499,7 +591,23 @@ impl OpRule for Slice {
                 .find(|p| p.0 == a)
                 .map(|p| y.shape[a] == x.shape[a] && p.3 == 1)
                 .unwrap_or(true);
-            links.pass_or_freeze(node, a, full, "Slice along the axis");
+            if full {
+                links.link((&node.input[0], a), (&node.output[0], a));
+                continue;
+            }
+            match slice_partition(ir, &node.input[0], a) {
+                // one of a partition: the first part declares the concatenation
+                Some(parts) => {
+                    if ir.nodes()[parts[0].0].output[0] == node.output[0] {
+                        let outs: Vec<(&str, usize)> = parts
+                            .iter()
+                            .map(|&(ni, _, _)| (ir.nodes()[ni].output[0].as_str(), a))
+                            .collect();
+                        links.concat(&outs, (&node.input[0], a));
+                    }
+                }
+                None => links.pass_or_freeze(node, a, false, "Slice along the axis"),
+            }
         }
     }
 

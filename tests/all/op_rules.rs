@@ -814,3 +814,51 @@ fn einsum_grouped_linears_define_and_contract_channels_and_slim_exactly() {
         Err(e) => assert!(e.to_string().contains("Einsum"), "{e}"),
     }
 }
+
+#[test]
+fn slices_partitioning_a_packed_projection_are_its_parts() {
+    // x [1, T, 4] @ W [4, 9] -> q | k | v by three Slices (0:3, 3:6, 6:9) on the last axis,
+    // each read by its own linear layer, summed
+    let mut g = G::new(&[1, -1, 4]);
+    let vals = |n: usize, s: f32| (0..n).map(|i| ((i * 37 % 13) as f32 - 6.0) * s).collect();
+    let w = g.const_f("w_qkv", &[4, 9], vals(36, 0.1));
+    let p = g.node("MatMul", &["x", &w], vec![]);
+    let (ax, one) = (g.const_i("ax", vec![2]), g.const_i("one", vec![1]));
+    let mut parts = vec![];
+    for (k, (s, e)) in [(0, 3), (3, 6), (6, 9)].into_iter().enumerate() {
+        let st = g.const_i(&format!("s{k}"), vec![s]);
+        let en = g.const_i(&format!("e{k}"), vec![e]);
+        let sl = g.node("Slice", &[&p, &st, &en, &ax, &one], vec![]);
+        let wk = g.const_f(&format!("w{k}"), &[3, 2], vals(6, 0.2 + k as f32 * 0.1));
+        parts.push(g.node("MatMul", &[&sl, &wk], vec![]));
+    }
+    let s1 = g.node("Add", &[&parts[0], &parts[1]], vec![]);
+    let y = g.node("Add", &[&s1, &parts[2]], vec![]);
+    let ir = Ir::new(g.output(&y, &[1, -1, 2]), 30).unwrap();
+    let gs = analyze_groups(&ir).unwrap();
+    // each part is a group of its own; the packed axis is their concatenation
+    let ids: Vec<usize> = (0..3)
+        .map(|k| gs.of(&format!("w{k}"), 0).unwrap().id)
+        .collect();
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
+    assert!(ids
+        .iter()
+        .all(|&i| gs.groups[i].frozen.is_none() && gs.groups[i].size == 3));
+    assert!(gs.concatenated_of("w_qkv", 1).is_some());
+    let x = sepprune::verify::test_signal(30 * 4, 16000.0);
+    let r = sepprune::verify::check(&ir, &gs, None, 4, 9, &x, sepprune::runtime::Runtime::Tract)
+        .unwrap();
+    assert!(r.passed, "{:?}", r.trials);
+    // Slices that do not cover the axis exactly (a gap) freeze it, as before
+    let mut g = G::new(&[1, -1, 4]);
+    let w = g.const_f("w_qkv", &[4, 9], vals(36, 0.1));
+    let p = g.node("MatMul", &["x", &w], vec![]);
+    let (ax, one) = (g.const_i("ax", vec![2]), g.const_i("one", vec![1]));
+    let (s, e) = (g.const_i("s", vec![0]), g.const_i("e", vec![3]));
+    let sl = g.node("Slice", &[&p, &s, &e, &ax, &one], vec![]);
+    let w0 = g.const_f("w0", &[3, 2], vals(6, 0.2));
+    let y = g.node("MatMul", &[&sl, &w0], vec![]);
+    let ir = Ir::new(g.output(&y, &[1, -1, 2]), 30).unwrap();
+    let gs = analyze_groups(&ir).unwrap();
+    assert!(gs.of("w_qkv", 1).unwrap().frozen.is_some());
+}
