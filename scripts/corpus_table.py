@@ -5,7 +5,9 @@ usage: python scripts/corpus_table.py [--bin target/release/sepprune] [--out FIL
                                      [--extra DIR] [--no-bench]
 
 Columns: params (sepprune's count; PyTorch's from the manifest), MACs at the length counted,
-prunable / frozen channel groups, the MACs reduction `prune --ratio 0.3 --scope all`
+prunable / frozen channel groups (prunable ones by kind: channels, features, hidden units,
+head dims), the share of MACs in nodes that prunable groups change (`inspect`'s
+`coverage`), the MACs reduction `prune --ratio 0.3 --scope all`
 reached, its verification (slim == gate graph under the same masks, in ORT), the same with
 random masks in tract (`n/a` where tract cannot run the original), onnx.checker on the slim
 model, whether the slim model runs in ORT at 0.5, 1 and 2 s (or its fixed shape), and the
@@ -83,12 +85,17 @@ def main():
         name = os.path.basename(path)
         rc, out, err = run([a.bin, "inspect", path, "--json"])
         if rc != 0:
-            rows.append(f"| {name} | {meta['library']} | no: {error_line(err)} | | | | | | | | | |")
+            rows.append(f"| {name} | {meta['library']} | no: {error_line(err)} | | | | | | | | | | |")
             continue
         n_load += 1
         ins = json.loads(out)
-        prunable = sum(1 for g in ins["groups"] if g.get("prunable", not g.get("frozen")))
-        frozen = len(ins["groups"]) - prunable
+        live = [g for g in ins["groups"] if not g.get("frozen")]
+        prunable, frozen = len(live), len(ins["groups"]) - len(live)
+        kinds = {}
+        for g in live:
+            kinds[g.get("kind", "channels")] = kinds.get(g.get("kind", "channels"), 0) + 1
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        cov = f"{100 * ins.get('coverage', 0):.0f}%"
         pt = meta.get("params")
         params = f"{ins['params']}" + (f" / {pt}" if pt else "")
         slim = os.path.join(tmp, name)
@@ -96,7 +103,7 @@ def main():
                             "--json"])
         if rc != 0:
             rows.append(f"| {name} | {meta['library']} | yes | {params} | {ins['macs'] / 1e6:.1f} M "
-                        f"@ {ins['samples']} | {prunable} / {frozen} | no: {error_line(err)} | | | | | |")
+                        f"@ {ins['samples']} | {prunable} / {frozen} ({kinds}) | {cov} | no: {error_line(err)} | | | | | |")
             continue
         p = json.loads(out)
         red = 1 - p["macs_ratio"]
@@ -125,13 +132,13 @@ def main():
         within = abs(red - 0.3) <= 0.05
         n_ok += bool(exact and within and checker == "ok")
         rows.append(f"| {name} | {meta['library']} | yes | {params} | {ins['macs'] / 1e6:.1f} M @ "
-                    f"{ins['samples']} | {prunable} / {frozen} | {red * 100:.1f}% | "
+                    f"{ins['samples']} | {prunable} / {frozen} ({kinds}) | {cov} | {red * 100:.1f}% | "
                     f"{'exact' if exact else 'FAILS'} | {tract} | {checker} | "
                     f"{'/'.join('y' if o else 'n' for o in lens)} | {speed} |")
     head = ("| file | library | loads | params (ours / PyTorch) | MACs @ samples | groups "
-            "prunable / frozen | MACs removed (asked 30%) | slim == gated (ORT) | (tract) | "
+            "prunable / frozen (kinds) | MACs in prunable groups | MACs removed (asked 30%) | slim == gated (ORT) | (tract) | "
             "onnx.checker | runs 0.5/1/2 s | ORT CPU speed-up |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     text = (head + "\n" + "\n".join(rows) +
             f"\n\n{len(files)} files: {n_load} load, {n_ok} reach 30% +- 5 points with an exact, "
             "valid slim model.\n")

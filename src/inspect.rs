@@ -18,6 +18,20 @@ pub struct GroupReport {
     pub frozen: Option<String>,
     /// A residual or skip stream (kept whole by budgets unless `--prune-residual`).
     pub residual: bool,
+    /// What the channels are, from the op that defines them: `channels` (a Conv),
+    /// `features` (a MatMul, Gemm or Einsum: FFN neurons, projections), `hidden units`
+    /// (an RNN), `head dims` (a Reshape into attention heads or other blocks).
+    pub kind: &'static str,
+}
+
+/// A group's [`GroupReport::kind`] from the op of its first node.
+fn kind_of(op: &str) -> &'static str {
+    match op {
+        "MatMul" | "Gemm" | "Einsum" => "features",
+        "LSTM" | "GRU" | "RNN" => "hidden units",
+        "Reshape" => "head dims",
+        _ => "channels",
+    }
 }
 
 #[derive(Serialize)]
@@ -44,6 +58,8 @@ pub struct Report {
     pub groups: Vec<GroupReport>,
     /// Share of separator MACs in nodes touching at least one prunable group.
     pub separator_coverage: f64,
+    /// Share of all MACs in nodes touching at least one prunable group.
+    pub coverage: f64,
     /// Removable residual blocks (depth pruning).
     pub blocks: Vec<BlockReport>,
     #[serde(skip)]
@@ -93,9 +109,42 @@ pub fn inspect_as(ir: &Ir, ptflops: crate::ops::Ptflops) -> Result<(Report, Grou
                 regions,
                 frozen: g.frozen.clone(),
                 residual: g.residual,
+                kind: kind_of(
+                    g.node_index
+                        .first()
+                        .map(|&i| ir.nodes()[i].op_type())
+                        .unwrap_or(""),
+                ),
             }
         })
         .collect();
+    // concatenations of prunable groups (a Concat's output, a [g, h] -> [g * h] layout)
+    // change the nodes that read or write them too
+    let live = |p: &crate::analysis::groups::Part| match *p {
+        crate::analysis::groups::Part::Group(g)
+        | crate::analysis::groups::Part::Expand { group: g, .. } => {
+            groups.groups[g].frozen.is_none()
+        }
+        _ => false,
+    };
+    for c in groups.concatenated.iter().filter(|c| c.frozen.is_none()) {
+        if !c.parts.iter().any(live) {
+            continue;
+        }
+        for (v, _) in &c.members {
+            let touching = ir
+                .producer
+                .get(v)
+                .into_iter()
+                .copied()
+                .chain(ir.consumers.get(v).into_iter().flatten().map(|&(n, _)| n));
+            for ni in touching {
+                if let Some(&i) = by_name.get(ir.nodes()[ni].name()) {
+                    covered[i] = true;
+                }
+            }
+        }
+    }
     let sep = |i: usize| prof.nodes[i].region == Region::Separator;
     let sep_macs: u64 = (0..prof.nodes.len())
         .filter(|&i| sep(i))
@@ -125,6 +174,11 @@ pub fn inspect_as(ir: &Ir, ptflops: crate::ops::Ptflops) -> Result<(Report, Grou
         regions: serde_json::to_value(&prof.regions).unwrap_or_default(),
         groups: reports,
         separator_coverage: cov_macs as f64 / sep_macs.max(1) as f64,
+        coverage: (0..prof.nodes.len())
+            .filter(|&i| covered[i])
+            .map(|i| prof.nodes[i].macs)
+            .sum::<u64>() as f64
+            / prof.macs.max(1) as f64,
         profile: prof,
     };
     Ok((report, groups))
