@@ -35,6 +35,14 @@ fn kind_of(op: &str) -> &'static str {
 }
 
 #[derive(Serialize)]
+pub struct InputReport {
+    pub name: String,
+    pub shape: Vec<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Vec<i64>>,
+}
+
+#[derive(Serialize)]
 pub struct BlockReport {
     pub id: usize,
     /// The stream value the block reads.
@@ -62,6 +70,10 @@ pub struct Report {
     pub coverage: f64,
     /// Removable residual blocks (depth pruning).
     pub blocks: Vec<BlockReport>,
+    /// The graph inputs as analysed: name, shape (a waveform's time axis at `samples`,
+    /// features at 100 frames/s, fixed dims as declared) and, for an integer input, the
+    /// value it was given (the time extent).
+    pub inputs: Vec<InputReport>,
     #[serde(skip)]
     pub profile: Profile,
 }
@@ -165,7 +177,20 @@ pub fn inspect_as(ir: &Ir, ptflops: crate::ops::Ptflops) -> Result<(Report, Grou
             macs: b.macs,
         })
         .collect();
+    let inputs = ir
+        .graph_inputs()
+        .into_iter()
+        .filter_map(|name| {
+            let f = ir.fact(&name)?;
+            Some(InputReport {
+                shape: f.shape.clone(),
+                value: f.value.as_ref().map(|v| v.to_i64_vec()),
+                name,
+            })
+        })
+        .collect();
     let report = Report {
+        inputs,
         blocks,
         samples: prof.samples,
         ptflops,
@@ -206,6 +231,13 @@ pub fn render(r: &Report, per_node: bool) -> String {
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default()
     );
+    // the shapes counted at (features at 100 frames/s, fixed shapes as declared)
+    for i in &r.inputs {
+        let _ = match &i.value {
+            Some(v) => writeln!(s, "  {} {:?} = {:?}", i.name, i.shape, v),
+            None => writeln!(s, "  {} {:?}", i.name, i.shape),
+        };
+    }
     let _ = writeln!(
         s,
         "total: {} params, {}Mac",
