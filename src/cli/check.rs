@@ -23,6 +23,8 @@ pub struct Args {
     pub runtime: Vec<sepprune::runtime::Runtime>,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub decl: super::InputArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -34,9 +36,10 @@ pub fn run(a: Args) -> Result<()> {
         seconds,
         runtime,
         json,
+        decl,
     } = a;
     use sepprune::runtime::{ort, Runtime};
-    let (ir, groups, masks) = load_analyzed(&model, seconds, masks)?;
+    let (ir, groups, masks) = load_analyzed(&model, seconds, masks, &decl)?;
     let x = verify::test_signal(ir.samples, 16000.0);
     let runtimes = if runtime.is_empty() {
         let mut r = vec![Runtime::Tract];

@@ -18,6 +18,8 @@ pub struct Args {
     /// Print `{"output", "gates"}` as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub decl: super::InputArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -27,8 +29,9 @@ pub fn run(a: Args) -> Result<()> {
         masks,
         seconds,
         json,
+        decl,
     } = a;
-    let (ir, groups, masks) = load_analyzed(&model, seconds, masks)?;
+    let (ir, groups, masks) = load_analyzed(&model, seconds, masks, &decl)?;
     let g = gates::gate_graph(&ir, &groups, masks.as_ref())?;
     onnx::save(&g, &output, Some(&model), false)?;
     let gates = groups.prunable().count();

@@ -18,6 +18,8 @@ pub struct Args {
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub decl: super::InputArgs,
     /// List every node with params or MACs.
     #[arg(long)]
     pub nodes: bool,
@@ -35,8 +37,9 @@ pub fn run(a: Args) -> Result<()> {
         json,
         nodes,
         ptflops,
+        decl,
     } = a;
-    let ir = load_ir(&model, seconds, rate)?;
+    let ir = load_ir(&model, seconds, rate, &decl)?;
     let (report, _) = inspect::inspect_as(&ir, ptflops)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

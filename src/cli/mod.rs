@@ -124,8 +124,22 @@ pub fn depth_step(
     Ok(dropped)
 }
 
-pub fn load_ir(path: &std::path::Path, seconds: f64, rate: u32) -> Result<Ir> {
-    let model = onnx::load(path)?;
+/// How the user declares a model's inputs when the defaults do not fit (a waveform's time
+/// axis last at 16 kHz; features, a fixed axis of 16 or more, at 100 frames/s).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct InputArgs {
+    /// An input's dims, `T` for its time axis: `--input feats=1,T,80` (repeatable).
+    #[arg(long = "input", value_name = "NAME=DIMS")]
+    pub inputs: Vec<String>,
+    /// Frames per second of the time axis (`T` of `--input`, and every input's time axis).
+    #[arg(long)]
+    pub frame_rate: Option<f64>,
+}
+
+pub fn load_ir(path: &std::path::Path, seconds: f64, rate: u32, decl: &InputArgs) -> Result<Ir> {
+    let mut model = onnx::load(path)?;
+    sepprune::ir::declare_inputs(&mut model, &decl.inputs, decl.frame_rate)
+        .with_context(|| format!("{}: input declaration", path.display()))?;
     let samples = (seconds * rate as f64).round() as usize;
     Ir::new(model, samples).with_context(|| format!("{}: shape inference failed", path.display()))
 }
@@ -135,8 +149,9 @@ pub fn load_analyzed(
     model: &std::path::Path,
     seconds: f64,
     masks: Option<PathBuf>,
+    decl: &InputArgs,
 ) -> Result<(Ir, analysis::Groups, Option<Masks>)> {
-    let ir = load_ir(model, seconds, 16000)?;
+    let ir = load_ir(model, seconds, 16000, decl)?;
     let groups = analysis::analyze_groups(&ir)?;
     let masks = masks
         .map(|p| Masks::read_for(&p, &ir, &groups))

@@ -63,6 +63,8 @@ pub struct Args {
     pub force: bool,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub decl: super::InputArgs,
     /// Skip the verification of the output.
     #[arg(long)]
     pub no_verify: bool,
@@ -121,13 +123,14 @@ pub fn run(a: Args) -> Result<()> {
         ridge,
         drop_blocks,
         blocks,
+        decl,
     } = a;
     let t0 = std::time::Instant::now();
     let rt = verify_runtime.unwrap_or(sepprune::runtime::Runtime::Ort);
     // load the ORT library while slicing (it takes a Python lookup and a dlopen)
     let ort_ready = (!no_verify && rt == sepprune::runtime::Runtime::Ort)
         .then(|| std::thread::spawn(sepprune::runtime::ort::available));
-    let ir = load_ir(&model, 1.0, 16000)?;
+    let ir = load_ir(&model, 1.0, 16000, &decl)?;
     if drop_blocks.is_some() || !blocks.is_empty() {
         let depth = depth_step(
             &ir,

@@ -226,7 +226,9 @@ impl Ir {
             if facts.contains_key(inp.name()) {
                 continue; // an initializer listed as input (old exporters)
             }
-            let (shape, time, float) = input_shape(inp, samples)?;
+            let declared = meta(&model, &format!("{INPUT_KEY}{}", inp.name()));
+            let rate = meta(&model, FRAME_RATE_KEY).and_then(|r| r.parse::<f64>().ok());
+            let (shape, time, float) = input_shape(inp, samples, declared, rate)?;
             if float && extent.is_none() {
                 extent = time.map(|t| shape[t]);
             }
@@ -456,6 +458,106 @@ impl Ir {
     }
 }
 
+pub use onnx::{FRAME_RATE_KEY, INPUT_KEY};
+
+/// `model` with the user's declarations of its inputs (`NAME=d0,d1,...`, each `d` an
+/// integer or `T`, the time axis) and the time axis' rate in frames per second: they
+/// replace the defaults of [`input_shape`] wherever the model (or a slim copy) is analysed.
+///
+/// Errors: [`Error::Refused`] for a malformed declaration, a name that is no graph input,
+/// a rank that differs from the input's, or a fixed dim the model declares otherwise.
+pub fn declare_inputs(
+    model: &mut ModelProto,
+    inputs: &[String],
+    frame_rate: Option<f64>,
+) -> Result<()> {
+    use onnx::pb::{tensor_shape_proto::dimension::Value, type_proto::Value as TV};
+    let bad = |m: String| Error::Refused(m);
+    for spec in inputs {
+        let (name, dims) = spec.split_once('=').ok_or_else(|| {
+            bad(format!(
+                "--input '{spec}': expected NAME=d0,d1,... (T: time)"
+            ))
+        })?;
+        let parsed: Vec<Option<usize>> = dims
+            .split(',')
+            .map(|d| match d.trim() {
+                "T" => Ok(None),
+                n => n
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("--input '{spec}': '{n}' is neither a size nor T"))),
+            })
+            .collect::<Result<_>>()?;
+        let graph = model.graph.as_ref().ok_or_else(|| bad("no graph".into()))?;
+        let inp = graph
+            .input
+            .iter()
+            .find(|i| i.name() == name)
+            .ok_or_else(|| bad(format!("--input '{spec}': the model has no input '{name}'")))?;
+        let declared: Vec<Option<i64>> = match inp.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(TV::TensorType(tt)) => tt
+                .shape
+                .as_ref()
+                .map(|s| {
+                    s.dim
+                        .iter()
+                        .map(|d| match d.value {
+                            Some(Value::DimValue(v)) if v > 0 => Some(v),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => vec![],
+        };
+        if !declared.is_empty() && declared.len() != parsed.len() {
+            return Err(bad(format!(
+                "--input '{spec}': '{name}' has rank {}, not {}",
+                declared.len(),
+                parsed.len()
+            )));
+        }
+        for (a, (d, p)) in declared.iter().zip(&parsed).enumerate() {
+            if let (Some(d), Some(p)) = (d, p) {
+                if *d as usize != *p {
+                    return Err(bad(format!(
+                        "--input '{spec}': axis {a} of '{name}' is fixed at {d} in the model"
+                    )));
+                }
+            }
+        }
+        set_meta(model, &format!("{INPUT_KEY}{name}"), dims);
+    }
+    if let Some(r) = frame_rate {
+        if !(r > 0.0 && r.is_finite()) {
+            return Err(bad(format!("--frame-rate {r}: must be positive")));
+        }
+        set_meta(model, FRAME_RATE_KEY, &r.to_string());
+    }
+    Ok(())
+}
+
+fn set_meta(model: &mut ModelProto, key: &str, value: &str) {
+    model
+        .metadata_props
+        .retain(|m| m.key.as_deref() != Some(key));
+    model.metadata_props.push(onnx::pb::StringStringEntryProto {
+        key: Some(key.to_string()),
+        value: Some(value.to_string()),
+    });
+}
+
+fn meta<'a>(model: &'a ModelProto, key: &str) -> Option<&'a str> {
+    model
+        .metadata_props
+        .iter()
+        .find(|m| m.key.as_deref() == Some(key))
+        .and_then(|m| m.value.as_deref())
+}
+
 /// Frames per second assumed for a feature input (log-mel and filterbank front ends use a
 /// 10 ms hop).
 pub const FEATURE_RATE: usize = 100;
@@ -473,6 +575,8 @@ const MIN_FEATURES: usize = 16;
 fn input_shape(
     inp: &onnx::ValueInfoProto,
     samples: usize,
+    declared: Option<&str>,
+    frame_rate: Option<f64>,
 ) -> Result<(Vec<usize>, Option<usize>, bool)> {
     use onnx::pb::{tensor_shape_proto::dimension::Value, type_proto::Value as TV};
     let (dims, elem) = match inp.r#type.as_ref().and_then(|t| t.value.as_ref()) {
@@ -491,15 +595,29 @@ fn input_shape(
         Some(Value::DimValue(v)) if v > 0 => Some(v as usize),
         _ => None,
     };
+    // a declaration (`--input x=1,T,80`) replaces the dims; its T is the time axis
+    if let Some(decl) = declared {
+        let parts: Vec<&str> = decl.split(',').map(str::trim).collect();
+        let time = parts.iter().position(|p| *p == "T");
+        let t = match frame_rate {
+            Some(r) => ((samples as f64 * r / 16000.0).round() as usize).max(1),
+            None => samples,
+        };
+        let shape = parts
+            .iter()
+            .map(|p| p.parse::<usize>().unwrap_or(t))
+            .collect();
+        return Ok((shape, time, matches!(elem, 1 | 10 | 11 | 16)));
+    }
     let time = dims.iter().rposition(|d| fixed(d).is_none());
     let features = dims.len() >= 3
         && dims
             .iter()
             .any(|d| fixed(d).is_some_and(|v| v >= MIN_FEATURES));
-    let t = if features {
-        (samples * FEATURE_RATE / 16000).max(1)
-    } else {
-        samples
+    let t = match (frame_rate, features) {
+        (Some(r), _) => ((samples as f64 * r / 16000.0).round() as usize).max(1),
+        (None, true) => (samples * FEATURE_RATE / 16000).max(1),
+        (None, false) => samples,
     };
     let shape = dims
         .iter()

@@ -120,7 +120,25 @@ pub fn save(
             )));
         }
     }
-    write_atomic(path, &encode(model))
+    // the analysis' input declarations are not part of the user's model
+    write_atomic(path, &encode(&undeclared(model)))
+}
+
+/// Metadata key prefix of a user's input declaration (`--input NAME=1,T,80`,
+/// [`crate::ir::declare_inputs`]): the value is the dims, an integer per fixed axis and `T`
+/// for the time axis. Stripped on save.
+pub const INPUT_KEY: &str = "sepprune.input.";
+/// Metadata key of the time axis' rate for declared inputs (`--frame-rate`), per second.
+pub const FRAME_RATE_KEY: &str = "sepprune.frame_rate";
+
+/// `model` without the input declarations of the analysis (what is written).
+pub fn undeclared(model: &ModelProto) -> ModelProto {
+    let mut m = model.clone();
+    m.metadata_props.retain(|p| {
+        let k = p.key.as_deref().unwrap_or("");
+        !(k.starts_with(INPUT_KEY) || k == FRAME_RATE_KEY)
+    });
+    m
 }
 
 fn load_external(t: &mut TensorProto, dir: &Path) -> Result<()> {

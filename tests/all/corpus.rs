@@ -128,3 +128,39 @@ fn corpus_exports_slim_exactly_with_random_masks() {
         }
     }
 }
+
+#[test]
+fn declared_inputs_set_the_time_axis_and_rate_and_are_not_written() {
+    let p = corpus().join("ta_conformer.dynamo18.onnx");
+    let mut m = onnx::load(&p).unwrap();
+    // defaults: [1, T, 40] is features at 100 frames/s; the lengths input holds T
+    let ir = Ir::new(m.clone(), 16000).unwrap();
+    assert_eq!(ir.fact("x").unwrap().shape, vec![1, 100, 40]);
+    sepprune::ir::declare_inputs(&mut m, &["x=1,T,40".into()], Some(50.0)).unwrap();
+    let ir = Ir::new(m.clone(), 16000).unwrap();
+    assert_eq!(ir.fact("x").unwrap().shape, vec![1, 50, 40]);
+    let lengths = ir
+        .fact("lengths")
+        .unwrap()
+        .value
+        .as_ref()
+        .unwrap()
+        .to_i64_vec();
+    assert_eq!(lengths, vec![50]);
+    // what is written carries no declaration
+    assert!(onnx::undeclared(&m).metadata_props.is_empty());
+    // declarations that contradict the model are refused, naming what is wrong
+    let mut m = onnx::load(&p).unwrap();
+    for (spec, want) in [
+        ("x=1,T,41", "fixed at 40"),
+        ("y=1,T,40", "no input 'y'"),
+        ("x=1,T", "rank 3"),
+        ("x=1,X,40", "neither a size nor T"),
+    ] {
+        let e = sepprune::ir::declare_inputs(&mut m, &[spec.into()], None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(want), "{spec}: {e}");
+    }
+}
