@@ -81,29 +81,16 @@ pub fn tract_facts(
 
 /// A tract constant as an IR tensor: floats as f32, integers and booleans as i64.
 fn to_tensor(k: &tract_onnx::prelude::Tensor) -> Option<Tensor> {
-    let shape = k.shape().to_vec();
-    if k.datum_type().is_float() {
-        let v = k.cast_to::<f32>().ok()?;
-        let v = v
-            .to_plain_array_view::<f32>()
-            .ok()?
-            .iter()
-            .copied()
-            .collect();
-        ndarray::ArrayD::from_shape_vec(shape, v)
-            .ok()
-            .map(Tensor::F32)
-    } else if k.datum_type().is_integer() || k.datum_type() == bool::datum_type() {
-        let v = k.cast_to::<i64>().ok()?;
-        let v = v
-            .to_plain_array_view::<i64>()
-            .ok()?
-            .iter()
-            .copied()
-            .collect();
-        ndarray::ArrayD::from_shape_vec(shape, v)
-            .ok()
-            .map(Tensor::I64)
+    fn cast<T: Datum + Copy>(k: &tract_onnx::prelude::Tensor) -> Option<ndarray::ArrayD<T>> {
+        let v = k.cast_to::<T>().ok()?;
+        let flat: Vec<T> = v.to_plain_array_view::<T>().ok()?.iter().copied().collect();
+        ndarray::ArrayD::from_shape_vec(k.shape().to_vec(), flat).ok()
+    }
+    let dt = k.datum_type();
+    if dt.is_float() {
+        cast::<f32>(k).map(Tensor::F32)
+    } else if dt.is_integer() || dt == bool::datum_type() {
+        cast::<i64>(k).map(Tensor::I64)
     } else {
         None
     }
