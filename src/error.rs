@@ -25,6 +25,26 @@ pub enum Error {
     Runtime(String),
     #[error("audio {path}: {msg}")]
     Audio { path: PathBuf, msg: String },
+    /// A tensor computation in Candle failed (`stage`: finetune, learner, taylor, refit,
+    /// hints).
+    #[error("{stage}: {msg}")]
+    Candle { stage: &'static str, msg: String },
+    /// The model's graph is malformed (no graph, no input, an output never produced).
+    #[error("{0}")]
+    Graph(String),
+    /// A slimmed model failed its own verification: nothing was written.
+    #[error("verification failed: nothing written{0}")]
+    Verification(String),
+    /// An option value out of its range.
+    #[error("{option} {value}: {msg}")]
+    Option {
+        option: &'static str,
+        value: String,
+        msg: String,
+    },
+    /// A learner checkpoint that cannot be resumed.
+    #[error("{path}: {msg}")]
+    Checkpoint { path: PathBuf, msg: String },
     /// A model the tool declines to prune, with why and what to do instead.
     #[error("refused: {0}")]
     Refused(String),
@@ -35,6 +55,13 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A Candle error at `stage`.
+    pub fn candle(stage: &'static str) -> impl Fn(candle_core::Error) -> Error + Copy {
+        move |e| Error::Candle {
+            stage,
+            msg: e.to_string(),
+        }
+    }
     pub fn node(node: &crate::onnx::NodeProto, msg: impl Into<String>) -> Self {
         Error::Node {
             node: node.name().to_string(),

@@ -85,7 +85,7 @@ pub fn check(
         .graph_inputs()
         .first()
         .cloned()
-        .ok_or_else(|| Error::Other("model has no input".into()))?;
+        .ok_or_else(|| Error::Graph("model has no input".into()))?;
     // the input shape at `ir.samples`, with the time axis set to the signal's length
     let mut shape = ir.fact(&input).expect("input fact").shape.clone();
     let n: usize = shape.iter().product();

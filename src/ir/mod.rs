@@ -189,7 +189,7 @@ impl Ir {
     fn infer(model: ModelProto, samples: usize, given: HashMap<String, Vec<Fact>>) -> Result<Ir> {
         match Ir::infer_step(model, samples, &given)? {
             Step::Done(ir) => Ok(ir),
-            Step::If { node, .. } => Err(Error::Other(format!(
+            Step::If { node, .. } => Err(Error::Graph(format!(
                 "If node {node} has a constant condition left unresolved"
             ))),
         }
@@ -205,7 +205,7 @@ impl Ir {
         let graph = model
             .graph
             .as_ref()
-            .ok_or_else(|| Error::Other("model has no graph".into()))?;
+            .ok_or_else(|| Error::Graph("model has no graph".into()))?;
         let mut facts: HashMap<String, Fact> = HashMap::new();
         let mut init_index = HashMap::new();
         for (i, init) in graph.initializer.iter().enumerate() {
@@ -362,7 +362,7 @@ impl Ir {
         }
         for out in &graph.output {
             if !facts.contains_key(out.name()) {
-                return Err(Error::Other(format!(
+                return Err(Error::Graph(format!(
                     "graph output '{}' is never produced",
                     out.name()
                 )));
@@ -585,7 +585,7 @@ fn input_shape(
             tt.elem_type.unwrap_or(1),
         ),
         _ => {
-            return Err(Error::Other(format!(
+            return Err(Error::Graph(format!(
                 "graph input '{}' is not a tensor",
                 inp.name()
             )))

@@ -197,7 +197,7 @@ pub struct Trainer {
 }
 
 fn ce(e: candle_core::Error) -> Error {
-    Error::Other(format!("finetune: {e}"))
+    Error::candle("finetune")(e)
 }
 
 impl Trainer {
@@ -426,9 +426,11 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
     let mut trainer = Trainer::new(model, o.samples, o.lr, o.clip, o.loss, &o.device)?;
     if let Some(decay) = o.ema {
         if !(0.0..1.0).contains(&decay) {
-            return Err(Error::Other(format!(
-                "finetune: the EMA decay must be in [0, 1), not {decay}"
-            )));
+            return Err(Error::Option {
+                option: "--ema",
+                value: decay.to_string(),
+                msg: "the EMA decay must be in [0, 1)".into(),
+            });
         }
         trainer.set_ema(decay)?;
     }

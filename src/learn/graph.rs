@@ -192,7 +192,7 @@ impl CandleGraph {
             .graph_inputs()
             .into_iter()
             .next()
-            .ok_or_else(|| Error::Other("model has no input".into()))?;
+            .ok_or_else(|| Error::Graph("model has no input".into()))?;
         let want = &self.ir.fact(&input).expect("input fact").shape;
         if x.dims() != want.as_slice() {
             return Err(Error::Other(format!(

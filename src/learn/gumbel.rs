@@ -121,7 +121,7 @@ pub fn step(
     item: &Item,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> Result<StepStats> {
-    let e = |e: candle_core::Error| Error::Other(format!("learner: {e}"));
+    let e = Error::candle("learner");
     let dev = graph.device();
     let mut gates = HashMap::new();
     let mut vars = vec![];

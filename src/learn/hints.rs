@@ -25,7 +25,7 @@ use candle_core::{DType, Device, Tensor as CTensor};
 use std::collections::{HashMap, HashSet};
 
 fn ce(e: candle_core::Error) -> Error {
-    Error::Other(format!("hints: {e}"))
+    Error::candle("hints")(e)
 }
 
 /// One hinted layer: the output value (same name in both models), its channel axis and

@@ -91,7 +91,7 @@ pub struct Refitted {
 }
 
 fn ce(e: candle_core::Error) -> Error {
-    Error::Other(format!("refit: {e}"))
+    Error::candle("refit")(e)
 }
 
 /// A layer to refit: its node index in the slimmed graph, its rule's [`Linear`] view, the

@@ -76,14 +76,15 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
     let mut scores = match &o.checkpoint {
         Some(p) if p.exists() => {
             let s: Scores = serde_json::from_slice(&std::fs::read(p).map_err(|e| Error::io(p, e))?)
-                .map_err(|e| {
-                    Error::Other(format!("{}: not a scores checkpoint: {e}", p.display()))
+                .map_err(|e| Error::Checkpoint {
+                    path: p.clone(),
+                    msg: format!("not a scores checkpoint: {e}"),
                 })?;
             if !s.fits(&cands) {
-                return Err(Error::Other(format!(
-                    "{}: checkpoint does not fit this model's groups",
-                    p.display()
-                )));
+                return Err(Error::Checkpoint {
+                    path: p.clone(),
+                    msg: "checkpoint does not fit this model's groups".into(),
+                });
             }
             s
         }

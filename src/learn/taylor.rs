@@ -29,7 +29,7 @@ pub fn taylor_scores(
     loss: Loss,
     device: &candle_core::Device,
 ) -> Result<HashMap<usize, Vec<f64>>> {
-    let e = |e: candle_core::Error| Error::Other(format!("taylor: {e}"));
+    let e = Error::candle("taylor");
     let (graph, cands) = gated_graph(model, samples, budget, device)?;
     let items: Vec<_> = crops(data, samples, crops_per_file, None)?
         .into_iter()

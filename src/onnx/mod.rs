@@ -53,7 +53,7 @@ pub fn replace_initializers(
     let graph = out
         .graph
         .as_mut()
-        .ok_or_else(|| Error::Other("model has no graph".into()))?;
+        .ok_or_else(|| Error::Graph("model has no graph".into()))?;
     let mut done = 0;
     for init in graph.initializer.iter_mut() {
         if let Some(t) = values.get(init.name()) {

@@ -168,7 +168,11 @@ fn ratio_ok(t: f64) -> Result<()> {
     if (0.0..=1.0).contains(&t) && t > 0.0 {
         Ok(())
     } else {
-        Err(Error::Other(format!("--target-macs {t} must be in (0, 1]")))
+        Err(Error::Option {
+            option: "--target-macs",
+            value: t.to_string(),
+            msg: "must be in (0, 1]".into(),
+        })
     }
 }
 
@@ -228,7 +232,7 @@ fn prune_channels(
         Runtime::preferred(),
     )?;
     if !check.passed {
-        return Err(Error::Other("verification failed: nothing written".into()));
+        return Err(Error::Verification(String::new()));
     }
     let mut model = slim_ir.model.clone();
     if o.refit {
@@ -287,7 +291,7 @@ fn prune_depth(ir: &Ir, train: &Path, o: &Options) -> Result<Pruned> {
     let x = verify::test_signal(ir.samples, 16000.0);
     let check = verify::check_depth(ir, &blocks, &removed, &dropped, &x, rt)?;
     if !check.passed {
-        return Err(Error::Other("verification failed: nothing written".into()));
+        return Err(Error::Verification(String::new()));
     }
     Ok(Pruned {
         ir: Ir::new(dropped.clone(), ir.samples)?,
