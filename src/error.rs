@@ -42,6 +42,10 @@ pub enum Error {
         value: String,
         msg: String,
     },
+    /// Training or evaluation data that cannot serve (too few mixtures, no references for a
+    /// loss that needs them, silent corpora).
+    #[error("{0}")]
+    Data(String),
     /// A learner checkpoint that cannot be resumed.
     #[error("{path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },

@@ -202,7 +202,7 @@ fn deal(items: &[Source], val: f64, test: f64, seed: u64) -> Result<[Vec<Source>
         .collect();
     let n = groups.len();
     if n < 3 {
-        return Err(Error::Other(format!(
+        return Err(Error::Data(format!(
             "splitting needs at least 3 groups, found {n} ({groups:?})"
         )));
     }

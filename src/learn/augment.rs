@@ -210,13 +210,13 @@ impl Augmenter {
         seed: u64,
     ) -> Result<Augmenter> {
         if examples.is_empty() {
-            return Err(crate::error::Error::Other(
+            return Err(crate::error::Error::Data(
                 "dynamic mixing: no examples".into(),
             ));
         }
         if teacher.is_none() {
             if let Some(ex) = examples.iter().find(|e| e.sources.is_empty()) {
-                return Err(crate::error::Error::Other(format!(
+                return Err(crate::error::Error::Data(format!(
                     "dynamic mixing: '{}' has no references (s1/, ...): use --teacher",
                     ex.name
                 )));
@@ -281,7 +281,7 @@ impl Augmenter {
         let speech: Vec<Vec<f32>> = speech.into_iter().filter(|s| power(s) > 0.0).collect();
         let noises: Vec<Vec<f32>> = noises.into_iter().filter(|s| power(s) > 0.0).collect();
         if speech.is_empty() || noises.is_empty() {
-            return Err(crate::error::Error::Other(
+            return Err(crate::error::Error::Data(
                 "dynamic mixing: the corpus needs non-silent speech and noise files".into(),
             ));
         }
@@ -336,7 +336,7 @@ impl Augmenter {
     /// Errors: an augmenter built without a teacher; a teacher that fails to run.
     pub fn distilled(&mut self) -> Result<Item> {
         if self.teacher.is_none() {
-            return Err(crate::error::Error::Other(
+            return Err(crate::error::Error::Data(
                 "dynamic mixing: distillation needs a teacher".into(),
             ));
         }

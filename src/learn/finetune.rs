@@ -459,7 +459,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         train = files.into_iter().flatten().collect();
     } else {
         if files.len() < 2 {
-            return Err(Error::Other(format!(
+            return Err(Error::Data(format!(
                 "{}: fine-tuning needs at least 2 mixtures (one for validation)",
                 data.display()
             )));
