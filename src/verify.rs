@@ -1,5 +1,5 @@
 //! Verification, the central property of the compiler:
-//! 1. the gate graph with all gates at 1 computes the original model (rel. error <= 1e-5);
+//! 1. the gate graph with all gates at 1 computes the original model (rel. error <= 1e-4);
 //! 2. for binary masks, the slimmed model equals the gate graph under the same mask
 //!    (rel. error <= 1e-4): the chosen masks and `trials` random masks.
 //!
@@ -16,7 +16,10 @@ use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-pub const TOL_IDENTITY: f64 = 1e-5;
+/// (1e-4: the gate graph is the canonical form, a LayerNormalization decomposed into
+/// ReduceMean/Sub/Div whose rounding differs from ORT's fused kernel by about 1e-5 relative on
+/// Whisper-base's six layers; a gating bug shows errors of 1e-2 and more.)
+pub const TOL_IDENTITY: f64 = 1e-4;
 pub const TOL_MASKED: f64 = 1e-4;
 
 #[derive(Debug, Serialize)]
@@ -142,7 +145,7 @@ pub fn check(
                 &owned
             }
         };
-        Runner::new(runtime, model, &shape, 1)?.run(x)
+        Runner::exact(runtime, model, &shape)?.run(x)
     };
     let mut outs = parallel_map(&jobs, run).into_iter();
     let mut next = || outs.next().expect("one output per job");
@@ -218,7 +221,7 @@ pub fn check_depth(
 ) -> Result<CheckReport> {
     use crate::prune::depth::block_gate_graph;
     let shape = [1, 1, x.len()];
-    let run = |m: &ModelProto| Runner::new(runtime, m, &shape, 1)?.run(x);
+    let run = |m: &ModelProto| Runner::exact(runtime, m, &shape)?.run(x);
     let ones = vec![1.0; blocks.len()];
     let gates: Vec<f32> = (0..blocks.len())
         .map(|b| if removed.contains(&b) { 0.0 } else { 1.0 })

@@ -55,6 +55,27 @@ pub struct Settings {
 }
 
 impl Runner {
+    /// A runner for verification: one thread, and ORT without graph optimizations
+    /// so that the compared graphs run the same kernels ([`ort::OrtModel::with_level`]).
+    pub fn exact(rt: Runtime, model: &ModelProto, shape: &[usize]) -> Result<Runner> {
+        use ort::{GraphOptimizationLevel as L, OrtModel, Provider};
+        Ok(match rt {
+            Runtime::Ort => Runner::Ort(OrtModel::with_level(
+                model,
+                shape,
+                Provider::Cpu { threads: 1 },
+                L::Disable,
+            )?),
+            Runtime::OrtCuda => Runner::Ort(OrtModel::with_level(
+                &with_input_shape(model, shape, false),
+                shape,
+                Provider::Cuda { graph: false },
+                L::Disable,
+            )?),
+            Runtime::Tract => Runner::Tract(tract::TractModel::new(model, shape)?),
+        })
+    }
+
     /// Prepares `model` for a single f32 input of `shape`; ORT CPU gets `threads` intra-op
     /// threads.
     pub fn new(rt: Runtime, model: &ModelProto, shape: &[usize], threads: usize) -> Result<Runner> {

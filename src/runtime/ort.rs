@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::onnx::{self, ModelProto};
 use ort::ep::{self, ExecutionProvider};
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::builder::GraphOptimizationLevel;
+pub use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session};
 use ort::value::{Tensor, TensorRef, TensorValueType};
 use std::path::{Path, PathBuf};
@@ -146,6 +146,19 @@ impl OrtModel {
     /// Errors: no ORT library; a CUDA provider that does not register (a CPU-only
     /// library, no GPU, missing CUDA/cuDNN libraries): never a silent fall-back to the CPU.
     pub fn new(model: &ModelProto, shape: &[usize], provider: Provider) -> Result<OrtModel> {
+        OrtModel::with_level(model, shape, provider, GraphOptimizationLevel::Level3)
+    }
+
+    /// [`OrtModel::new`] at graph optimization `level`. Verification compares two graphs
+    /// that differ by gate multiplications, which change what Level 3 fuses (attention,
+    /// MatMul + Add): unoptimized, both run the same kernels, so the comparison sees the
+    /// function, not the fusions' rounding.
+    pub fn with_level(
+        model: &ModelProto,
+        shape: &[usize],
+        provider: Provider,
+        level: GraphOptimizationLevel,
+    ) -> Result<OrtModel> {
         let (env, lib) = env()?;
         let graph = model.graph.as_ref();
         let name = |v: Option<&crate::onnx::ValueInfoProto>| {
@@ -155,7 +168,7 @@ impl OrtModel {
         let output = name(graph.and_then(|g| g.output.first()));
         let mut builder = Session::builder(env)
             .map_err(ort_err)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(level)
             .map_err(ort_err)?
             .with_inter_threads(1)
             .map_err(ort_err)?;

