@@ -17,6 +17,14 @@ pub enum Error {
         op: String,
         msg: String,
     },
+    /// A shape rule needs a constant that depends on the data here (a Range over a
+    /// sequence length, axes computed at run time): the op's shapes come from elsewhere.
+    #[error("node '{node}' ({op}): {msg}")]
+    NotConstant {
+        node: String,
+        op: String,
+        msg: String,
+    },
     #[error("tensor '{name}': {msg}")]
     Tensor { name: String, msg: String },
     #[error("masks: {0}")]
@@ -68,6 +76,14 @@ impl Error {
     }
     pub fn node(node: &crate::onnx::NodeProto, msg: impl Into<String>) -> Self {
         Error::Node {
+            node: node.name().to_string(),
+            op: node.op_type().to_string(),
+            msg: msg.into(),
+        }
+    }
+    /// [`Error::NotConstant`] naming `node`.
+    pub fn not_constant(node: &crate::onnx::NodeProto, msg: impl Into<String>) -> Self {
+        Error::NotConstant {
             node: node.name().to_string(),
             op: node.op_type().to_string(),
             msg: msg.into(),

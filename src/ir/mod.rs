@@ -287,19 +287,18 @@ impl Ir {
                 });
             }
             let inferred = match ops::rule(node) {
-                Some(rule) => rule.infer(node, &ins).map_err(|e| match e {
-                    Error::Node { msg, .. } => msg,
-                    other => other.to_string(),
-                }),
+                Some(rule) => match rule.infer(node, &ins) {
+                    Ok(outs) => Ok(outs),
+                    Err(Error::NotConstant { msg, .. }) => Err(msg),
+                    // a rule that finds the shapes inconsistent is right: the model does not
+                    // run at this length (an export that baked its traced length in)
+                    Err(e @ Error::Node { .. }) => return Err(e),
+                    Err(other) => return Err(Error::node(node, other.to_string())),
+                },
                 None => Err("no shape rule for this op".to_string()),
             };
             let outs = match inferred {
                 Ok(outs) => outs,
-                // a rule that finds the shapes inconsistent is right: the model does not run
-                // at this length (an export that baked its traced length in)
-                Err(why) if !why.contains("constant") && ops::rule(node).is_some() => {
-                    return Err(Error::node(node, why))
-                }
                 Err(why) => {
                     // an op the rules do not cover: shapes from tract, the node opaque
                     let known = oracle.get_or_insert_with(|| {

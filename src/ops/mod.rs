@@ -353,7 +353,7 @@ pub(crate) fn need_const<'a>(
     i: usize,
 ) -> Result<&'a Tensor> {
     need(node, inputs, i)?.value.as_ref().ok_or_else(|| {
-        Error::node(
+        Error::not_constant(
             node,
             format!("input {i} must be a static constant (it depends on data)"),
         )

@@ -22,7 +22,7 @@ fn axes_of(node: &NodeProto, x: &Fact, axes_input: Option<&Fact>) -> Result<(Vec
             Some(f) => Some(
                 f.value
                     .as_ref()
-                    .ok_or_else(|| Error::node(node, "reduction axes must be constant"))?
+                    .ok_or_else(|| Error::not_constant(node, "reduction axes must be constant"))?
                     .to_i64_vec(),
             ),
             None => None,
