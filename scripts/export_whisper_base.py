@@ -71,6 +71,27 @@ def fetch(tmp):
     return path
 
 
+def layer_state(t, p, q, norms):
+    """One transformer layer's common part: the fused self-attention `linear_0` [1536, 512]
+    split into q, k, v (k without bias in Whisper), its output projection, the FFN, and the
+    layer norms `norms` (transformers name -> CTranslate2 scope)."""
+    sd = {}
+    w, b = t(q + "self_attention/linear_0/weight"), t(q + "self_attention/linear_0/bias")
+    for k, name in enumerate(["q_proj", "k_proj", "v_proj"]):
+        sd[p + f"self_attn.{name}.weight"] = w[k * 512:(k + 1) * 512]
+        if name != "k_proj":
+            sd[p + f"self_attn.{name}.bias"] = b[k * 512:(k + 1) * 512]
+    sd[p + "self_attn.out_proj.weight"] = t(q + "self_attention/linear_1/weight")
+    sd[p + "self_attn.out_proj.bias"] = t(q + "self_attention/linear_1/bias")
+    for norm, ct2 in norms:
+        sd[p + f"{norm}.weight"] = t(q + f"{ct2}/layer_norm/gamma")
+        sd[p + f"{norm}.bias"] = t(q + f"{ct2}/layer_norm/beta")
+    for k in (0, 1):
+        sd[p + f"fc{k + 1}.weight"] = t(q + f"ffn/linear_{k}/weight")
+        sd[p + f"fc{k + 1}.bias"] = t(q + f"ffn/linear_{k}/bias")
+    return sd
+
+
 def decoder_state(v):
     """transformers' WhisperDecoder names for the CTranslate2 decoder variables."""
     t = lambda k: torch.from_numpy(v["decoder/" + k].copy())
@@ -79,13 +100,9 @@ def decoder_state(v):
           "layer_norm.weight": t("layer_norm/gamma"), "layer_norm.bias": t("layer_norm/beta")}
     for i in range(6):
         p, q = f"layers.{i}.", f"layer_{i}/"
-        w, b = t(q + "self_attention/linear_0/weight"), t(q + "self_attention/linear_0/bias")
-        for k, name in enumerate(["q_proj", "k_proj", "v_proj"]):
-            sd[p + f"self_attn.{name}.weight"] = w[k * 512:(k + 1) * 512]
-            if name != "k_proj":
-                sd[p + f"self_attn.{name}.bias"] = b[k * 512:(k + 1) * 512]
-        sd[p + "self_attn.out_proj.weight"] = t(q + "self_attention/linear_1/weight")
-        sd[p + "self_attn.out_proj.bias"] = t(q + "self_attention/linear_1/bias")
+        sd.update(layer_state(t, p, q, [("self_attn_layer_norm", "self_attention"),
+                                        ("encoder_attn_layer_norm", "attention"),
+                                        ("final_layer_norm", "ffn")]))
         sd[p + "encoder_attn.q_proj.weight"] = t(q + "attention/linear_0/weight")
         sd[p + "encoder_attn.q_proj.bias"] = t(q + "attention/linear_0/bias")
         w, b = t(q + "attention/linear_1/weight"), t(q + "attention/linear_1/bias")
@@ -94,13 +111,6 @@ def decoder_state(v):
         sd[p + "encoder_attn.v_proj.bias"] = b[512:]
         sd[p + "encoder_attn.out_proj.weight"] = t(q + "attention/linear_2/weight")
         sd[p + "encoder_attn.out_proj.bias"] = t(q + "attention/linear_2/bias")
-        for norm, ct2 in [("self_attn_layer_norm", "self_attention"),
-                          ("encoder_attn_layer_norm", "attention"), ("final_layer_norm", "ffn")]:
-            sd[p + f"{norm}.weight"] = t(q + f"{ct2}/layer_norm/gamma")
-            sd[p + f"{norm}.bias"] = t(q + f"{ct2}/layer_norm/beta")
-        for k in (0, 1):
-            sd[p + f"fc{k + 1}.weight"] = t(q + f"ffn/linear_{k}/weight")
-            sd[p + f"fc{k + 1}.bias"] = t(q + f"ffn/linear_{k}/bias")
     return sd
 
 
@@ -156,21 +166,9 @@ def main():
     sd["embed_positions.weight"] = t("position_encodings/encodings")
     sd["layer_norm.weight"], sd["layer_norm.bias"] = t("layer_norm/gamma"), t("layer_norm/beta")
     for i in range(6):
-        p, q = f"layers.{i}.", f"layer_{i}/"
-        w, b = t(q + "self_attention/linear_0/weight"), t(q + "self_attention/linear_0/bias")
-        for k, name in enumerate(["q_proj", "k_proj", "v_proj"]):
-            sd[p + f"self_attn.{name}.weight"] = w[k * 512:(k + 1) * 512]
-            if name != "k_proj":
-                sd[p + f"self_attn.{name}.bias"] = b[k * 512:(k + 1) * 512]
-        sd[p + "self_attn.out_proj.weight"] = t(q + "self_attention/linear_1/weight")
-        sd[p + "self_attn.out_proj.bias"] = t(q + "self_attention/linear_1/bias")
-        sd[p + "self_attn_layer_norm.weight"] = t(q + "self_attention/layer_norm/gamma")
-        sd[p + "self_attn_layer_norm.bias"] = t(q + "self_attention/layer_norm/beta")
-        sd[p + "final_layer_norm.weight"] = t(q + "ffn/layer_norm/gamma")
-        sd[p + "final_layer_norm.bias"] = t(q + "ffn/layer_norm/beta")
-        for k in (0, 1):
-            sd[p + f"fc{k + 1}.weight"] = t(q + f"ffn/linear_{k}/weight")
-            sd[p + f"fc{k + 1}.bias"] = t(q + f"ffn/linear_{k}/bias")
+        sd.update(layer_state(t, f"layers.{i}.", f"layer_{i}/",
+                              [("self_attn_layer_norm", "self_attention"),
+                               ("final_layer_norm", "ffn")]))
     missing, unexpected = enc.load_state_dict(sd, strict=False)
     assert not unexpected and not [m for m in missing if "embed_positions" not in m], missing
     n = sum(p.numel() for p in enc.parameters())

@@ -25,6 +25,14 @@ pub enum Error {
         op: String,
         msg: String,
     },
+    /// An op whose rule covers only some of its forms (an Einsum with an ellipsis): the
+    /// op's shapes come from elsewhere and the node is opaque.
+    #[error("node '{node}' ({op}): {msg}")]
+    Uncovered {
+        node: String,
+        op: String,
+        msg: String,
+    },
     #[error("tensor '{name}': {msg}")]
     Tensor { name: String, msg: String },
     #[error("masks: {0}")]
@@ -84,6 +92,14 @@ impl Error {
     /// [`Error::NotConstant`] naming `node`.
     pub fn not_constant(node: &crate::onnx::NodeProto, msg: impl Into<String>) -> Self {
         Error::NotConstant {
+            node: node.name().to_string(),
+            op: node.op_type().to_string(),
+            msg: msg.into(),
+        }
+    }
+    /// [`Error::Uncovered`] naming `node`.
+    pub fn uncovered(node: &crate::onnx::NodeProto, msg: impl Into<String>) -> Self {
+        Error::Uncovered {
             node: node.name().to_string(),
             op: node.op_type().to_string(),
             msg: msg.into(),

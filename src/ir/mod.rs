@@ -289,7 +289,7 @@ impl Ir {
             let inferred = match ops::rule(node) {
                 Some(rule) => match rule.infer(node, &ins) {
                     Ok(outs) => Ok(outs),
-                    Err(Error::NotConstant { msg, .. }) => Err(msg),
+                    Err(Error::NotConstant { msg, .. } | Error::Uncovered { msg, .. }) => Err(msg),
                     // a rule that finds the shapes inconsistent is right: the model does not
                     // run at this length (an export that baked its traced length in)
                     Err(e @ Error::Node { .. }) => return Err(e),

@@ -10,6 +10,7 @@ use super::Fact;
 use crate::onnx::{self, ModelProto, Tensor};
 use std::collections::HashMap;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::Factoid;
 
 /// Per-value facts (shape, and the value when tract folded it to a small constant) of
 /// `model` with each graph input fixed to `inputs[i]` (name, fact: its shape, and its value
@@ -51,8 +52,34 @@ pub fn tract_facts(
         m.set_input_fact(ix, InferenceFact::dt_shape(dt, shape.as_slice()))
             .map_err(e)?;
     }
-    let typed = m.into_typed().map_err(e)?;
+    // facts of the ONNX nodes themselves, from the analysis (one tract node per ONNX node);
+    // the typed model, where some ops are rewritten into several nodes, fills in the rest
+    let _ = m.analyse(false);
     let mut out = HashMap::new();
+    for node in m.nodes() {
+        for (slot, o) in node.outputs.iter().enumerate() {
+            let Some(label) = m.outlet_label(OutletId::new(node.id, slot)) else {
+                continue;
+            };
+            let Ok(Some(shape)) = o.fact.shape.as_concrete_finite() else {
+                continue;
+            };
+            let value = o
+                .fact
+                .value
+                .concretize()
+                .filter(|k| k.len() <= super::FOLD_LIMIT)
+                .and_then(|k| to_tensor(&k));
+            out.insert(
+                label.to_string(),
+                Fact {
+                    shape: shape.to_vec(),
+                    value,
+                },
+            );
+        }
+    }
+    let typed = m.into_typed().map_err(e)?;
     for node in typed.nodes() {
         for (slot, o) in node.outputs.iter().enumerate() {
             let Some(label) = typed.outlet_label(OutletId::new(node.id, slot)) else {
@@ -67,13 +94,10 @@ pub fn tract_facts(
                 .as_ref()
                 .filter(|k| k.len() <= super::FOLD_LIMIT)
                 .and_then(|k| to_tensor(k));
-            out.insert(
-                label.to_string(),
-                Fact {
-                    shape: shape.to_vec(),
-                    value,
-                },
-            );
+            out.entry(label.to_string()).or_insert(Fact {
+                shape: shape.to_vec(),
+                value,
+            });
         }
     }
     Ok(out)

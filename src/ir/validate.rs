@@ -1,7 +1,7 @@
 //! What the IR refuses before any analysis: a model it cannot prune meaningfully, with a
 //! message that says why and what to do.
 use crate::error::{Error, Result};
-use crate::onnx::{self, ModelProto, Tensor};
+use crate::onnx::{self, ModelProto};
 
 /// The default-domain opsets the op rules are written for (ONNX 1.8 to 1.17).
 pub const OPSETS: std::ops::RangeInclusive<i64> = 11..=23;
@@ -75,19 +75,37 @@ pub fn validate(model: &ModelProto) -> Result<()> {
             if quantized.len() > 5 { ", ..." } else { "" }
         )));
     }
-    for init in &graph.initializer {
-        if !matches!(init.data_type.unwrap_or(0), 1 | 10 | 11 | 16) {
-            continue;
-        }
-        if let Ok(Tensor::F32(a)) = onnx::tensor_from_proto(init) {
-            if a.iter().any(|x| x.is_nan()) {
-                return Err(Error::Tensor {
-                    name: init.name().to_string(),
-                    msg: "holds NaN values (a broken checkpoint): nothing to rank channels by"
-                        .into(),
-                });
-            }
-        }
+    if let Some(init) = graph.initializer.iter().find(|t| has_nan(t)) {
+        return Err(Error::Tensor {
+            name: init.name().to_string(),
+            msg: "holds NaN values (a broken checkpoint): nothing to rank channels by".into(),
+        });
     }
     Ok(())
+}
+
+/// True when a float initializer (f32, f16, f64; inline data) holds a NaN: a scan of its
+/// bytes, nothing decoded or allocated (this runs at every [`crate::ir::Ir::new`]).
+fn has_nan(t: &onnx::TensorProto) -> bool {
+    let raw = t.raw_data.as_deref().unwrap_or(&[]);
+    match t.data_type.unwrap_or(0) {
+        1 => {
+            raw.chunks_exact(4)
+                .any(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_nan())
+                || t.float_data.iter().any(|v| v.is_nan())
+        }
+        11 => {
+            raw.chunks_exact(8)
+                .any(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8")).is_nan())
+                || t.double_data.iter().any(|v| v.is_nan())
+        }
+        // f16: exponent all ones, mantissa non-zero (inline values sit in int32_data)
+        10 => {
+            let nan = |b: u16| b & 0x7c00 == 0x7c00 && b & 0x03ff != 0;
+            raw.chunks_exact(2)
+                .any(|c| nan(u16::from_le_bytes([c[0], c[1]])))
+                || t.int32_data.iter().any(|&v| nan(v as u16))
+        }
+        _ => false,
+    }
 }

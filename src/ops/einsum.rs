@@ -17,17 +17,18 @@ pub struct Einsum;
 
 /// The operands' and the output's letters of an explicit equation.
 ///
-/// Errors: no `->`, an ellipsis, a letter repeated in one operand (a diagonal), an output
-/// letter no input has.
+/// Errors: [`Error::Uncovered`] (the node is then opaque, its shapes from tract) for no
+/// `->`, an ellipsis, a letter repeated in one operand (a diagonal), an output letter no
+/// input has.
 fn equation(node: &NodeProto) -> Result<(Vec<Vec<char>>, Vec<char>)> {
     let eq = attr_s(node, "equation")
-        .ok_or_else(|| Error::node(node, "Einsum without an equation"))?
+        .ok_or_else(|| Error::uncovered(node, "Einsum without an equation"))?
         .replace(' ', "");
     let (lhs, rhs) = eq
         .split_once("->")
-        .ok_or_else(|| Error::node(node, format!("equation '{eq}' has no explicit output")))?;
+        .ok_or_else(|| Error::uncovered(node, format!("equation '{eq}' has no explicit output")))?;
     if eq.contains("...") {
-        return Err(Error::node(
+        return Err(Error::uncovered(
             node,
             format!("equation '{eq}' has an ellipsis"),
         ));
@@ -39,14 +40,14 @@ fn equation(node: &NodeProto) -> Result<(Vec<Vec<char>>, Vec<char>)> {
         seen.sort_unstable();
         seen.dedup();
         if seen.len() != term.len() || term.iter().any(|c| !c.is_ascii_alphabetic()) {
-            return Err(Error::node(
+            return Err(Error::uncovered(
                 node,
                 format!("equation '{eq}': unsupported term"),
             ));
         }
     }
     if out.iter().any(|c| !ins.iter().any(|t| t.contains(c))) {
-        return Err(Error::node(
+        return Err(Error::uncovered(
             node,
             format!("equation '{eq}': an output letter no input has"),
         ));
