@@ -55,10 +55,10 @@ pub fn node_macs_as(ir: &Ir, shape: ops::ShapeOf, ptflops: ops::Ptflops) -> Vec<
 
 /// Float initializers of rank >= 1 that each node uses as learnable parameters
 /// ([`crate::ops::OpRule::params`]: weights, biases, affine scales, slopes; every float
-/// initializer input of an op without a rule), counted at their
-/// first user. Like ptflops, which counts a module's `parameters()`, this leaves out buffers
-/// (a positional-encoding table read through a Slice) and RNN initial states.
-pub fn node_params(ir: &Ir) -> Vec<u64> {
+/// initializer input of an op without a rule), each named at its first user. Like
+/// ptflops, which counts a module's `parameters()`, this leaves out buffers (a
+/// positional-encoding table read through a Slice) and RNN initial states.
+pub fn node_param_names(ir: &Ir) -> Vec<Vec<&str>> {
     let mut seen = HashSet::new();
     ir.nodes()
         .iter()
@@ -73,11 +73,26 @@ pub fn node_params(ir: &Ir) -> Vec<u64> {
                 .into_iter()
                 .filter_map(|i| n.input.get(i))
                 .filter(|v| ir.is_initializer(v) && seen.insert(v.as_str()))
-                .filter_map(|v| {
+                .filter(|v| {
                     let init = &ir.graph().initializer[ir.init_index[v.as_str()]];
-                    let float = matches!(init.data_type.unwrap_or(1), 1 | 10 | 11 | 16);
-                    (float && !init.dims.is_empty())
-                        .then(|| init.dims.iter().product::<i64>() as u64)
+                    matches!(init.data_type.unwrap_or(1), 1 | 10 | 11 | 16) && !init.dims.is_empty()
+                })
+                .map(String::as_str)
+                .collect()
+        })
+        .collect()
+}
+
+/// Learnable parameters per node ([`node_param_names`], counted at their first user).
+pub fn node_params(ir: &Ir) -> Vec<u64> {
+    node_param_names(ir)
+        .into_iter()
+        .map(|names| {
+            names
+                .into_iter()
+                .map(|v| {
+                    let init = &ir.graph().initializer[ir.init_index[v]];
+                    init.dims.iter().product::<i64>() as u64
                 })
                 .sum()
         })

@@ -9,4 +9,5 @@ pub mod regions;
 pub use cost::{profile, NodeCost, Profile};
 pub use groups::{analyze_groups, Group, Groups};
 pub use masks::Masks;
+pub use blocks::find_blocks;
 pub use regions::{find_regions, Region};

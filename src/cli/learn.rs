@@ -1,5 +1,6 @@
-//! `sepprune learn`: learn channel masks with the SepPrune Gumbel learner (Candle, CPU) on a
-//! data set.
+//! `sepprune learn`: learn channel masks on a data set (Candle, CPU or CUDA) with the
+//! SepPrune Gumbel learner or hard-concrete gates under a Lagrangian budget, on references,
+//! teacher outputs, or the teacher's hidden states (`--distill`).
 use anyhow::{Context, Result};
 use sepprune::onnx;
 use sepprune::prune::{self, Residual};
@@ -16,18 +17,44 @@ pub struct Args {
     /// Masks file to write (for `prune --masks`).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Share of the separator's MACs to keep in the final masks (scores ranked under this
-    /// budget). Without it, the paper's rule: keep channels with sigmoid(score) > eps.
+    /// Mask learner: `gumbel` (SepPrune, Gumbel-Softmax with a straight-through
+    /// estimator) or `hard-concrete` (L0 gates with a Lagrangian budget; `--ste` for the
+    /// straight-through variant).
+    #[arg(long, value_enum, default_value_t = LearnMethod::Gumbel)]
+    pub method: LearnMethod,
+    /// Hard concrete: forward the hard mask, backward through the relaxation.
     #[arg(long)]
+    pub ste: bool,
+    /// Share of the scope's MACs to keep in the final masks (scores ranked under this
+    /// budget). Gumbel without it: the paper's rule, keep channels with sigmoid(score) > eps.
+    #[arg(long, conflicts_with = "target_params")]
     pub target_macs: Option<f64>,
+    /// Share of the scope's learnable parameters to keep (hard concrete).
+    #[arg(long)]
+    pub target_params: Option<f64>,
+    /// Which MACs a target counts: the separator's, or the whole model's.
+    #[arg(long, value_enum, default_value_t = prune::Scope::Separator)]
+    pub scope: prune::Scope,
     #[arg(long, default_value_t = 0.7)]
     pub eps: f64,
     #[arg(long, default_value_t = 1.0)]
     pub tau: f64,
-    #[arg(long, default_value_t = 500)]
-    pub iters: usize,
-    #[arg(long, default_value_t = 0.1)]
-    pub lr: f64,
+    /// Steps (default: 500 Gumbel, 300 hard concrete).
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Adam step size on the scores (default: 0.1 Gumbel, 0.05 hard concrete).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Hard concrete: initial drop rate of every gate.
+    #[arg(long, default_value_t = 0.05)]
+    pub droprate: f64,
+    /// Hard concrete: gradient-ascent step size of the Lagrange multipliers.
+    #[arg(long, default_value_t = 0.5)]
+    pub lambda_lr: f64,
+    /// Hard concrete: steps over which the target falls from 1 to the budget (default: a
+    /// third of the steps).
+    #[arg(long)]
+    pub warmup: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Initial score of every channel.
@@ -38,6 +65,10 @@ pub struct Args {
     /// Targets are the original model's outputs (no references needed).
     #[arg(long)]
     pub teacher: bool,
+    /// Targets are the original model's hidden states at every layer boundary and its
+    /// output (label-free distillation, any model: encoders too).
+    #[arg(long, conflicts_with = "teacher")]
+    pub distill: bool,
     /// Crop length in seconds.
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
@@ -60,20 +91,35 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The mask learners of `learn --method`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LearnMethod {
+    Gumbel,
+    HardConcrete,
+}
+
 pub fn run(a: Args) -> Result<()> {
     let Args {
         model,
         data,
         output,
+        method,
+        ste,
         target_macs,
+        target_params,
+        scope,
         eps,
         tau,
         iters,
         lr,
+        droprate,
+        lambda_lr,
+        warmup,
         seed,
         init,
         loss,
         teacher,
+        distill,
         seconds,
         crops_per_file,
         checkpoint,
@@ -85,9 +131,43 @@ pub fn run(a: Args) -> Result<()> {
     use sepprune::learn::{gumbel::GumbelConfig, run};
     let t0 = std::time::Instant::now();
     let m = onnx::load(&model)?;
-    if let Some(t) = target_macs {
-        anyhow::ensure!(t > 0.0 && t <= 1.0, "--target-macs {t} must be in (0, 1]");
+    for t in [target_macs, target_params].into_iter().flatten() {
+        anyhow::ensure!(t > 0.0 && t <= 1.0, "a target ({t}) must be in (0, 1]");
     }
+    let hc = method == LearnMethod::HardConcrete;
+    let iters = iters.unwrap_or(if hc { 300 } else { 500 });
+    let lr = lr.unwrap_or(if hc { 0.05 } else { 0.1 });
+    let method = match method {
+        LearnMethod::Gumbel => {
+            anyhow::ensure!(
+                target_params.is_none(),
+                "--target-params needs --method hard-concrete"
+            );
+            run::Method::Gumbel
+        }
+        LearnMethod::HardConcrete => {
+            use sepprune::learn::hard_concrete::HcConfig;
+            let (target, measure) = match (target_macs, target_params) {
+                (Some(t), _) => (t, prune::Measure::Macs),
+                (None, Some(t)) => (t, prune::Measure::Params),
+                (None, None) => anyhow::bail!(
+                    "--method hard-concrete needs a budget: --target-macs F or --target-params F"
+                ),
+            };
+            run::Method::HardConcrete(HcConfig {
+                ste,
+                droprate,
+                lr,
+                lambda_lr,
+                warmup: warmup.unwrap_or(iters / 3),
+                iters,
+                seed,
+                target,
+                measure,
+                ..HcConfig::default()
+            })
+        }
+    };
     let o = run::LearnOptions {
         cfg: GumbelConfig {
             eps,
@@ -98,12 +178,19 @@ pub fn run(a: Args) -> Result<()> {
             init,
             loss,
         },
+        method,
+        distill,
         samples: (seconds * 16000.0).round().max(1.0) as usize,
         crops_per_file,
         teacher,
         budget: prune::Budget {
             residual: residual_choice(residual, prune_residual),
-            ..prune::Budget::new(target_macs.map(|t| 1.0 - t).unwrap_or(0.0))
+            scope,
+            measure: match target_params {
+                Some(_) => prune::Measure::Params,
+                None => prune::Measure::Macs,
+            },
+            ..prune::Budget::new(target_macs.or(target_params).map(|t| 1.0 - t).unwrap_or(0.0))
         },
         checkpoint,
         progress: !json,
@@ -118,17 +205,22 @@ pub fn run(a: Args) -> Result<()> {
     let summary = serde_json::json!({
         "masks": output, "steps": r.scores.step, "seconds": t0.elapsed().as_secs_f64(),
         "final_loss_mean_last_25": last,
-        "separator_macs": [b.scope_macs.0, b.scope_macs.1],
-        "separator_macs_kept": b.scope_macs.1 as f64 / b.scope_macs.0 as f64,
+        "scope": format!("{scope:?}").to_lowercase(),
+        "scope_macs": [b.scope_macs.0, b.scope_macs.1],
+        "scope_macs_kept": b.scope_macs.1 as f64 / b.scope_macs.0 as f64,
+        "params": [b.params.0, b.params.1],
+        "params_kept": b.params.1 as f64 / b.params.0.max(1) as f64,
         "groups_pruned": b.masks.groups.len(),
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "{}: {} steps in {:.0} s, loss (last 25) {:.2} dB, separator MACs kept {:.1}%, {} groups pruned",
+            "{}: {} steps in {:.0} s, loss (last 25) {:.3}, {scope:?} MACs kept {:.1}%, params kept {:.1}%, {} groups pruned",
             output.display(), r.scores.step, t0.elapsed().as_secs_f64(), last,
-            100.0 * b.scope_macs.1 as f64 / b.scope_macs.0 as f64, b.masks.groups.len()
+            100.0 * b.scope_macs.1 as f64 / b.scope_macs.0 as f64,
+            100.0 * b.params.1 as f64 / b.params.0.max(1) as f64,
+            b.masks.groups.len()
         );
     }
     Ok(())

@@ -177,6 +177,7 @@ pub fn run(a: Args) -> Result<()> {
                 round_to,
                 keep_groups,
                 residual,
+                measure: prune::Measure::Macs,
             };
             let b = if criterion == Criterion::Taylor {
                 let data = data

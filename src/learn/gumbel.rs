@@ -56,8 +56,12 @@ pub struct Scores {
     pub step: usize,
     /// Group id -> per-channel score θ.
     pub theta: BTreeMap<usize, Vec<f64>>,
-    m: BTreeMap<usize, Vec<f64>>,
-    v: BTreeMap<usize, Vec<f64>>,
+    pub(crate) m: BTreeMap<usize, Vec<f64>>,
+    pub(crate) v: BTreeMap<usize, Vec<f64>>,
+    /// Lagrange multipliers `[lambda1, lambda2]` of a budgeted learner
+    /// ([`super::hard_concrete`]); zero for the Gumbel learner.
+    #[serde(default)]
+    pub lambda: [f64; 2],
 }
 
 pub const FORMAT: &str = "sepprune-scores/1";
@@ -71,6 +75,7 @@ impl Scores {
             theta: groups.iter().map(|g| (g.id, vec![init; g.size])).collect(),
             m: groups.iter().map(z).collect(),
             v: groups.iter().map(z).collect(),
+            lambda: [0.0; 2],
         }
     }
 
@@ -83,7 +88,11 @@ impl Scores {
                     .is_some_and(|t| t.len() == g.size && t.iter().all(|x| x.is_finite()))
             })
         };
-        self.format == FORMAT && fit(&self.theta) && fit(&self.m) && fit(&self.v)
+        self.format == FORMAT
+            && fit(&self.theta)
+            && fit(&self.m)
+            && fit(&self.v)
+            && self.lambda.iter().all(|l| l.is_finite())
     }
 
     /// The scores as a map for [`crate::prune::masks_from_scores`].
@@ -121,6 +130,25 @@ pub fn step(
     item: &Item,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> Result<StepStats> {
+    let x = graph.input(&item.input)?;
+    let mut loss_of = |gates: &HashMap<String, CTensor>| {
+        let y = graph.forward(&x, gates)?;
+        super::loss::on_targets(&y, &item.targets, cfg.loss)
+    };
+    step_with(graph, scores, cfg, &mut loss_of, rng)
+}
+
+/// [`step`] with any task loss: `loss_of` runs the gate graph under the given gate values
+/// and returns a scalar loss (a distillation loss, [`super::distill`]).
+///
+/// Errors: the forward pass or the loss.
+pub fn step_with(
+    graph: &CandleGraph,
+    scores: &mut Scores,
+    cfg: &GumbelConfig,
+    loss_of: &mut dyn FnMut(&HashMap<String, CTensor>) -> Result<CTensor>,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<StepStats> {
     let e = Error::candle("learner");
     let dev = graph.device();
     let mut gates = HashMap::new();
@@ -151,9 +179,7 @@ pub fn step(
         vars.push((id, var));
         probs.insert(id, pi);
     }
-    let x = graph.input(&item.input)?;
-    let y = graph.forward(&x, &gates)?;
-    let loss = super::loss::on_targets(&y, &item.targets, cfg.loss)?;
+    let loss = loss_of(&gates)?;
     let grads = loss.backward().map_err(e)?;
     let lv = super::loss::scalar(&loss)?;
     // Adam on θ with the straight-through, clipped gradient

@@ -1,12 +1,15 @@
 //! Learning on the gate graph with Candle: the lowered graph ([`graph`]), losses
-//! ([`loss`]), the SepPrune mask learner ([`gumbel`]), and fine-tuning ([`finetune`],
+//! ([`loss`]), the mask learners (SepPrune's Gumbel-Softmax, [`gumbel`]; hard concrete with
+//! a Lagrangian budget, [`hard_concrete`]), distillation targets ([`distill`]), and fine-tuning ([`finetune`],
 //! optionally on dynamically mixed examples, [`augment`]).
 pub mod augment;
 pub mod data;
+pub mod distill;
 pub mod finetune;
 pub mod fuse;
 pub mod graph;
 pub mod gumbel;
+pub mod hard_concrete;
 pub mod hints;
 pub mod kernels;
 pub mod loss;

@@ -205,6 +205,8 @@ fn prune_channels(
                     seed: o.seed,
                     ..GumbelConfig::default()
                 },
+                method: Default::default(),
+                distill: false,
                 samples,
                 crops_per_file: 2,
                 teacher: o.teacher,

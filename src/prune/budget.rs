@@ -33,6 +33,15 @@ pub enum Criterion {
     Taylor,
 }
 
+/// What a budget counts: MACs at the IR's input length, or learnable parameters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Measure {
+    #[default]
+    Macs,
+    Params,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scope {
     Separator,
@@ -94,6 +103,8 @@ pub struct Budgeted {
     pub scope_macs: (u64, u64),
     /// MACs of the whole model before and after.
     pub total_macs: (u64, u64),
+    /// Learnable parameters of the whole model before and after.
+    pub params: (u64, u64),
     /// Residual or skip streams were among the pruned groups' candidates.
     pub residual: bool,
 }
@@ -127,6 +138,9 @@ pub struct Budget {
     pub keep_groups: Vec<usize>,
     /// Whether residual and skip streams may be pruned.
     pub residual: Residual,
+    /// What `ratio` is a share of (MACs unless said otherwise). Only
+    /// [`masks_from_scores`] budgets parameters; the others count MACs.
+    pub measure: Measure,
 }
 
 impl Budget {
@@ -141,6 +155,7 @@ impl Budget {
             round_to: 1,
             keep_groups: vec![],
             residual: Residual::Auto,
+            measure: Measure::Macs,
         }
     }
 }
@@ -160,6 +175,8 @@ pub struct Cost<'a> {
     ir: &'a Ir,
     groups: &'a Groups,
     in_scope: Vec<bool>,
+    /// Learnable initializers per node ([`crate::analysis::cost::node_param_names`]).
+    params: Vec<Vec<&'a str>>,
 }
 
 impl<'a> Cost<'a> {
@@ -174,6 +191,7 @@ impl<'a> Cost<'a> {
             ir,
             groups,
             in_scope,
+            params: crate::analysis::cost::node_param_names(ir),
         }
     }
 
@@ -193,6 +211,35 @@ impl<'a> Cost<'a> {
             .map(|(&x, _)| x)
             .sum();
         (scope, m.iter().sum())
+    }
+
+    /// (scope params, total params) with `kept[g]` channels in group `g` (others whole):
+    /// each learnable initializer's elements under its pruned shape.
+    pub fn params(&self, kept: &HashMap<usize, usize>) -> (u64, u64) {
+        let (mut scope, mut total) = (0u64, 0u64);
+        for (ni, names) in self.params.iter().enumerate() {
+            let p: u64 = names
+                .iter()
+                .map(|v| {
+                    pruned_shape(self.ir, self.groups, kept, v)
+                        .iter()
+                        .product::<usize>() as u64
+                })
+                .sum();
+            total += p;
+            if self.in_scope[ni] {
+                scope += p;
+            }
+        }
+        (scope, total)
+    }
+
+    /// [`Cost::macs`] or [`Cost::params`].
+    pub fn amount(&self, measure: Measure, kept: &HashMap<usize, usize>) -> (u64, u64) {
+        match measure {
+            Measure::Macs => self.macs(kept),
+            Measure::Params => self.params(kept),
+        }
     }
 }
 
@@ -219,10 +266,10 @@ pub fn candidates<'g>(groups: &'g Groups, cost: &Cost, b: &Budget) -> Result<Vec
         Residual::Prune => true,
         Residual::Keep => false,
         Residual::Auto => {
-            let full = cost.macs(&HashMap::new()).0 as f64;
+            let full = cost.amount(b.measure, &HashMap::new()).0 as f64;
             let least: HashMap<usize, usize> = plain.iter().map(|g| (g.id, 1)).collect();
             let target = (1.0 - b.ratio) * full;
-            b.ratio > 0.0 && cost.macs(&least).0 as f64 > target + 0.005 * full
+            b.ratio > 0.0 && cost.amount(b.measure, &least).0 as f64 > target + 0.005 * full
         }
     };
     let cands = if with_residual { eligible } else { plain };
@@ -291,10 +338,10 @@ pub fn masks_for_ratio(ir: &Ir, groups: &Groups, b: &Budget) -> Result<Budgeted>
     }
     Ok(closest(
         &cost,
+        Measure::Macs,
         &cands,
         &order,
         target,
-        full,
         counts(lo),
         counts(hi),
     ))
@@ -343,13 +390,13 @@ pub fn masks_from_scores(
             })
             .collect()
     };
-    let full = cost.macs(&HashMap::new());
+    let full = cost.amount(b.measure, &HashMap::new());
     let target = (1.0 - b.ratio) * full.0 as f64;
     // a higher threshold keeps fewer channels: find the lowest one under the target
     let (mut a, mut z) = (lo - 1.0, hi + 1.0);
     for _ in 0..48 {
         let mid = 0.5 * (a + z);
-        if (cost.macs(&counts(mid)).0 as f64) <= target {
+        if (cost.amount(b.measure, &counts(mid)).0 as f64) <= target {
             z = mid;
         } else {
             a = mid;
@@ -357,10 +404,10 @@ pub fn masks_from_scores(
     }
     Ok(closest(
         &cost,
+        b.measure,
         &cands,
         &order,
         target,
-        full,
         counts(a),
         counts(z),
     ))
@@ -370,19 +417,21 @@ pub fn masks_from_scores(
 /// keeping the first `k` channels of each group's `order`.
 fn closest(
     cost: &Cost,
+    measure: Measure,
     cands: &[&Group],
     order: &HashMap<usize, Vec<usize>>,
     target: f64,
-    full: (u64, u64),
     a: HashMap<usize, usize>,
     b: HashMap<usize, usize>,
 ) -> Budgeted {
-    let (ma, mb) = (cost.macs(&a), cost.macs(&b));
-    let (kc, m) = if (ma.0 as f64 - target).abs() <= (mb.0 as f64 - target).abs() {
-        (a, ma)
+    let (ma, mb) = (cost.amount(measure, &a), cost.amount(measure, &b));
+    let kc = if (ma.0 as f64 - target).abs() <= (mb.0 as f64 - target).abs() {
+        a
     } else {
-        (b, mb)
+        b
     };
+    let full = cost.macs(&HashMap::new());
+    let m = cost.macs(&kc);
     let mut masks = Masks::new();
     for g in cands {
         let k = kc[&g.id];
@@ -394,6 +443,7 @@ fn closest(
         masks,
         scope_macs: (full.0, m.0),
         total_macs: (full.1, m.1),
+        params: (cost.params(&HashMap::new()).1, cost.params(&kc).1),
         residual: cands.iter().any(|g| g.residual),
     }
 }

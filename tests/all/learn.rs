@@ -191,6 +191,8 @@ fn learner_is_deterministic_resumable_and_meets_the_budget() {
             iters,
             ..GumbelConfig::default()
         },
+        method: Default::default(),
+        distill: false,
         samples: 400,
         crops_per_file: 2,
         teacher: false,
