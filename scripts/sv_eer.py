@@ -5,6 +5,8 @@ utterances), cosine scores of the embeddings, the equal error rate.
 
 usage: python scripts/sv_eer.py DATA MODEL.onnx [MODEL.onnx ...]
 
+A model whose input has rank 2 takes the waveform [1, T] itself (its front end is in the
+graph: scripts/export_resemblyzer.py --waveform); the others get these mel frames [1, T, 40].
 Front end: Resemblyzer's, 40 mel bands (slaney), 25 ms window, 10 ms hop, power spectrum, at
 16 kHz (its volume normalisation and VAD trimming are left out: the same for every model).
 Needs onnxruntime, torch/torchaudio and soundfile.
@@ -44,10 +46,12 @@ def main():
     files = sorted(glob.glob(os.path.join(data, "*", "*.flac")))
     spk = [os.path.basename(os.path.dirname(f)) for f in files]
     feats = [mels(f) for f in files]
+    waves = [sf.read(f, dtype="float32")[0][None] for f in files]
     for mpath in models:
         s = ort.InferenceSession(mpath, providers=["CPUExecutionProvider"])
         name = s.get_inputs()[0].name
-        emb = np.stack([s.run(None, {name: x})[0][0] for x in feats])
+        xs = waves if len(s.get_inputs()[0].shape) == 2 else feats
+        emb = np.stack([s.run(None, {name: x})[0][0] for x in xs])
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         scores, labels = [], []
         for i in range(len(files)):

@@ -29,7 +29,7 @@ pub struct Args {
     /// budget). Gumbel without it: the paper's rule, keep channels with sigmoid(score) > eps.
     #[arg(long, conflicts_with = "target_params")]
     pub target_macs: Option<f64>,
-    /// Share of the scope's learnable parameters to keep (hard concrete).
+    /// Share of the scope's learnable parameters to keep in the final masks.
     #[arg(long)]
     pub target_params: Option<f64>,
     /// Which MACs a target counts: the separator's, or the whole model's.
@@ -69,6 +69,24 @@ pub struct Args {
     /// output (label-free distillation, any model: encoders too).
     #[arg(long, conflicts_with = "teacher")]
     pub distill: bool,
+    /// Train the weights together with the masks (joint pruning and distillation, as
+    /// DPHuBERT), then alone under the final masks for --finetune-steps; the model with the
+    /// trained weights goes to --model-out, and `prune MODEL_OUT --masks OUTPUT` slims it.
+    #[arg(long, requires = "model_out")]
+    pub train_weights: bool,
+    /// Where the model with the trained weights is written (unpruned).
+    #[arg(long, requires = "train_weights")]
+    pub model_out: Option<PathBuf>,
+    /// AdamW step size of the weights.
+    #[arg(long, default_value_t = 2e-4)]
+    pub weights_lr: f64,
+    /// Steps of training the weights alone under the final masks.
+    #[arg(long, default_value_t = 200)]
+    pub finetune_steps: usize,
+    /// With --distill: held-out audio (a directory with mix/) on which the final masks'
+    /// per-layer cosine similarity to the original is reported.
+    #[arg(long, requires = "distill")]
+    pub heldout: Option<PathBuf>,
     /// Crop length in seconds.
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
@@ -120,6 +138,11 @@ pub fn run(a: Args) -> Result<()> {
         loss,
         teacher,
         distill,
+        heldout,
+        train_weights,
+        model_out,
+        weights_lr,
+        finetune_steps,
         seconds,
         crops_per_file,
         checkpoint,
@@ -138,13 +161,7 @@ pub fn run(a: Args) -> Result<()> {
     let iters = iters.unwrap_or(if hc { 300 } else { 500 });
     let lr = lr.unwrap_or(if hc { 0.05 } else { 0.1 });
     let method = match method {
-        LearnMethod::Gumbel => {
-            anyhow::ensure!(
-                target_params.is_none(),
-                "--target-params needs --method hard-concrete"
-            );
-            run::Method::Gumbel
-        }
+        LearnMethod::Gumbel => run::Method::Gumbel,
         LearnMethod::HardConcrete => {
             use sepprune::learn::hard_concrete::HcConfig;
             let (target, measure) = match (target_macs, target_params) {
@@ -180,6 +197,12 @@ pub fn run(a: Args) -> Result<()> {
         },
         method,
         distill,
+        heldout,
+        weights: train_weights.then_some(run::WeightTraining {
+            lr: weights_lr,
+            clip: 5.0,
+            finetune_steps,
+        }),
         samples: (seconds * 16000.0).round().max(1.0) as usize,
         crops_per_file,
         teacher,
@@ -199,9 +222,14 @@ pub fn run(a: Args) -> Result<()> {
     let r = run::learn(&m, &data, &o)
         .with_context(|| format!("learning masks for {}", model.display()))?;
     r.budgeted.masks.write(&output)?;
+    if let (Some(path), Some(trained)) = (&model_out, &r.model) {
+        onnx::save(trained, path, Some(&model), false)?;
+    }
     let b = &r.budgeted;
     let tail = r.losses.len().saturating_sub(25);
-    let last = r.losses[tail..].iter().sum::<f64>() / (r.losses.len() - tail).max(1) as f64;
+    // (a step whose loss was undefined, NaN, is left out)
+    let finite: Vec<f64> = r.losses[tail..].iter().copied().filter(|l| l.is_finite()).collect();
+    let last = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
     let summary = serde_json::json!({
         "masks": output, "steps": r.scores.step, "seconds": t0.elapsed().as_secs_f64(),
         "final_loss_mean_last_25": last,
@@ -211,6 +239,7 @@ pub fn run(a: Args) -> Result<()> {
         "params": [b.params.0, b.params.1],
         "params_kept": b.params.1 as f64 / b.params.0.max(1) as f64,
         "groups_pruned": b.masks.groups.len(),
+        "heldout_cosine": r.heldout.iter().map(|(l, c)| serde_json::json!({"layer": l, "cosine": c})).collect::<Vec<_>>(),
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -222,6 +251,9 @@ pub fn run(a: Args) -> Result<()> {
             100.0 * b.params.1 as f64 / b.params.0.max(1) as f64,
             b.masks.groups.len()
         );
+        for (l, c) in &r.heldout {
+            println!("  held-out cosine to the original at {l}: {c:.4}");
+        }
     }
     Ok(())
 }

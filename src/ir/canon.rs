@@ -182,6 +182,143 @@ pub fn bypass_weight_identities(model: &ModelProto) -> Option<ModelProto> {
     Some(model)
 }
 
+/// `model` with every `ConstantOfShape` read by several nodes cloned, one per reader (the
+/// clones read the same shape input and are placed right after the original). A fill is the
+/// same for any channels, so sharing it couples nothing real; shared, it couples its readers'
+/// channels through its own axes: TorchScript slices the zero initial states of every layer
+/// of a stacked LSTM from one `[layers, B, hidden]` fill, which would tie the hidden units of
+/// all layers into one channel group. The clones compute the same values, so this rewrite is
+/// not undone in the written model. `None` when no fill is shared.
+pub fn unshare_fills(model: &ModelProto) -> Option<ModelProto> {
+    let graph = model.graph.as_ref()?;
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        let mut seen = HashSet::new();
+        for x in n.input.iter().filter(|x| seen.insert(x.as_str())) {
+            readers.entry(x.as_str()).or_default().push(i);
+        }
+    }
+    // (fill node, its output, the readers after the first)
+    let shared: Vec<(usize, String, Vec<usize>)> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.op_type() == "ConstantOfShape" && n.domain().is_empty())
+        .filter_map(|(i, n)| {
+            let y = n.output.first()?;
+            let r = readers.get(y.as_str())?;
+            (r.len() > 1 && !outputs.contains(y.as_str())).then(|| (i, y.clone(), r[1..].to_vec()))
+        })
+        .collect();
+    if shared.is_empty() {
+        return None;
+    }
+    let mut model = model.clone();
+    let graph = model.graph.as_mut()?;
+    let mut clones: HashMap<usize, Vec<NodeProto>> = HashMap::new();
+    for (fi, y, rest) in shared {
+        for (k, &ri) in rest.iter().enumerate() {
+            let name = format!("{y}.sepprune.fill{}", k + 1);
+            let mut c = graph.node[fi].clone();
+            c.name = Some(format!("{}.sepprune.fill{}", graph.node[fi].name(), k + 1));
+            c.output = vec![name.clone()];
+            for x in graph.node[ri].input.iter_mut().filter(|x| **x == y) {
+                *x = name.clone();
+            }
+            clones.entry(fi).or_default().push(c);
+        }
+    }
+    let old = std::mem::take(&mut graph.node);
+    for (i, n) in old.into_iter().enumerate() {
+        graph.node.push(n);
+        graph.node.extend(clones.remove(&i).unwrap_or_default());
+    }
+    Some(model)
+}
+
+/// `ir`'s model with every `Gather` of one constant index from a `Concat` along the same
+/// axis, whose parts each have extent 1 there, reading the selected part itself (at index
+/// 0, so its output is unchanged). TorchScript's `h_n[-1]` of a stacked LSTM is such a
+/// Gather of the Concat of every layer's final state: read through the Concat, it would tie
+/// the hidden units of all layers together, though only the last one is used. A Concat left
+/// without readers is removed. The selection computes the same values, so this rewrite is
+/// not undone in the written model. `None` when there is none.
+pub fn select_from_concats(ir: &super::Ir) -> Option<ModelProto> {
+    use crate::onnx::{attr_i, Tensor};
+    let nodes = ir.nodes();
+    // (gather node, selected part)
+    let mut picks: Vec<(usize, String)> = vec![];
+    for (gi, g) in nodes.iter().enumerate() {
+        if g.op_type() != "Gather" || !g.domain().is_empty() || g.input.len() < 2 {
+            continue;
+        }
+        let Some(&ci) = ir.producer.get(&g.input[0]) else {
+            continue;
+        };
+        let c = &nodes[ci];
+        let rank = ir.fact(&g.input[0]).map_or(0, |f| f.shape.len()) as i64;
+        let norm = |a: i64| if a < 0 { a + rank } else { a };
+        if c.op_type() != "Concat" || !c.domain().is_empty() || rank == 0 {
+            continue;
+        }
+        let axis = norm(attr_i(g, "axis").unwrap_or(0));
+        if norm(attr_i(c, "axis").unwrap_or(0)) != axis {
+            continue;
+        }
+        let ones = c.input.iter().all(|x| {
+            ir.fact(x)
+                .is_some_and(|f| f.shape.get(axis as usize) == Some(&1))
+        });
+        let idx = match ir.fact(&g.input[1]).and_then(|f| f.value.as_ref()) {
+            Some(t @ Tensor::I64(_)) if t.len() == 1 => t.to_i64_vec()[0],
+            _ => continue,
+        };
+        let n = c.input.len() as i64;
+        let k = if idx < 0 { idx + n } else { idx };
+        if ones && (0..n).contains(&k) {
+            picks.push((gi, c.input[k as usize].clone()));
+        }
+    }
+    if picks.is_empty() {
+        return None;
+    }
+    let mut model = ir.model.clone();
+    let graph = model.graph.as_mut()?;
+    for (gi, part) in &picks {
+        let idx = &graph.node[*gi].input[1];
+        let shape = ir.fact(idx).map(|f| f.shape.clone()).unwrap_or_default();
+        let zero = Tensor::I64(ndarray::ArrayD::zeros(ndarray::IxDyn(&shape)));
+        let name = format!("{}.sepprune.pick", graph.node[*gi].name());
+        let like = TensorProto {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        graph.initializer.push(crate::onnx::tensor_to_proto(&zero, &like));
+        graph.node[*gi].input[0] = part.clone();
+        graph.node[*gi].input[1] = name;
+    }
+    // Concats and index constants nobody reads any more (the Concat first: it may read
+    // a Constant)
+    let outputs: HashSet<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
+    for op in ["Concat", "Constant"] {
+        let read: HashSet<String> = graph.node.iter().flat_map(|n| n.input.clone()).collect();
+        graph.node.retain(|n| {
+            !(n.op_type() == op
+                && n.output.iter().all(|o| !read.contains(o) && !outputs.contains(o)))
+        });
+    }
+    let read: HashSet<String> = graph.node.iter().flat_map(|n| n.input.clone()).collect();
+    let picked: HashSet<String> = picks
+        .iter()
+        .map(|(gi, _)| ir.nodes()[*gi].input[1].clone())
+        .collect();
+    graph
+        .initializer
+        .retain(|t| !picked.contains(t.name()) || read.contains(t.name()));
+    Some(model)
+}
+
 /// `model` with every `If` whose condition is a constant (an initializer, or a `Constant`
 /// node's `value`) replaced by the nodes of the branch it takes, each branch output passed
 /// to the If's output through an `Identity`; nested Ifs are folded in turn. The condition

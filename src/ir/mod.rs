@@ -101,7 +101,12 @@ impl Ir {
         validate::validate(&model)?;
         let model = canon::fold_constant_ifs(&model).unwrap_or(model);
         let model = canon::bypass_weight_identities(&model).unwrap_or(model);
+        let model = canon::unshare_fills(&model).unwrap_or(model);
         let ir = Ir::fold_ifs_and_infer(model, samples)?;
+        let ir = match canon::select_from_concats(&ir) {
+            Some(model) => Ir::fold_ifs_and_infer(model, samples)?,
+            None => ir,
+        };
         match canon::canonicalize(&ir) {
             Some((model, rewrites)) => Ok(Ir {
                 rewrites,

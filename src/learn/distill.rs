@@ -5,7 +5,11 @@
 //! function; the student is the same graph under the learned gates. Targets are the
 //! teacher's hidden states at each layer boundary, found from the graph: the outputs of the
 //! merging `Add`s of its residual blocks ([`crate::analysis::find_blocks`], the residual
-//! stream between blocks), and its first output. Per layer, with teacher `t` and student
+//! stream between blocks), or in a model without residual blocks (a plain stack of LSTM or
+//! conv layers) the output of each layer whose channels form a prunable group; and its
+//! first output. Where a layer's feature axis is a prunable group, the student's state is
+//! taken times that group's gate: a removed channel carries nothing downstream, so it
+//! counts as zero against the teacher. Per layer, with teacher `t` and student
 //! `s` of the same shape `[..., D, ...]` (D the feature axis: the axis carrying a channel
 //! group, else the last one):
 //!
@@ -31,6 +35,9 @@ pub struct Distiller {
     pub layers: Vec<String>,
     /// Feature axis of each layer.
     axes: Vec<usize>,
+    /// The gate of each layer's feature axis, when it is a prunable group's: the student's
+    /// state counts as gated there (a removed channel carries nothing downstream).
+    gates: Vec<Option<String>>,
     /// Teacher states per item key (computed once per item).
     cache: HashMap<usize, Vec<CTensor>>,
 }
@@ -51,8 +58,24 @@ impl Distiller {
         let mut layers: Vec<String> = find_blocks(ir)
             .iter()
             .flat_map(|b| b.merges.iter().map(|&(ni, _)| ir.nodes()[ni].output[0].clone()))
-            .filter(|v| computed.contains(v.as_str()))
             .collect();
+        if layers.is_empty() {
+            // a plain stack: each prunable group's layer output, the first output of the
+            // last node with parameters that writes the group's channels
+            let params = crate::analysis::cost::node_params(ir);
+            for g in groups.prunable() {
+                let last = g
+                    .members
+                    .iter()
+                    .filter_map(|(v, _)| ir.producer.get(v).map(|&p| (p, v)))
+                    .filter(|&(p, v)| params[p] > 0 && ir.nodes()[p].output[0] == *v)
+                    .max_by_key(|&(p, _)| p);
+                if let Some((_, v)) = last {
+                    layers.push(v.clone());
+                }
+            }
+        }
+        layers.retain(|v| computed.contains(v.as_str()));
         layers.sort_by_key(|v| ir.producer.get(v).copied().unwrap_or(usize::MAX));
         layers.dedup();
         let out = graph.ir().graph_outputs().into_iter().next();
@@ -60,18 +83,24 @@ impl Distiller {
             layers.retain(|v| *v != o);
             layers.push(o);
         }
-        let axes = layers
+        let (axes, gates) = layers
             .iter()
             .map(|v| {
                 let rank = graph.ir().fact(v).map_or(1, |f| f.shape.len());
-                (0..rank)
+                let axis = (0..rank)
                     .find(|&a| groups.of(v, a).is_some() || groups.concatenated_of(v, a).is_some())
-                    .unwrap_or(rank.saturating_sub(1))
+                    .unwrap_or(rank.saturating_sub(1));
+                let gate = groups
+                    .of(v, axis)
+                    .filter(|g| g.frozen.is_none())
+                    .map(|g| crate::gates::gate_name(g.id));
+                (axis, gate)
             })
-            .collect();
+            .unzip();
         Distiller {
             layers,
             axes,
+            gates,
             cache: HashMap::new(),
         }
     }
@@ -88,14 +117,25 @@ impl Distiller {
         let keep: HashSet<String> = self.layers.iter().cloned().collect();
         let (y, mut kept) = graph.forward_keeping(x, gates, &keep)?;
         let last = self.layers.len().saturating_sub(1);
+        let e = Error::candle("distillation states");
         self.layers
             .iter()
             .enumerate()
-            .map(|(i, v)| match i == last {
-                true => Ok(y.clone()),
-                false => kept
-                    .remove(v)
-                    .ok_or_else(|| Error::Graph(format!("layer value '{v}' was not computed"))),
+            .map(|(i, v)| {
+                let s = match i == last {
+                    true => y.clone(),
+                    false => kept
+                        .remove(v)
+                        .ok_or_else(|| Error::Graph(format!("layer value '{v}' was not computed")))?,
+                };
+                match self.gates[i].as_ref().and_then(|g| gates.get(g)) {
+                    Some(g) => {
+                        let mut shape = vec![1; s.rank()];
+                        shape[self.axes[i]] = g.elem_count();
+                        s.broadcast_mul(&g.reshape(shape).map_err(e)?).map_err(e)
+                    }
+                    None => Ok(s),
+                }
             })
             .collect()
     }
@@ -134,6 +174,51 @@ impl Distiller {
         }
         let total = total.ok_or_else(|| Error::Graph("no layer to distil".into()))?;
         Ok((total, cos))
+    }
+}
+
+impl Distiller {
+    /// Per layer, the mean over `crops` (flat model inputs) of the cosine similarity of the
+    /// gate graph under binary `masks` (and trained `weights`, by name) to the teacher. Teacher states are cached under
+    /// `key_base + i` for crop i.
+    ///
+    /// Errors: the forward pass; a mask of a group the graph has no gate for.
+    pub fn similarity(
+        &mut self,
+        graph: &CandleGraph,
+        crops: &[Vec<f32>],
+        masks: &crate::analysis::Masks,
+        weights: &HashMap<String, CTensor>,
+        key_base: usize,
+    ) -> Result<Vec<(String, f64)>> {
+        let e = Error::candle("distillation similarity");
+        let mut gates = weights.clone();
+        for (&id, m) in &masks.groups {
+            let mut g = vec![0f32; m.size];
+            for &k in &m.keep {
+                g[k] = 1.0;
+            }
+            let t = CTensor::new(g, graph.device())
+                .and_then(|t| t.to_dtype(graph.dtype()))
+                .map_err(e)?;
+            gates.insert(crate::gates::gate_name(id), t);
+        }
+        let mut sum = vec![0f64; self.layers.len()];
+        for (i, x) in crops.iter().enumerate() {
+            let x = graph.input(x)?;
+            let t = self.teacher(graph, key_base + i, &x)?;
+            let (_, cos) = self.loss(&self.states(graph, &x, &gates)?, &t)?;
+            for (s, c) in sum.iter_mut().zip(cos) {
+                *s += c;
+            }
+        }
+        let n = crops.len().max(1) as f64;
+        Ok(self
+            .layers
+            .iter()
+            .cloned()
+            .zip(sum.into_iter().map(|s| s / n))
+            .collect())
     }
 }
 

@@ -182,6 +182,32 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
+/// Scales the gradients of `vars` in `grads` so that their global L2 norm is at most
+/// `clip` (0: unchanged); returns that norm before clipping (NaN when a gradient is).
+///
+/// Errors: a gradient that cannot be read.
+pub fn clip_grads(
+    vars: &[(String, Var)],
+    grads: &mut candle_core::backprop::GradStore,
+    clip: f64,
+) -> Result<f64> {
+    let mut sq = 0f64;
+    for (_, v) in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sq += scalar(&g.sqr().and_then(|g| g.sum_all()).map_err(ce)?)?;
+        }
+    }
+    let norm = sq.sqrt();
+    if clip > 0.0 && norm > clip {
+        for (_, v) in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * (clip / norm)).map_err(ce)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
 /// The parameters of a model as Candle `Var`s with an Adam optimiser: one training step at
 /// a time (forward, backward, clipped gradient, update).
 pub struct Trainer {
@@ -347,22 +373,7 @@ impl Trainer {
             loss = (loss + (hl * *w).map_err(ce)?).map_err(ce)?;
         }
         let mut grads = loss.backward().map_err(ce)?;
-        if self.clip > 0.0 {
-            let mut sq = 0f64;
-            for (_, v) in &self.vars {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    sq += scalar(&g.sqr().and_then(|g| g.sum_all()).map_err(ce)?)?;
-                }
-            }
-            let norm = sq.sqrt();
-            if norm > self.clip {
-                for (_, v) in &self.vars {
-                    if let Some(g) = grads.remove(v.as_tensor()) {
-                        grads.insert(v.as_tensor(), (g * (self.clip / norm)).map_err(ce)?);
-                    }
-                }
-            }
-        }
+        clip_grads(&self.vars, &mut grads, self.clip)?;
         self.opt.step(&grads).map_err(ce)?;
         if let Some((decay, avg)) = &mut self.ema {
             for ((_, v), a) in self.vars.iter().zip(avg.iter_mut()) {

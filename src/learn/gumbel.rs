@@ -135,11 +135,12 @@ pub fn step(
         let y = graph.forward(&x, gates)?;
         super::loss::on_targets(&y, &item.targets, cfg.loss)
     };
-    step_with(graph, scores, cfg, &mut loss_of, rng)
+    step_with(graph, scores, cfg, &mut loss_of, &mut |_| Ok(()), rng)
 }
 
 /// [`step`] with any task loss: `loss_of` runs the gate graph under the given gate values
-/// and returns a scalar loss (a distillation loss, [`super::distill`]).
+/// and returns a scalar loss (a distillation loss, [`super::distill`]); `on_grads` sees the
+/// gradients of that loss (to update weights trained jointly).
 ///
 /// Errors: the forward pass or the loss.
 pub fn step_with(
@@ -147,6 +148,7 @@ pub fn step_with(
     scores: &mut Scores,
     cfg: &GumbelConfig,
     loss_of: &mut dyn FnMut(&HashMap<String, CTensor>) -> Result<CTensor>,
+    on_grads: &mut dyn FnMut(&mut candle_core::backprop::GradStore) -> Result<()>,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> Result<StepStats> {
     let e = Error::candle("learner");
@@ -180,8 +182,9 @@ pub fn step_with(
         probs.insert(id, pi);
     }
     let loss = loss_of(&gates)?;
-    let grads = loss.backward().map_err(e)?;
+    let mut grads = loss.backward().map_err(e)?;
     let lv = super::loss::scalar(&loss)?;
+    on_grads(&mut grads)?;
     // Adam on θ with the straight-through, clipped gradient
     scores.step += 1;
     let (b1, b2, adam_eps) = (0.9f64, 0.999f64, 1e-8);

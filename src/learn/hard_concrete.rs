@@ -212,7 +212,8 @@ impl<'a> ExpectedCost<'a> {
 /// What one step reports.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct HcStats {
-    /// The task loss (without the Lagrangian term).
+    /// The task loss (without the Lagrangian term); NaN when undefined for this sample
+    /// (that step follows the Lagrangian term alone).
     pub loss: f64,
     /// Expected share of the scope's cost kept.
     pub expected: f64,
@@ -230,8 +231,11 @@ pub fn init_scores(groups: &[&Group], cfg: &HcConfig) -> Scores {
 /// One step: sample gates, run the gate graph with them (`loss_of`: the task loss of the
 /// gate graph under the given gate values), back-propagate to the gates, add the gradient
 /// of the Lagrangian term, update `log_alpha` (Adam) and the multipliers (ascent).
+/// `on_grads` sees the task loss's gradients (to update weights trained jointly); it is not
+/// called for a step whose loss is undefined.
 ///
 /// Errors: the forward pass or the loss.
+#[allow(clippy::too_many_arguments)]
 pub fn step(
     device: &candle_core::Device,
     dtype: candle_core::DType,
@@ -239,6 +243,7 @@ pub fn step(
     cfg: &HcConfig,
     cost: &ExpectedCost,
     loss_of: &mut dyn FnMut(&HashMap<String, CTensor>) -> Result<CTensor>,
+    on_grads: &mut dyn FnMut(&mut candle_core::backprop::GradStore) -> Result<()>,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> Result<HcStats> {
     let e = Error::candle("hard-concrete learner");
@@ -271,8 +276,16 @@ pub fn step(
         dz.insert(id, d);
     }
     let loss = loss_of(&gates)?;
-    let grads = loss.backward().map_err(e)?;
     let lv = super::loss::scalar(&loss)?;
+    // a sample that closes a whole layer can make the task loss undefined (an L2
+    // normalisation of zeros): that step then follows the Lagrangian term alone
+    let mut grads = match lv.is_finite() {
+        true => Some(loss.backward().map_err(e)?),
+        false => None,
+    };
+    if let Some(g) = grads.as_mut() {
+        on_grads(g)?;
+    }
     // the Lagrangian term at the expected counts
     let expected: BTreeMap<usize, f64> = scores
         .theta
@@ -290,11 +303,14 @@ pub fn step(
         1.0 - b2.powi(scores.step as i32),
     );
     for (id, var) in vars {
-        let g: Vec<f64> = match grads.get(var.as_tensor()) {
+        let g: Vec<f64> = match grads.as_ref().and_then(|gs| gs.get(var.as_tensor())) {
             Some(g) => g
                 .to_dtype(candle_core::DType::F64)
                 .and_then(|g| g.to_vec1::<f64>())
-                .map_err(e)?,
+                .map_err(e)?
+                .into_iter()
+                .map(|v| if v.is_finite() { v } else { 0.0 })
+                .collect(),
             None => vec![0.0; dz[&id].len()],
         };
         let d = &dz[&id];

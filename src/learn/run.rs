@@ -13,6 +13,7 @@ use crate::gates::{gate_graph, gate_name};
 use crate::ir::Ir;
 use crate::onnx::ModelProto;
 use crate::prune::{candidates, masks_from_scores, Budget, Budgeted, Cost, Masks};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Which mask learner.
@@ -34,6 +35,11 @@ pub struct LearnOptions {
     /// Targets are the teacher's hidden states at the layer boundaries and its output
     /// ([`super::distill`]): label-free, for any model (encoders too).
     pub distill: bool,
+    /// Train the weights too ([`WeightTraining`]); the result then holds the model.
+    pub weights: Option<WeightTraining>,
+    /// With `distill`: held-out audio (LibriMix-style, `mix/` alone suffices) on which the
+    /// final masks' per-layer cosine similarity to the teacher is measured.
+    pub heldout: Option<PathBuf>,
     /// Crop length in samples (the gate graph is lowered at this length).
     pub samples: usize,
     /// At most this many crops per mixture.
@@ -54,6 +60,141 @@ pub struct Learned {
     pub budgeted: Budgeted,
     pub scores: Scores,
     pub losses: Vec<f64>,
+    /// Per layer (value name), the mean cosine similarity of the gate graph under the
+    /// final masks to the original on the held-out crops ([`LearnOptions::heldout`]).
+    pub heldout: Vec<(String, f64)>,
+    /// With [`LearnOptions::weights`]: the model (unpruned, in the exporter's form) with the
+    /// weights trained for the final masks; `prune --masks` slims it.
+    pub model: Option<ModelProto>,
+}
+
+/// Weights trained with the masks (joint pruning and distillation, as DPHuBERT does), then
+/// alone for `finetune_steps` under the final binary masks. AdamW, no weight decay, the
+/// gradient clipped to a global L2 norm.
+#[derive(Clone, Debug)]
+pub struct WeightTraining {
+    pub lr: f64,
+    pub clip: f64,
+    pub finetune_steps: usize,
+}
+
+/// The weights of a gate graph as `Var`s with their optimiser.
+struct WeightTrainer {
+    vars: Vec<(String, candle_core::Var)>,
+    opt: candle_nn::optim::AdamW,
+    clip: f64,
+}
+
+impl WeightTrainer {
+    fn new(graph: &CandleGraph, names: &[String], w: &WeightTraining) -> Result<WeightTrainer> {
+        use candle_nn::optim::Optimizer;
+        let e = Error::candle("weights");
+        let vars: Vec<(String, candle_core::Var)> = names
+            .iter()
+            .map(|n| {
+                let t = graph
+                    .constant(n)
+                    .ok_or_else(|| Error::Graph(format!("parameter '{n}' is not lowered")))?;
+                Ok((n.clone(), candle_core::Var::from_tensor(t).map_err(e)?))
+            })
+            .collect::<Result<_>>()?;
+        let opt = candle_nn::optim::AdamW::new(
+            vars.iter().map(|(_, v)| v.clone()).collect(),
+            candle_nn::optim::ParamsAdamW {
+                lr: w.lr,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )
+        .map_err(e)?;
+        Ok(WeightTrainer {
+            vars,
+            opt,
+            clip: w.clip,
+        })
+    }
+
+    fn overrides(&self) -> HashMap<String, candle_core::Tensor> {
+        self.vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Clips the weights' gradients in `grads` (the gates' are left as they are) and
+    /// takes an optimiser step; none when a gradient is not finite (a sample that closes a
+    /// whole layer before an L2 normalisation).
+    fn update(&mut self, grads: &mut candle_core::backprop::GradStore) -> Result<()> {
+        use candle_nn::optim::Optimizer;
+        if !super::finetune::clip_grads(&self.vars, grads, self.clip)?.is_finite() {
+            return Ok(());
+        }
+        self.opt.step(grads).map_err(Error::candle("weights"))
+    }
+
+    /// `ir`'s model with the trained weights, in the exporter's form.
+    fn write_into(&self, ir: &Ir) -> Result<ModelProto> {
+        let e = Error::candle("weights");
+        let mut values = HashMap::new();
+        for (name, v) in &self.vars {
+            let t = v.as_tensor();
+            let data: Vec<f32> = t
+                .to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1())
+                .map_err(e)?;
+            let a = ndarray::ArrayD::from_shape_vec(t.dims(), data).map_err(|err| Error::Tensor {
+                name: name.clone(),
+                msg: err.to_string(),
+            })?;
+            values.insert(name.clone(), crate::onnx::Tensor::F32(a));
+        }
+        Ok(ir.exported(&crate::onnx::replace_initializers(&ir.model, &values)?))
+    }
+}
+
+/// Gate values for binary `masks` (1 on kept channels).
+///
+/// Errors: a tensor that cannot be made on the graph's device.
+fn binary_gates(
+    graph: &CandleGraph,
+    masks: &Masks,
+) -> Result<HashMap<String, candle_core::Tensor>> {
+    let e = Error::candle("gates");
+    let mut gates = HashMap::new();
+    for (&id, m) in &masks.groups {
+        let mut g = vec![0f32; m.size];
+        for &k in &m.keep {
+            g[k] = 1.0;
+        }
+        let t = candle_core::Tensor::new(g, graph.device())
+            .and_then(|t| t.to_dtype(graph.dtype()))
+            .map_err(e)?;
+        gates.insert(gate_name(id), t);
+    }
+    Ok(gates)
+}
+
+/// The task loss of the gate graph under `overrides` (gates, trained weights): the
+/// distillation loss against the teacher's states, else the PIT loss on the item's targets.
+///
+/// Errors: the forward pass or the loss.
+fn task_loss(
+    graph: &CandleGraph,
+    distiller: Option<&Distiller>,
+    teacher: Option<&[candle_core::Tensor]>,
+    x: &candle_core::Tensor,
+    item: &Item,
+    overrides: &HashMap<String, candle_core::Tensor>,
+    o: &LearnOptions,
+) -> Result<candle_core::Tensor> {
+    match (distiller, teacher) {
+        (Some(d), Some(t)) => Ok(d.loss(&d.states(graph, x, overrides)?, t)?.0),
+        _ => {
+            let y = graph.forward(x, overrides)?;
+            super::loss::on_targets(&y, &item.targets, o.cfg.loss)
+        }
+    }
 }
 
 /// The gate graph of `model` lowered to Candle at `samples`, with the gates of the groups
@@ -68,10 +209,11 @@ pub fn gated_graph(
 ) -> Result<(CandleGraph, Vec<Group>)> {
     let ir = Ir::new(model.clone(), samples)?;
     let groups: Groups = crate::analysis::analyze_groups(&ir)?;
-    gated_graph_of(&ir, &groups, budget, device)
+    gated_graph_of(&ir, &groups, budget, device, &[])
 }
 
-/// [`gated_graph`] of a model already analysed.
+/// [`gated_graph`] of a model already analysed, with the initializers `weights` live too
+/// (trained jointly).
 ///
 /// Errors: as [`gated_graph`].
 pub fn gated_graph_of(
@@ -79,13 +221,15 @@ pub fn gated_graph_of(
     groups: &Groups,
     budget: &Budget,
     device: &candle_core::Device,
+    weights: &[String],
 ) -> Result<(CandleGraph, Vec<Group>)> {
     let cost = Cost::new(ir, groups, budget.scope);
     let cands: Vec<Group> = candidates(groups, &cost, budget)?
         .into_iter()
         .cloned()
         .collect();
-    let live: Vec<String> = cands.iter().map(|g| gate_name(g.id)).collect();
+    let mut live: Vec<String> = cands.iter().map(|g| gate_name(g.id)).collect();
+    live.extend(weights.iter().cloned());
     let gated = Ir::new(gate_graph(ir, groups, None)?, ir.samples)?;
     let graph = CandleGraph::new(gated, device, candle_core::DType::F32, &live)?;
     Ok((graph, cands))
@@ -97,8 +241,24 @@ pub fn gated_graph_of(
 pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learned> {
     let ir = Ir::new(model.clone(), o.samples)?;
     let groups = crate::analysis::analyze_groups(&ir)?;
-    let (graph, cands) = gated_graph_of(&ir, &groups, &o.budget, &o.device)?;
+    let weight_names: Vec<String> = match &o.weights {
+        Some(_) => super::finetune::learnable(&ir),
+        None => vec![],
+    };
+    if o.weights.is_some() && o.checkpoint.is_some() {
+        return Err(Error::Option {
+            option: "--checkpoint",
+            value: o.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            msg: "a checkpoint holds the scores only: it cannot resume weights trained jointly"
+                .into(),
+        });
+    }
+    let (graph, cands) = gated_graph_of(&ir, &groups, &o.budget, &o.device, &weight_names)?;
     let cands: Vec<&Group> = cands.iter().collect();
+    let mut trainer = match &o.weights {
+        Some(w) => Some(WeightTrainer::new(&graph, &weight_names, w)?),
+        None => None,
+    };
     let data_items: Vec<Item> = if o.distill {
         super::data::mixture_crops(data, o.samples, o.crops_per_file)?
             .into_iter()
@@ -181,14 +341,15 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
             Some(d) => Some(d.teacher(&graph, key, &x)?),
             None => None,
         };
-        let mut loss_of = |gates: &std::collections::HashMap<String, candle_core::Tensor>| {
-            match (&distiller, &teacher) {
-                (Some(d), Some(t)) => Ok(d.loss(&d.states(&graph, &x, gates)?, t)?.0),
-                _ => {
-                    let y = graph.forward(&x, gates)?;
-                    super::loss::on_targets(&y, &item.targets, o.cfg.loss)
-                }
-            }
+        let weights = trainer.as_ref().map(WeightTrainer::overrides).unwrap_or_default();
+        let mut loss_of = |gates: &HashMap<String, candle_core::Tensor>| {
+            let mut ov = weights.clone();
+            ov.extend(gates.iter().map(|(k, v)| (k.clone(), v.clone())));
+            task_loss(&graph, distiller.as_ref(), teacher.as_deref(), &x, item, &ov, o)
+        };
+        let mut on_grads = |g: &mut candle_core::backprop::GradStore| match trainer.as_mut() {
+            Some(t) => t.update(g),
+            None => Ok(()),
         };
         let msg = match (&o.method, &expected) {
             (Method::HardConcrete(hc), Some(ec)) => {
@@ -199,6 +360,7 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
                     hc,
                     ec,
                     &mut loss_of,
+                    &mut on_grads,
                     &mut rng,
                 )?;
                 losses.push(st.loss);
@@ -210,7 +372,14 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
                 )
             }
             _ => {
-                let st = super::gumbel::step_with(&graph, &mut scores, &o.cfg, &mut loss_of, &mut rng)?;
+                let st = super::gumbel::step_with(
+                    &graph,
+                    &mut scores,
+                    &o.cfg,
+                    &mut loss_of,
+                    &mut on_grads,
+                    &mut rng,
+                )?;
                 losses.push(st.loss);
                 format!("loss {:.3}  kept {:.1}%", st.loss, 100.0 * st.kept)
             }
@@ -269,11 +438,51 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
         }
     };
     // stamped for the model (its fingerprint and stable group keys)
+    // the weights alone under the final masks
+    let mut model_out = None;
+    if let (Some(t), Some(w)) = (trainer.as_mut(), &o.weights) {
+        let gates = binary_gates(&graph, &budgeted.masks)?;
+        let bar = super::progress_bar(w.finetune_steps, o.progress);
+        for k in 0..w.finetune_steps {
+            let n = iters + k;
+            let epoch = n / data_items.len();
+            let order = super::data::epoch_order(data_items.len(), seed, epoch);
+            let key = order[n % data_items.len()];
+            let item = &data_items[key];
+            let x = graph.input(&item.input)?;
+            let teacher = match distiller.as_mut() {
+                Some(d) => Some(d.teacher(&graph, key, &x)?),
+                None => None,
+            };
+            let mut ov = t.overrides();
+            ov.extend(gates.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let loss = task_loss(&graph, distiller.as_ref(), teacher.as_deref(), &x, item, &ov, o)?;
+            let lv = super::loss::scalar(&loss)?;
+            if lv.is_finite() {
+                t.update(&mut loss.backward().map_err(Error::candle("fine-tuning under masks"))?)?;
+            }
+            losses.push(lv);
+            bar.set_message(format!("fine-tuning under the masks: loss {lv:.3}"));
+            bar.inc(1);
+        }
+        bar.finish();
+        model_out = Some(t.write_into(&ir)?);
+    }
+    let heldout = match (&o.heldout, distiller.as_mut()) {
+        (Some(dir), Some(d)) => {
+            let crops = super::data::mixture_crops(dir, o.samples, o.crops_per_file)?;
+            let weights = trainer.as_ref().map(WeightTrainer::overrides).unwrap_or_default();
+            d.similarity(&graph, &crops, &budgeted.masks, &weights, 1 << 40)?
+        }
+        _ => vec![],
+    };
     let mut budgeted = budgeted;
     budgeted.masks = budgeted.masks.stamped(&ir1, &groups1);
     Ok(Learned {
         budgeted,
         scores,
         losses,
+        heldout,
+        model: model_out,
     })
 }

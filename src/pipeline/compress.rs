@@ -207,6 +207,8 @@ fn prune_channels(
                 },
                 method: Default::default(),
                 distill: false,
+                heldout: None,
+                weights: None,
                 samples,
                 crops_per_file: 2,
                 teacher: o.teacher,

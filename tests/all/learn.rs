@@ -193,6 +193,8 @@ fn learner_is_deterministic_resumable_and_meets_the_budget() {
         },
         method: Default::default(),
         distill: false,
+                heldout: None,
+                weights: None,
         samples: 400,
         crops_per_file: 2,
         teacher: false,
@@ -265,4 +267,152 @@ fn pit_loss_is_minus_si_sdr_and_picks_the_best_permutation() {
             .unwrap() as f64;
         assert!((l - want).abs() < 0.02, "loss {l}, want {want}");
     }
+}
+
+#[test]
+fn hard_concrete_gates_match_their_distribution_and_derivative() {
+    use sepprune::learn::hard_concrete::{log_alpha_init, HardConcrete};
+    let hc = HardConcrete::default();
+    for &a in &[-3.0, -0.5, 0.0, 0.7, 2.5] {
+        // dz / dlog_alpha by central differences wherever the sample is not clipped
+        for &u in &[0.05, 0.3, 0.5, 0.8, 0.97] {
+            let (z, dz) = hc.sample(a, u);
+            assert!((0.0..=1.0).contains(&z));
+            let h = 1e-6;
+            let num = (hc.sample(a + h, u).0 - hc.sample(a - h, u).0) / (2.0 * h);
+            if z > 1e-3 && z < 1.0 - 1e-3 {
+                assert!((num - dz).abs() <= 1e-5 * (1.0 + dz.abs()), "a {a} u {u}: {num} vs {dz}");
+            } else {
+                assert_eq!(dz, 0.0, "clipped sample at a {a} u {u}");
+            }
+        }
+        // P(z != 0) against a Monte-Carlo estimate over a uniform grid of u
+        let n = 20000;
+        let open = (0..n)
+            .filter(|&i| hc.sample(a, (i as f64 + 0.5) / n as f64).0 > 0.0)
+            .count() as f64
+            / n as f64;
+        assert!((open - hc.p_open(a)).abs() < 2e-3, "a {a}: {open} vs {}", hc.p_open(a));
+        let d = hc.deterministic(a);
+        assert!((0.0..=1.0).contains(&d));
+    }
+    // the drop rate is the share of channels a fresh gate closes at log_alpha's sigmoid
+    let a = log_alpha_init(0.2);
+    assert!((1.0 / (1.0 + (-a as f64).exp()) - 0.8).abs() < 1e-12);
+}
+
+#[test]
+fn distillation_loss_is_zero_for_the_teacher_and_its_gradient_matches_finite_differences() {
+    use sepprune::learn::distill::layer_loss;
+    let dev = Device::Cpu;
+    let t = CTensor::from_vec(
+        (0..24).map(|i| ((i as f64) * 0.37).sin() + 0.1).collect::<Vec<f64>>(),
+        (1, 4, 6),
+        &dev,
+    )
+    .unwrap();
+    let (l, c) = layer_loss(&t, &t, 1).unwrap();
+    assert!(l.to_scalar::<f64>().unwrap().abs() < 1e-9);
+    assert!((c.to_scalar::<f64>().unwrap() - 1.0).abs() < 1e-9);
+    // gradient with respect to the student, f64
+    let s0: Vec<f64> = (0..24).map(|i| ((i as f64) * 0.91).cos() * 0.8).collect();
+    let s = Var::from_tensor(&CTensor::from_vec(s0.clone(), (1, 4, 6), &dev).unwrap()).unwrap();
+    let (l, _) = layer_loss(s.as_tensor(), &t, 1).unwrap();
+    let g: Vec<f64> = l
+        .backward()
+        .unwrap()
+        .get(s.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let at = |v: &[f64]| {
+        let x = CTensor::from_vec(v.to_vec(), (1, 4, 6), &dev).unwrap();
+        layer_loss(&x, &t, 1).unwrap().0.to_scalar::<f64>().unwrap()
+    };
+    for k in [0, 5, 11, 17, 23] {
+        let h = 1e-6;
+        let (mut a, mut b) = (s0.clone(), s0.clone());
+        a[k] += h;
+        b[k] -= h;
+        let num = (at(&a) - at(&b)) / (2.0 * h);
+        assert!((num - g[k]).abs() <= 1e-5 * (1.0 + g[k].abs()), "{k}: {num} vs {}", g[k]);
+    }
+}
+
+#[test]
+fn hard_concrete_learner_meets_a_params_budget_deterministically_and_resumes() {
+    use sepprune::learn::hard_concrete::HcConfig;
+    use sepprune::learn::run::{learn, LearnOptions, Method};
+    use sepprune::prune::{Cost, Measure, Scope};
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_set(dir.path(), 2);
+    let model = common::tiny_tasnet();
+    let opts = |iters: usize, ste: bool, ck: Option<std::path::PathBuf>| LearnOptions {
+        cfg: Default::default(),
+        method: Method::HardConcrete(HcConfig {
+            ste,
+            iters,
+            warmup: 2,
+            target: 0.6,
+            measure: Measure::Params,
+            ..HcConfig::default()
+        }),
+        distill: true,
+        heldout: None,
+        weights: None,
+        samples: 400,
+        crops_per_file: 2,
+        teacher: false,
+        budget: sepprune::prune::Budget {
+            scope: Scope::All,
+            measure: Measure::Params,
+            ..sepprune::prune::Budget::new(0.4)
+        },
+        checkpoint: ck,
+        progress: false,
+        device: candle_core::Device::Cpu,
+    };
+    let a = learn(&model, dir.path(), &opts(6, false, None)).unwrap();
+    let b = learn(&model, dir.path(), &opts(6, false, None)).unwrap();
+    assert_eq!(a.scores.theta, b.scores.theta, "same seed, same scores");
+    assert_eq!(a.scores.lambda, b.scores.lambda);
+    assert!(a.scores.lambda[0] > 0.0, "the multiplier climbed: {:?}", a.scores.lambda);
+    let ck = dir.path().join("hc.json");
+    learn(&model, dir.path(), &opts(3, false, Some(ck.clone()))).unwrap();
+    let c = learn(&model, dir.path(), &opts(6, false, Some(ck))).unwrap();
+    assert_eq!(a.scores.theta, c.scores.theta, "resumed run differs");
+    assert_eq!(a.scores.lambda, c.scores.lambda);
+    // the straight-through variant moves the scores differently
+    let s = learn(&model, dir.path(), &opts(6, true, None)).unwrap();
+    assert_ne!(a.scores.theta, s.scores.theta);
+
+    // the budget: the kept parameters are as close to 60% as one channel of any group allows
+    let ir = Ir::new(model.clone(), 16000).unwrap();
+    let gs = analyze_groups(&ir).unwrap();
+    let cost = Cost::new(&ir, &gs, Scope::All);
+    let full = cost.params(&HashMap::new()).1 as f64;
+    let kept: HashMap<usize, usize> = a
+        .budgeted
+        .masks
+        .groups
+        .iter()
+        .map(|(&g, m)| (g, m.keep.len()))
+        .collect();
+    let got = cost.params(&kept).1 as f64;
+    assert_eq!(got as u64, a.budgeted.params.1);
+    let step = gs
+        .prunable()
+        .map(|g| {
+            let mut one = kept.clone();
+            let k = kept.get(&g.id).copied().unwrap_or(g.size);
+            one.insert(g.id, k.saturating_sub(1).max(1));
+            got - cost.params(&one).1 as f64
+        })
+        .fold(0.0, f64::max);
+    assert!((got - 0.6 * full).abs() <= step, "kept {got} of {full}, step {step}");
+    // and the cost model's count is the slim model's own
+    let slim = sepprune::prune::slim(&ir, &gs, &a.budgeted.masks).unwrap();
+    assert_eq!(sepprune::analysis::profile(&slim).params, a.budgeted.params.1);
 }

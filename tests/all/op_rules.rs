@@ -866,3 +866,70 @@ fn slices_partitioning_a_packed_projection_are_its_parts() {
     let gs = analyze_groups(&ir).unwrap();
     assert!(gs.of("w_qkv", 1).unwrap().frozen.is_some());
 }
+
+#[test]
+fn a_stacked_lstm_with_a_shared_zero_state_and_h_n_last_has_one_group_per_layer() {
+    // TorchScript's nn.LSTM(4, 6, num_layers=2): the initial states of both layers sliced
+    // from one ConstantOfShape fill, and `h_n[-1]` a Gather from the Concat of both final
+    // states; the hidden units of each layer must still be a group of their own
+    let mut g = G::new(&[1, 4, -1]);
+    let t = g.node("Transpose", &["x"], vec![ints_attr("perm", &[2, 0, 1])]); // [T, 1, 4]
+    let shape = g.const_i("fill_shape", vec![2, 1, 6]);
+    let fill = g.node("ConstantOfShape", &[&shape], vec![]);
+    let (ax, one) = (g.const_i("ax0", vec![0]), g.const_i("one", vec![1]));
+    let mut state = vec![];
+    for k in 0..2i64 {
+        let s = g.const_i(&format!("s{k}"), vec![k]);
+        let e = g.const_i(&format!("e{k}"), vec![k + 1]);
+        state.push(g.node("Slice", &[&fill, &s, &e, &ax, &one], vec![])); // [1, 1, 6]
+    }
+    let mut x = t;
+    let mut finals = vec![];
+    for k in 0..2usize {
+        let cin = if k == 0 { 4 } else { 6 };
+        let (w, r, b) = (
+            g.weight(&format!("W{k}"), &[1, 24, cin]),
+            g.weight(&format!("R{k}"), &[1, 24, 6]),
+            g.weight(&format!("B{k}"), &[1, 48]),
+        );
+        let n = g.nodes.len();
+        let (y, yh) = (format!("y{k}"), format!("yh{k}"));
+        g.nodes.push(sepprune::onnx::NodeProto {
+            name: Some(format!("lstm{n}")),
+            op_type: Some("LSTM".into()),
+            input: vec![
+                x.clone(),
+                w,
+                r,
+                b,
+                String::new(),
+                state[k].clone(),
+                state[k].clone(),
+            ],
+            output: vec![y.clone(), yh.clone()],
+            attribute: vec![int_attr("hidden_size", 6)],
+            ..Default::default()
+        });
+        let axes = g.const_i(&format!("sq{k}"), vec![1]);
+        x = g.node("Squeeze", &[&y, &axes], vec![]); // [T, 1, 6]
+        finals.push(yh);
+    }
+    let cat = g.node("Concat", &[&finals[0], &finals[1]], vec![int_attr("axis", 0)]); // [2, 1, 6]
+    let last = g.const_i("last", vec![-1]);
+    let h = g.node("Gather", &[&cat, &last], vec![int_attr("axis", 0)]); // [1, 1, 6]
+    let p = g.weight("P", &[6, 3]);
+    let y = g.node("MatMul", &[&h, &p], vec![]); // [1, 1, 3]
+    let (ir, gs) = groups_of(g.output(&y, &[1, 1, 3]), 9);
+    let (h0, h1) = (gs.of("R0", 2).unwrap(), gs.of("R1", 2).unwrap());
+    assert_ne!(h0.id, h1.id, "each layer's hidden units are a group of their own");
+    assert!(h0.frozen.is_none() && h1.frozen.is_none());
+    assert_eq!((h0.size, h1.size), (6, 6));
+    // different widths per layer slim exactly
+    let mut m = sepprune::prune::Masks::new();
+    m.insert(h0.id, 6, vec![0, 2, 5]);
+    m.insert(h1.id, 6, vec![1, 3, 4, 5]);
+    let slim = sepprune::prune::slim(&ir, &gs, &m).unwrap();
+    assert_eq!(slim.initializer("P").unwrap().shape(), vec![4, 3]);
+    assert_eq!(slim.initializer("W1").unwrap().shape(), vec![1, 16, 3]);
+    assert_slim_equals_gated(&ir, &gs, &m, &slim, 4 * 9);
+}
