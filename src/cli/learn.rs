@@ -239,6 +239,10 @@ pub fn run(a: Args) -> Result<()> {
         "params": [b.params.0, b.params.1],
         "params_kept": b.params.1 as f64 / b.params.0.max(1) as f64,
         "groups_pruned": b.masks.groups.len(),
+        "loss_curve": r.losses.chunks(10).map(|c| {
+            let f: Vec<f64> = c.iter().copied().filter(|l| l.is_finite()).collect();
+            f.iter().sum::<f64>() / f.len().max(1) as f64
+        }).collect::<Vec<_>>(),
         "heldout_cosine": r.heldout.iter().map(|(l, c)| serde_json::json!({"layer": l, "cosine": c})).collect::<Vec<_>>(),
     });
     if json {

@@ -208,11 +208,47 @@ pub fn clip_grads(
     Ok(norm)
 }
 
+/// Per parameter, a 0/1 tensor that is 0 where the weight is exactly zero, for those that
+/// have such entries (`None` for the others). Training keeps exact zeros at zero
+/// ([`keep_zeros`]): a sparse constant matrix (a mel filterbank exported as a MatMul
+/// weight) is a buffer more than a weight, and Adam's first steps, of size `lr` whatever the
+/// gradient, would let every band read every frequency bin.
+///
+/// Errors: a weight that cannot be read.
+pub fn zero_masks(vars: &[(String, Var)]) -> Result<Vec<Option<CTensor>>> {
+    vars.iter()
+        .map(|(_, v)| {
+            let t = v.as_tensor();
+            let nz = t.ne(0.0).and_then(|m| m.to_dtype(t.dtype())).map_err(ce)?;
+            let zeros = t.elem_count() as f64 - scalar(&nz.sum_all().map_err(ce)?)?;
+            Ok((zeros > 0.0).then_some(nz))
+        })
+        .collect()
+}
+
+/// Zeroes the gradients of `vars` in `grads` where [`zero_masks`] says the weight is zero.
+///
+/// Errors: a gradient that cannot be multiplied.
+pub fn keep_zeros(
+    vars: &[(String, Var)],
+    masks: &[Option<CTensor>],
+    grads: &mut candle_core::backprop::GradStore,
+) -> Result<()> {
+    for ((_, v), m) in vars.iter().zip(masks) {
+        if let (Some(m), Some(g)) = (m, grads.remove(v.as_tensor())) {
+            grads.insert(v.as_tensor(), (g * m).map_err(ce)?);
+        }
+    }
+    Ok(())
+}
+
 /// The parameters of a model as Candle `Var`s with an Adam optimiser: one training step at
 /// a time (forward, backward, clipped gradient, update).
 pub struct Trainer {
     graph: CandleGraph,
     vars: Vec<(String, Var)>,
+    /// Where each parameter is exactly zero ([`zero_masks`]): kept at zero.
+    zeros: Vec<Option<CTensor>>,
     opt: AdamW,
     clip: f64,
     loss: Loss,
@@ -266,6 +302,7 @@ impl Trainer {
         .map_err(ce)?;
         Ok(Trainer {
             graph,
+            zeros: zero_masks(&vars)?,
             vars,
             opt,
             clip,
@@ -373,6 +410,7 @@ impl Trainer {
             loss = (loss + (hl * *w).map_err(ce)?).map_err(ce)?;
         }
         let mut grads = loss.backward().map_err(ce)?;
+        keep_zeros(&self.vars, &self.zeros, &mut grads)?;
         clip_grads(&self.vars, &mut grads, self.clip)?;
         self.opt.step(&grads).map_err(ce)?;
         if let Some((decay, avg)) = &mut self.ema {

@@ -81,6 +81,8 @@ pub struct WeightTraining {
 /// The weights of a gate graph as `Var`s with their optimiser.
 struct WeightTrainer {
     vars: Vec<(String, candle_core::Var)>,
+    /// Exact zeros stay zero ([`super::finetune::zero_masks`]).
+    zeros: Vec<Option<candle_core::Tensor>>,
     opt: candle_nn::optim::AdamW,
     clip: f64,
 }
@@ -108,6 +110,7 @@ impl WeightTrainer {
         )
         .map_err(e)?;
         Ok(WeightTrainer {
+            zeros: super::finetune::zero_masks(&vars)?,
             vars,
             opt,
             clip: w.clip,
@@ -126,6 +129,7 @@ impl WeightTrainer {
     /// whole layer before an L2 normalisation).
     fn update(&mut self, grads: &mut candle_core::backprop::GradStore) -> Result<()> {
         use candle_nn::optim::Optimizer;
+        super::finetune::keep_zeros(&self.vars, &self.zeros, grads)?;
         if !super::finetune::clip_grads(&self.vars, grads, self.clip)?.is_finite() {
             return Ok(());
         }

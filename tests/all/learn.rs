@@ -312,8 +312,9 @@ fn distillation_loss_is_zero_for_the_teacher_and_its_gradient_matches_finite_dif
     )
     .unwrap();
     let (l, c) = layer_loss(&t, &t, 1).unwrap();
-    assert!(l.to_scalar::<f64>().unwrap().abs() < 1e-9);
-    assert!((c.to_scalar::<f64>().unwrap() - 1.0).abs() < 1e-9);
+    // (zero up to the 1e-8 that keeps the cosine's denominator away from zero)
+    assert!(l.to_scalar::<f64>().unwrap().abs() < 1e-6);
+    assert!((c.to_scalar::<f64>().unwrap() - 1.0).abs() < 1e-6);
     // gradient with respect to the student, f64
     let s0: Vec<f64> = (0..24).map(|i| ((i as f64) * 0.91).cos() * 0.8).collect();
     let s = Var::from_tensor(&CTensor::from_vec(s0.clone(), (1, 4, 6), &dev).unwrap()).unwrap();

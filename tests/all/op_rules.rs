@@ -875,7 +875,18 @@ fn a_stacked_lstm_with_a_shared_zero_state_and_h_n_last_has_one_group_per_layer(
     let mut g = G::new(&[1, 4, -1]);
     let t = g.node("Transpose", &["x"], vec![ints_attr("perm", &[2, 0, 1])]); // [T, 1, 4]
     let shape = g.const_i("fill_shape", vec![2, 1, 6]);
-    let fill = g.node("ConstantOfShape", &[&shape], vec![]);
+    let zero = sepprune::onnx::AttributeProto {
+        name: Some("value".into()),
+        r#type: Some(4), // TENSOR
+        t: Some(sepprune::onnx::TensorProto {
+            data_type: Some(1),
+            dims: vec![1],
+            float_data: vec![0.0],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let fill = g.node("ConstantOfShape", &[&shape], vec![zero]);
     let (ax, one) = (g.const_i("ax0", vec![0]), g.const_i("one", vec![1]));
     let mut state = vec![];
     for k in 0..2i64 {
