@@ -6,8 +6,8 @@ pub mod groups;
 pub mod masks;
 pub mod regions;
 
+pub use blocks::find_blocks;
 pub use cost::{profile, NodeCost, Profile};
 pub use groups::{analyze_groups, Group, Groups};
 pub use masks::Masks;
-pub use blocks::find_blocks;
 pub use regions::{find_regions, Region};

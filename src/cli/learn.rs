@@ -74,8 +74,9 @@ pub struct Args {
     /// trained weights goes to --model-out, and `prune MODEL_OUT --masks OUTPUT` slims it.
     #[arg(long, requires = "model_out")]
     pub train_weights: bool,
-    /// Where the model with the trained weights is written (unpruned).
-    #[arg(long, requires = "train_weights")]
+    /// Where the model with the trained weights is written (unpruned; with
+    /// --train-weights or --method self-pinching).
+    #[arg(long)]
     pub model_out: Option<PathBuf>,
     /// AdamW step size of the weights.
     #[arg(long, default_value_t = 2e-4)]
@@ -114,6 +115,8 @@ pub struct Args {
 pub enum LearnMethod {
     Gumbel,
     HardConcrete,
+    /// One learned threshold per layer, trained with the weights (needs --model-out).
+    SelfPinching,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -158,19 +161,33 @@ pub fn run(a: Args) -> Result<()> {
         anyhow::ensure!(t > 0.0 && t <= 1.0, "a target ({t}) must be in (0, 1]");
     }
     let hc = method == LearnMethod::HardConcrete;
+    let sp = method == LearnMethod::SelfPinching;
     let iters = iters.unwrap_or(if hc { 300 } else { 500 });
-    let lr = lr.unwrap_or(if hc { 0.05 } else { 0.1 });
+    let lr = lr.unwrap_or(match method {
+        LearnMethod::Gumbel => 0.1,
+        LearnMethod::HardConcrete => 0.05,
+        LearnMethod::SelfPinching => 0.01,
+    });
+    anyhow::ensure!(
+        model_out.is_none() || train_weights || sp,
+        "--model-out is written only when weights train (--train-weights, --method self-pinching)"
+    );
+    anyhow::ensure!(
+        !sp || model_out.is_some(),
+        "--method self-pinching trains the weights: give --model-out PATH for them"
+    );
+    let budget_of = || match (target_macs, target_params) {
+        (Some(t), _) => Ok((t, prune::Measure::Macs)),
+        (None, Some(t)) => Ok((t, prune::Measure::Params)),
+        (None, None) => Err(anyhow::anyhow!(
+            "--method {method:?} needs a budget: --target-macs F or --target-params F"
+        )),
+    };
     let method = match method {
         LearnMethod::Gumbel => run::Method::Gumbel,
         LearnMethod::HardConcrete => {
             use sepprune::learn::hard_concrete::HcConfig;
-            let (target, measure) = match (target_macs, target_params) {
-                (Some(t), _) => (t, prune::Measure::Macs),
-                (None, Some(t)) => (t, prune::Measure::Params),
-                (None, None) => anyhow::bail!(
-                    "--method hard-concrete needs a budget: --target-macs F or --target-params F"
-                ),
-            };
+            let (target, measure) = budget_of()?;
             run::Method::HardConcrete(HcConfig {
                 ste,
                 droprate,
@@ -182,6 +199,19 @@ pub fn run(a: Args) -> Result<()> {
                 target,
                 measure,
                 ..HcConfig::default()
+            })
+        }
+        LearnMethod::SelfPinching => {
+            let (target, measure) = budget_of()?;
+            run::Method::SelfPinching(sepprune::learn::self_pinching::SpConfig {
+                lr,
+                lambda_lr,
+                warmup: warmup.unwrap_or(iters / 3),
+                iters,
+                seed,
+                target,
+                measure,
+                ..Default::default()
             })
         }
     };
@@ -198,7 +228,7 @@ pub fn run(a: Args) -> Result<()> {
         method,
         distill,
         heldout,
-        weights: train_weights.then_some(run::WeightTraining {
+        weights: (train_weights || sp).then_some(run::WeightTraining {
             lr: weights_lr,
             clip: 5.0,
             finetune_steps,
@@ -213,7 +243,12 @@ pub fn run(a: Args) -> Result<()> {
                 Some(_) => prune::Measure::Params,
                 None => prune::Measure::Macs,
             },
-            ..prune::Budget::new(target_macs.or(target_params).map(|t| 1.0 - t).unwrap_or(0.0))
+            ..prune::Budget::new(
+                target_macs
+                    .or(target_params)
+                    .map(|t| 1.0 - t)
+                    .unwrap_or(0.0),
+            )
         },
         checkpoint,
         progress: !json,
@@ -228,7 +263,11 @@ pub fn run(a: Args) -> Result<()> {
     let b = &r.budgeted;
     let tail = r.losses.len().saturating_sub(25);
     // (a step whose loss was undefined, NaN, is left out)
-    let finite: Vec<f64> = r.losses[tail..].iter().copied().filter(|l| l.is_finite()).collect();
+    let finite: Vec<f64> = r.losses[tail..]
+        .iter()
+        .copied()
+        .filter(|l| l.is_finite())
+        .collect();
     let last = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
     let summary = serde_json::json!({
         "masks": output, "steps": r.scores.step, "seconds": t0.elapsed().as_secs_f64(),

@@ -294,7 +294,9 @@ pub fn select_from_concats(ir: &super::Ir) -> Option<ModelProto> {
             name: Some(name.clone()),
             ..Default::default()
         };
-        graph.initializer.push(crate::onnx::tensor_to_proto(&zero, &like));
+        graph
+            .initializer
+            .push(crate::onnx::tensor_to_proto(&zero, &like));
         graph.node[*gi].input[0] = part.clone();
         graph.node[*gi].input[1] = name;
     }
@@ -305,7 +307,9 @@ pub fn select_from_concats(ir: &super::Ir) -> Option<ModelProto> {
         let read: HashSet<String> = graph.node.iter().flat_map(|n| n.input.clone()).collect();
         graph.node.retain(|n| {
             !(n.op_type() == op
-                && n.output.iter().all(|o| !read.contains(o) && !outputs.contains(o)))
+                && n.output
+                    .iter()
+                    .all(|o| !read.contains(o) && !outputs.contains(o)))
         });
     }
     let read: HashSet<String> = graph.node.iter().flat_map(|n| n.input.clone()).collect();

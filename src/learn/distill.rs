@@ -57,7 +57,11 @@ impl Distiller {
             .collect();
         let mut layers: Vec<String> = find_blocks(ir)
             .iter()
-            .flat_map(|b| b.merges.iter().map(|&(ni, _)| ir.nodes()[ni].output[0].clone()))
+            .flat_map(|b| {
+                b.merges
+                    .iter()
+                    .map(|&(ni, _)| ir.nodes()[ni].output[0].clone())
+            })
             .collect();
         if layers.is_empty() {
             // a plain stack: each prunable group's layer output, the first output of the
@@ -124,9 +128,9 @@ impl Distiller {
             .map(|(i, v)| {
                 let s = match i == last {
                     true => y.clone(),
-                    false => kept
-                        .remove(v)
-                        .ok_or_else(|| Error::Graph(format!("layer value '{v}' was not computed")))?,
+                    false => kept.remove(v).ok_or_else(|| {
+                        Error::Graph(format!("layer value '{v}' was not computed"))
+                    })?,
                 };
                 match self.gates[i].as_ref().and_then(|g| gates.get(g)) {
                     Some(g) => {
@@ -143,7 +147,12 @@ impl Distiller {
     /// The teacher's states on item `key` with input `x` (all gates at 1), computed once.
     ///
     /// Errors: as [`Distiller::states`].
-    pub fn teacher(&mut self, graph: &CandleGraph, key: usize, x: &CTensor) -> Result<Vec<CTensor>> {
+    pub fn teacher(
+        &mut self,
+        graph: &CandleGraph,
+        key: usize,
+        x: &CTensor,
+    ) -> Result<Vec<CTensor>> {
         if let Some(t) = self.cache.get(&key) {
             return Ok(t.clone());
         }
@@ -224,7 +233,11 @@ impl Distiller {
 
 /// `(mean|s - t| / mean|t| + 1 - cos, cos)` of one layer, cos the mean cosine similarity
 /// along `axis`.
-pub fn layer_loss(s: &CTensor, t: &CTensor, axis: usize) -> candle_core::Result<(CTensor, CTensor)> {
+pub fn layer_loss(
+    s: &CTensor,
+    t: &CTensor,
+    axis: usize,
+) -> candle_core::Result<(CTensor, CTensor)> {
     let l1 = ((s - t)?.abs()?.mean_all()? / (t.abs()?.mean_all()?.to_scalar_f64()? + EPS))?;
     let dot = (s * t)?.sum_keepdim(axis)?;
     let ns = s.sqr()?.sum_keepdim(axis)?.sqrt()?;

@@ -219,9 +219,19 @@ pub fn zero_masks(vars: &[(String, Var)]) -> Result<Vec<Option<CTensor>>> {
     vars.iter()
         .map(|(_, v)| {
             let t = v.as_tensor();
-            let nz = t.ne(0.0).and_then(|m| m.to_dtype(t.dtype())).map_err(ce)?;
-            let zeros = t.elem_count() as f64 - scalar(&nz.sum_all().map_err(ce)?)?;
-            Ok((zeros > 0.0).then_some(nz))
+            let w: Vec<f64> = t
+                .to_dtype(DType::F64)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1())
+                .map_err(ce)?;
+            if w.iter().all(|&x| x != 0.0) {
+                return Ok(None);
+            }
+            let m: Vec<f64> = w.iter().map(|&x| f64::from(u8::from(x != 0.0))).collect();
+            CTensor::from_vec(m, t.dims(), t.device())
+                .and_then(|m| m.to_dtype(t.dtype()))
+                .map(Some)
+                .map_err(ce)
         })
         .collect()
 }
@@ -235,7 +245,8 @@ pub fn keep_zeros(
     grads: &mut candle_core::backprop::GradStore,
 ) -> Result<()> {
     for ((_, v), m) in vars.iter().zip(masks) {
-        if let (Some(m), Some(g)) = (m, grads.remove(v.as_tensor())) {
+        let Some(m) = m else { continue };
+        if let Some(g) = grads.remove(v.as_tensor()) {
             grads.insert(v.as_tensor(), (g * m).map_err(ce)?);
         }
     }

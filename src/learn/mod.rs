@@ -1,6 +1,7 @@
 //! Learning on the gate graph with Candle: the lowered graph ([`graph`]), losses
 //! ([`loss`]), the mask learners (SepPrune's Gumbel-Softmax, [`gumbel`]; hard concrete with
-//! a Lagrangian budget, [`hard_concrete`]), distillation targets ([`distill`]), and fine-tuning ([`finetune`],
+//! a Lagrangian budget, [`hard_concrete`]; one threshold per layer trained with the
+//! weights, [`self_pinching`]), distillation targets ([`distill`]), and fine-tuning ([`finetune`],
 //! optionally on dynamically mixed examples, [`augment`]).
 pub mod augment;
 pub mod data;
@@ -15,6 +16,7 @@ pub mod kernels;
 pub mod loss;
 pub mod refit;
 pub mod run;
+pub mod self_pinching;
 pub mod taylor;
 
 pub use graph::CandleGraph;

@@ -24,6 +24,9 @@ pub enum Method {
     Gumbel,
     /// Hard-concrete gates with a Lagrangian budget (straight-through with `ste`).
     HardConcrete(HcConfig),
+    /// One learned threshold per layer, trained with the weights in one pass
+    /// ([`super::self_pinching`]); weights train even without [`LearnOptions::weights`].
+    SelfPinching(super::self_pinching::SpConfig),
 }
 
 /// Options of a learning run.
@@ -147,10 +150,11 @@ impl WeightTrainer {
                 .and_then(|t| t.flatten_all())
                 .and_then(|t| t.to_vec1())
                 .map_err(e)?;
-            let a = ndarray::ArrayD::from_shape_vec(t.dims(), data).map_err(|err| Error::Tensor {
-                name: name.clone(),
-                msg: err.to_string(),
-            })?;
+            let a =
+                ndarray::ArrayD::from_shape_vec(t.dims(), data).map_err(|err| Error::Tensor {
+                    name: name.clone(),
+                    msg: err.to_string(),
+                })?;
             values.insert(name.clone(), crate::onnx::Tensor::F32(a));
         }
         Ok(ir.exported(&crate::onnx::replace_initializers(&ir.model, &values)?))
@@ -245,21 +249,34 @@ pub fn gated_graph_of(
 pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learned> {
     let ir = Ir::new(model.clone(), o.samples)?;
     let groups = crate::analysis::analyze_groups(&ir)?;
-    let weight_names: Vec<String> = match &o.weights {
+    // self-pinching trains the weights by definition
+    let weights_cfg = match (&o.method, &o.weights) {
+        (Method::SelfPinching(_), None) => Some(WeightTraining {
+            lr: 2e-4,
+            clip: 5.0,
+            finetune_steps: 0,
+        }),
+        (_, w) => w.clone(),
+    };
+    let weight_names: Vec<String> = match &weights_cfg {
         Some(_) => super::finetune::learnable(&ir),
         None => vec![],
     };
-    if o.weights.is_some() && o.checkpoint.is_some() {
+    if weights_cfg.is_some() && o.checkpoint.is_some() {
         return Err(Error::Option {
             option: "--checkpoint",
-            value: o.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            value: o
+                .checkpoint
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             msg: "a checkpoint holds the scores only: it cannot resume weights trained jointly"
                 .into(),
         });
     }
     let (graph, cands) = gated_graph_of(&ir, &groups, &o.budget, &o.device, &weight_names)?;
     let cands: Vec<&Group> = cands.iter().collect();
-    let mut trainer = match &o.weights {
+    let mut trainer = match &weights_cfg {
         Some(w) => Some(WeightTrainer::new(&graph, &weight_names, w)?),
         None => None,
     };
@@ -283,12 +300,20 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
         .collect()
     };
     if data_items.is_empty() {
-        return Err(Error::Data(format!("{}: no training crops", data.display())));
+        return Err(Error::Data(format!(
+            "{}: no training crops",
+            data.display()
+        )));
     }
     let mut distiller = o.distill.then(|| Distiller::new(&ir, &groups, &graph));
     let (iters, seed) = match &o.method {
         Method::Gumbel => (o.cfg.iters, o.cfg.seed),
         Method::HardConcrete(hc) => (hc.iters, hc.seed),
+        Method::SelfPinching(sp) => (sp.iters, sp.seed),
+    };
+    let importance = match &o.method {
+        Method::SelfPinching(_) => super::self_pinching::importances(&ir, &groups, &cands)?,
+        _ => Default::default(),
     };
     let mut scores = match &o.checkpoint {
         Some(p) if p.exists() => {
@@ -308,6 +333,7 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
         _ => match &o.method {
             Method::Gumbel => Scores::new(&cands, o.cfg.init),
             Method::HardConcrete(hc) => hard_concrete::init_scores(&cands, hc),
+            Method::SelfPinching(_) => super::self_pinching::init_scores(&cands),
         },
     };
     let save = |s: &Scores| -> Result<()> {
@@ -321,13 +347,10 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
         Ok(())
     };
     let expected = match &o.method {
-        Method::HardConcrete(hc) => Some(ExpectedCost::new(
-            &ir,
-            &groups,
-            o.budget.scope,
-            hc.measure,
-            &cands,
-        )),
+        Method::HardConcrete(HcConfig { measure, .. })
+        | Method::SelfPinching(super::self_pinching::SpConfig { measure, .. }) => Some(
+            ExpectedCost::new(&ir, &groups, o.budget.scope, *measure, &cands),
+        ),
         Method::Gumbel => None,
     };
     let bar = super::progress_bar(iters, o.progress);
@@ -345,11 +368,22 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
             Some(d) => Some(d.teacher(&graph, key, &x)?),
             None => None,
         };
-        let weights = trainer.as_ref().map(WeightTrainer::overrides).unwrap_or_default();
+        let weights = trainer
+            .as_ref()
+            .map(WeightTrainer::overrides)
+            .unwrap_or_default();
         let mut loss_of = |gates: &HashMap<String, candle_core::Tensor>| {
             let mut ov = weights.clone();
             ov.extend(gates.iter().map(|(k, v)| (k.clone(), v.clone())));
-            task_loss(&graph, distiller.as_ref(), teacher.as_deref(), &x, item, &ov, o)
+            task_loss(
+                &graph,
+                distiller.as_ref(),
+                teacher.as_deref(),
+                &x,
+                item,
+                &ov,
+                o,
+            )
         };
         let mut on_grads = |g: &mut candle_core::backprop::GradStore| match trainer.as_mut() {
             Some(t) => t.update(g),
@@ -371,6 +405,26 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
                 format!(
                     "loss {:.3}  expected {:.1}% -> {:.1}%",
                     st.loss,
+                    100.0 * st.expected,
+                    100.0 * st.target
+                )
+            }
+            (Method::SelfPinching(sp), Some(ec)) => {
+                let st = super::self_pinching::step(
+                    graph.device(),
+                    graph.dtype(),
+                    &mut scores,
+                    &importance,
+                    sp,
+                    ec,
+                    &mut loss_of,
+                    &mut on_grads,
+                )?;
+                losses.push(st.loss);
+                format!(
+                    "loss {:.3}  kept {:.1}%  expected {:.1}% -> {:.1}%",
+                    st.loss,
+                    100.0 * st.kept,
                     100.0 * st.expected,
                     100.0 * st.target
                 )
@@ -406,6 +460,14 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
             ..o.budget.clone()
         };
         masks_from_scores(&ir1, &groups1, &b, &scores.map())?
+    } else if let Method::SelfPinching(sp) = &o.method {
+        let b = Budget {
+            ratio: 1.0 - sp.target,
+            measure: sp.measure,
+            ..o.budget.clone()
+        };
+        let ranking = super::self_pinching::channel_ranking(&scores, &importance);
+        masks_from_scores(&ir1, &groups1, &b, &ranking)?
     } else if o.budget.ratio > 0.0 {
         masks_from_scores(&ir1, &groups1, &o.budget, &scores.map())?
     } else {
@@ -444,7 +506,7 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
     // stamped for the model (its fingerprint and stable group keys)
     // the weights alone under the final masks
     let mut model_out = None;
-    if let (Some(t), Some(w)) = (trainer.as_mut(), &o.weights) {
+    if let (Some(t), Some(w)) = (trainer.as_mut(), &weights_cfg) {
         let gates = binary_gates(&graph, &budgeted.masks)?;
         let bar = super::progress_bar(w.finetune_steps, o.progress);
         for k in 0..w.finetune_steps {
@@ -460,10 +522,22 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
             };
             let mut ov = t.overrides();
             ov.extend(gates.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let loss = task_loss(&graph, distiller.as_ref(), teacher.as_deref(), &x, item, &ov, o)?;
+            let loss = task_loss(
+                &graph,
+                distiller.as_ref(),
+                teacher.as_deref(),
+                &x,
+                item,
+                &ov,
+                o,
+            )?;
             let lv = super::loss::scalar(&loss)?;
             if lv.is_finite() {
-                t.update(&mut loss.backward().map_err(Error::candle("fine-tuning under masks"))?)?;
+                t.update(
+                    &mut loss
+                        .backward()
+                        .map_err(Error::candle("fine-tuning under masks"))?,
+                )?;
             }
             losses.push(lv);
             bar.set_message(format!("fine-tuning under the masks: loss {lv:.3}"));
@@ -475,7 +549,10 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
     let heldout = match (&o.heldout, distiller.as_mut()) {
         (Some(dir), Some(d)) => {
             let crops = super::data::mixture_crops(dir, o.samples, o.crops_per_file)?;
-            let weights = trainer.as_ref().map(WeightTrainer::overrides).unwrap_or_default();
+            let weights = trainer
+                .as_ref()
+                .map(WeightTrainer::overrides)
+                .unwrap_or_default();
             d.similarity(&graph, &crops, &budgeted.masks, &weights, 1 << 40)?
         }
         _ => vec![],

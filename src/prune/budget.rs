@@ -69,7 +69,12 @@ fn slice_sums(ir: &Ir, name: &str, axis: usize, f: fn(f32) -> f64) -> Result<Vec
 /// Per-channel importance of group `g` (higher is kept first): the summed L1 or L2 norms
 /// of every parameter slice that carries a channel, the group's own initializers and those
 /// of the concatenations holding it (a layer split into heads, the channels of a norm group).
-fn scores(ir: &Ir, groups: &Groups, g: &Group, criterion: Criterion) -> Result<Vec<f64>> {
+pub fn channel_scores(
+    ir: &Ir,
+    groups: &Groups,
+    g: &Group,
+    criterion: Criterion,
+) -> Result<Vec<f64>> {
     let f: fn(f32) -> f64 = match criterion {
         Criterion::L2 => |v| (v as f64).powi(2),
         _ => |v| (v as f64).abs(),
@@ -311,7 +316,7 @@ pub fn masks_for_ratio(ir: &Ir, groups: &Groups, b: &Budget) -> Result<Budgeted>
                 "the taylor criterion scores channels from data: give --data (prune) and use masks_from_scores".into(),
             ));
         } else {
-            let s = scores(ir, groups, g, criterion)?;
+            let s = channel_scores(ir, groups, g, criterion)?;
             idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
         }
         order.insert(g.id, idx);

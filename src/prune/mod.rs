@@ -5,8 +5,8 @@ pub mod depth;
 mod slice;
 
 pub use budget::{
-    candidates, masks_for_ratio, masks_from_scores, Budget, Budgeted, Cost, Criterion, Measure,
-    Residual, Scope,
+    candidates, channel_scores, masks_for_ratio, masks_from_scores, Budget, Budgeted, Cost,
+    Criterion, Measure, Residual, Scope,
 };
 // masks are the selection's output and slicing's input; they live with the groups they index
 pub use crate::analysis::Masks;

@@ -646,3 +646,69 @@ fn compress_is_byte_identical_for_a_seed_and_reports_with_plots() {
     );
     assert!(d.len() < a.len() + 10_000 && !d.is_empty());
 }
+
+#[test]
+fn training_keeps_exact_zeros_at_zero_and_moves_the_rest() {
+    use sepprune::learn::finetune::Trainer;
+    use sepprune::learn::gumbel::Item;
+    use sepprune::learn::loss::Loss;
+    use sepprune::onnx::Tensor;
+    // a slim model whose first weight has every third entry exactly zero
+    let model = slim_tiny();
+    let ir = Ir::new(model.clone(), 400).unwrap();
+    let name = sepprune::learn::finetune::learnable(&ir)[0].clone();
+    let Tensor::F32(mut w) = ir.initializer(&name).unwrap() else {
+        panic!("float weight")
+    };
+    for (i, v) in w.iter_mut().enumerate() {
+        if i % 3 == 0 {
+            *v = 0.0;
+        }
+    }
+    let zeros: Vec<bool> = w.iter().map(|&v| v == 0.0).collect();
+    let model = sepprune::onnx::replace_initializers(
+        &model,
+        &std::collections::HashMap::from([(name.clone(), Tensor::F32(w))]),
+    )
+    .unwrap();
+    let x = verify::test_signal(400, 16000.0);
+    let item = Item {
+        input: x.clone(),
+        targets: vec![x.iter().map(|v| 0.5 * v).collect()],
+    };
+    let mut t = Trainer::new(
+        &model,
+        400,
+        1e-2,
+        5.0,
+        Loss::SiSdr,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let before: Vec<f32> = t.snapshot().unwrap()[0]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    for _ in 0..3 {
+        t.step(&item).unwrap();
+    }
+    let after: Vec<f32> = t.snapshot().unwrap()[0]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut moved = 0;
+    for i in 0..after.len() {
+        if zeros[i] {
+            assert_eq!(after[i], 0.0, "entry {i} of {name} left zero");
+        } else {
+            moved += usize::from(after[i] != before[i]);
+        }
+    }
+    let nonzero = zeros.iter().filter(|z| !**z).count();
+    assert!(
+        moved > nonzero / 2,
+        "only {moved} of {nonzero} non-zero entries moved"
+    );
+}

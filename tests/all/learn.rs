@@ -193,8 +193,8 @@ fn learner_is_deterministic_resumable_and_meets_the_budget() {
         },
         method: Default::default(),
         distill: false,
-                heldout: None,
-                weights: None,
+        heldout: None,
+        weights: None,
         samples: 400,
         crops_per_file: 2,
         teacher: false,
@@ -281,7 +281,10 @@ fn hard_concrete_gates_match_their_distribution_and_derivative() {
             let h = 1e-6;
             let num = (hc.sample(a + h, u).0 - hc.sample(a - h, u).0) / (2.0 * h);
             if z > 1e-3 && z < 1.0 - 1e-3 {
-                assert!((num - dz).abs() <= 1e-5 * (1.0 + dz.abs()), "a {a} u {u}: {num} vs {dz}");
+                assert!(
+                    (num - dz).abs() <= 1e-5 * (1.0 + dz.abs()),
+                    "a {a} u {u}: {num} vs {dz}"
+                );
             } else {
                 assert_eq!(dz, 0.0, "clipped sample at a {a} u {u}");
             }
@@ -292,7 +295,11 @@ fn hard_concrete_gates_match_their_distribution_and_derivative() {
             .filter(|&i| hc.sample(a, (i as f64 + 0.5) / n as f64).0 > 0.0)
             .count() as f64
             / n as f64;
-        assert!((open - hc.p_open(a)).abs() < 2e-3, "a {a}: {open} vs {}", hc.p_open(a));
+        assert!(
+            (open - hc.p_open(a)).abs() < 2e-3,
+            "a {a}: {open} vs {}",
+            hc.p_open(a)
+        );
         let d = hc.deterministic(a);
         assert!((0.0..=1.0).contains(&d));
     }
@@ -306,7 +313,9 @@ fn distillation_loss_is_zero_for_the_teacher_and_its_gradient_matches_finite_dif
     use sepprune::learn::distill::layer_loss;
     let dev = Device::Cpu;
     let t = CTensor::from_vec(
-        (0..24).map(|i| ((i as f64) * 0.37).sin() + 0.1).collect::<Vec<f64>>(),
+        (0..24)
+            .map(|i| ((i as f64) * 0.37).sin() + 0.1)
+            .collect::<Vec<f64>>(),
         (1, 4, 6),
         &dev,
     )
@@ -338,7 +347,11 @@ fn distillation_loss_is_zero_for_the_teacher_and_its_gradient_matches_finite_dif
         a[k] += h;
         b[k] -= h;
         let num = (at(&a) - at(&b)) / (2.0 * h);
-        assert!((num - g[k]).abs() <= 1e-5 * (1.0 + g[k].abs()), "{k}: {num} vs {}", g[k]);
+        assert!(
+            (num - g[k]).abs() <= 1e-5 * (1.0 + g[k].abs()),
+            "{k}: {num} vs {}",
+            g[k]
+        );
     }
 }
 
@@ -379,7 +392,11 @@ fn hard_concrete_learner_meets_a_params_budget_deterministically_and_resumes() {
     let b = learn(&model, dir.path(), &opts(6, false, None)).unwrap();
     assert_eq!(a.scores.theta, b.scores.theta, "same seed, same scores");
     assert_eq!(a.scores.lambda, b.scores.lambda);
-    assert!(a.scores.lambda[0] > 0.0, "the multiplier climbed: {:?}", a.scores.lambda);
+    assert!(
+        a.scores.lambda[0] > 0.0,
+        "the multiplier climbed: {:?}",
+        a.scores.lambda
+    );
     let ck = dir.path().join("hc.json");
     learn(&model, dir.path(), &opts(3, false, Some(ck.clone()))).unwrap();
     let c = learn(&model, dir.path(), &opts(6, false, Some(ck))).unwrap();
@@ -412,8 +429,76 @@ fn hard_concrete_learner_meets_a_params_budget_deterministically_and_resumes() {
             got - cost.params(&one).1 as f64
         })
         .fold(0.0, f64::max);
-    assert!((got - 0.6 * full).abs() <= step, "kept {got} of {full}, step {step}");
+    assert!(
+        (got - 0.6 * full).abs() <= step,
+        "kept {got} of {full}, step {step}"
+    );
     // and the cost model's count is the slim model's own
     let slim = sepprune::prune::slim(&ir, &gs, &a.budgeted.masks).unwrap();
-    assert_eq!(sepprune::analysis::profile(&slim).params, a.budgeted.params.1);
+    assert_eq!(
+        sepprune::analysis::profile(&slim).params,
+        a.budgeted.params.1
+    );
+}
+
+#[test]
+fn self_pinching_learns_one_threshold_per_layer_with_the_weights_deterministically() {
+    use sepprune::learn::run::{learn, LearnOptions, Method};
+    use sepprune::learn::self_pinching::SpConfig;
+    use sepprune::prune::{Measure, Scope};
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_set(dir.path(), 2);
+    let model = common::tiny_tasnet();
+    let opts = || LearnOptions {
+        cfg: Default::default(),
+        method: Method::SelfPinching(SpConfig {
+            iters: 6,
+            warmup: 2,
+            target: 0.6,
+            measure: Measure::Macs,
+            ..SpConfig::default()
+        }),
+        distill: true,
+        heldout: None,
+        weights: None,
+        samples: 400,
+        crops_per_file: 2,
+        teacher: false,
+        budget: sepprune::prune::Budget {
+            scope: Scope::All,
+            ..sepprune::prune::Budget::new(0.4)
+        },
+        checkpoint: None,
+        progress: false,
+        device: candle_core::Device::Cpu,
+    };
+    let a = learn(&model, dir.path(), &opts()).unwrap();
+    let b = learn(&model, dir.path(), &opts()).unwrap();
+    assert!(
+        a.scores.theta.values().all(|t| t.len() == 1),
+        "one threshold per group"
+    );
+    assert_eq!(a.scores.theta, b.scores.theta, "same seed, same thresholds");
+    // the weights trained, deterministically
+    let (ma, mb) = (a.model.unwrap(), b.model.unwrap());
+    assert_eq!(sepprune::onnx::encode(&ma), sepprune::onnx::encode(&mb));
+    assert_ne!(sepprune::onnx::encode(&ma), sepprune::onnx::encode(&model));
+    // the final masks meet 60% of the MACs as closely as the tiny model allows and slim the
+    // trained model exactly
+    let kept = a.budgeted.total_macs.1 as f64 / a.budgeted.total_macs.0 as f64;
+    assert!((kept - 0.6).abs() < 0.1, "kept {kept}");
+    let ir = Ir::new(ma, 1000).unwrap();
+    let gs = analyze_groups(&ir).unwrap();
+    let x = verify::test_signal(1000, 16000.0);
+    let r = verify::check(
+        &ir,
+        &gs,
+        Some((&a.budgeted.masks, None)),
+        0,
+        0,
+        &x,
+        sepprune::runtime::Runtime::Tract,
+    )
+    .unwrap();
+    assert!(r.passed, "{:?}", r.trials);
 }

@@ -925,14 +925,21 @@ fn a_stacked_lstm_with_a_shared_zero_state_and_h_n_last_has_one_group_per_layer(
         x = g.node("Squeeze", &[&y, &axes], vec![]); // [T, 1, 6]
         finals.push(yh);
     }
-    let cat = g.node("Concat", &[&finals[0], &finals[1]], vec![int_attr("axis", 0)]); // [2, 1, 6]
+    let cat = g.node(
+        "Concat",
+        &[&finals[0], &finals[1]],
+        vec![int_attr("axis", 0)],
+    ); // [2, 1, 6]
     let last = g.const_i("last", vec![-1]);
     let h = g.node("Gather", &[&cat, &last], vec![int_attr("axis", 0)]); // [1, 1, 6]
     let p = g.weight("P", &[6, 3]);
     let y = g.node("MatMul", &[&h, &p], vec![]); // [1, 1, 3]
     let (ir, gs) = groups_of(g.output(&y, &[1, 1, 3]), 9);
     let (h0, h1) = (gs.of("R0", 2).unwrap(), gs.of("R1", 2).unwrap());
-    assert_ne!(h0.id, h1.id, "each layer's hidden units are a group of their own");
+    assert_ne!(
+        h0.id, h1.id,
+        "each layer's hidden units are a group of their own"
+    );
     assert!(h0.frozen.is_none() && h1.frozen.is_none());
     assert_eq!((h0.size, h1.size), (6, 6));
     // different widths per layer slim exactly
