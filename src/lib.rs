@@ -3,7 +3,7 @@
 //! Data flow: ONNX bytes -> [`onnx`] proto -> [`ir::Ir`] (static shapes) ->
 //! [`analysis`] (cost profile, regions, channel groups) -> [`gates`] (gate graph) /
 //! [`prune`] (masks, slicing) -> ONNX bytes; [`runtime`] runs models in ORT and tract;
-//! [`audio`] reads data and scores SI-SDR.
+//! [`audio`] reads data and scores SI-SDR; [`sv`] scores speaker verification (EER).
 pub mod analysis;
 pub mod audio;
 pub mod bench;
@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod prune;
 pub mod report;
 pub mod runtime;
+pub mod sv;
 pub mod verify;
 
 pub use error::{Error, Result};

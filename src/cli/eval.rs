@@ -1,5 +1,6 @@
 //! `sepprune eval`: SI-SDR, SI-SDRi and SDRi on a LibriMix-style directory (mix/, s1/, s2/
 //! ...); several models are compared, per mixing condition when the set has a conditions.json.
+//! `--task sv`: speaker verification (EER, minDCF) on a directory of speaker folders.
 use anyhow::{Context, Result};
 use sepprune::onnx;
 use std::path::PathBuf;
@@ -8,8 +9,13 @@ use std::path::PathBuf;
 pub struct Args {
     #[arg(required = true)]
     pub models: Vec<PathBuf>,
+    /// A LibriMix-style set (separation), or a directory of speaker folders (`--task sv`).
     #[arg(long)]
     pub data: PathBuf,
+    /// What to score: separation or enhancement (SI-SDRi), or speaker verification of
+    /// embeddings (every pair of utterances a trial, cosine scores: EER and minDCF).
+    #[arg(long, value_enum, default_value_t = Task::Separation)]
+    pub task: Task,
     #[arg(long, default_value_t = 16000)]
     pub rate: u32,
     /// Runtime: tract, ort or ort-cuda.
@@ -19,14 +25,47 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The tasks `eval` scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Task {
+    Separation,
+    Sv,
+}
+
 pub fn run(a: Args) -> Result<()> {
     let Args {
         models,
         data,
+        task,
         rate,
         runtime,
         json,
     } = a;
+    if task == Task::Sv {
+        let mut reports = vec![];
+        for model in &models {
+            let m = onnx::load(model)?;
+            let r = sepprune::sv::evaluate(&m, &data, runtime)
+                .with_context(|| format!("speaker verification of {}", model.display()))?;
+            if !json {
+                println!(
+                    "{}: EER {:.2}%, minDCF(0.01) {:.3} over {} trials ({} same-speaker), {} speakers, {} utterances",
+                    model.display(),
+                    100.0 * r.eer,
+                    r.min_dcf,
+                    r.trials,
+                    r.target_trials,
+                    r.speakers,
+                    r.utterances
+                );
+            }
+            reports.push(serde_json::json!({"model": model, "sv": r}));
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+        }
+        return Ok(());
+    }
     let mut reports = vec![];
     for model in &models {
         let m = onnx::load(model)?;

@@ -284,3 +284,45 @@ fn split_sets_record_conditions_and_sources() {
     let back = Corpus::of_split(&out).unwrap().unwrap();
     assert_eq!(back, s.test);
 }
+
+#[test]
+fn speaker_verification_scores_every_pair_of_speaker_folders() {
+    use crate::common::G;
+    use sepprune::onnx::{int_attr, ints_attr};
+    // a waveform-in "speaker encoder": 4 filters, magnitude, mean over time -> [1, 4]
+    let mut g = G::new(&[1, -1]);
+    let ax = g.const_i("ax1", vec![1]);
+    let x = g.node("Unsqueeze", &["x", &ax], vec![]); // [1, 1, T]
+    let c = g.conv(&x, 1, 4, 8, 1, 0);
+    let a = g.node("Abs", &[&c], vec![]);
+    let e = g.node(
+        "ReduceMean",
+        &[&a],
+        vec![ints_attr("axes", &[2]), int_attr("keepdims", 0)],
+    );
+    let model = g.output(&e, &[1, 4]);
+    let dir = tempfile::tempdir().unwrap();
+    // two "speakers": low and high tones, three utterances each of different lengths
+    for (spk, f) in [("a", 0.02f32), ("b", 0.6)] {
+        std::fs::create_dir_all(dir.path().join(spk)).unwrap();
+        for k in 0..3 {
+            let x: Vec<f32> = (0..1600 + 200 * k)
+                .map(|i| (i as f32 * f * (1.0 + 0.05 * k as f32)).sin() * 0.3)
+                .collect();
+            sepprune::audio::wav::write(&dir.path().join(format!("{spk}/u{k}.wav")), &x, 16000)
+                .unwrap();
+        }
+    }
+    let r = sepprune::sv::evaluate(&model, dir.path(), sepprune::runtime::Runtime::Tract).unwrap();
+    assert_eq!((r.utterances, r.speakers), (6, 2));
+    assert_eq!((r.trials, r.target_trials), (15, 6));
+    assert!((0.0..=1.0).contains(&r.eer) && r.min_dcf >= 0.0);
+    // tones this far apart are told apart by any four random filters' energies
+    assert!(r.eer < 0.2, "EER {}", r.eer);
+    // a flat directory has no speakers
+    let flat = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("a/u0.wav"), flat.path().join("u0.wav")).unwrap();
+    assert!(
+        sepprune::sv::evaluate(&model, flat.path(), sepprune::runtime::Runtime::Tract).is_err()
+    );
+}
