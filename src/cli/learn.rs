@@ -11,7 +11,7 @@ use super::residual_choice;
 #[derive(clap::Args)]
 pub struct Args {
     pub model: PathBuf,
-    /// LibriMix-style directory (mix/, s1/, ...).
+    /// LibriMix-style directory (mix/, s1/, ...); with --distill any directory of audio.
     #[arg(long)]
     pub data: PathBuf,
     /// Masks file to write (for `prune --masks`).
@@ -84,8 +84,8 @@ pub struct Args {
     /// Steps of training the weights alone under the final masks.
     #[arg(long, default_value_t = 200)]
     pub finetune_steps: usize,
-    /// With --distill: held-out audio (a directory with mix/) on which the final masks'
-    /// per-layer cosine similarity to the original is reported.
+    /// With --distill: held-out audio (a directory of audio files, any layout) on which the
+    /// final masks' per-layer cosine similarity to the original is reported.
     #[arg(long, requires = "distill")]
     pub heldout: Option<PathBuf>,
     /// Crop length in seconds.

@@ -77,6 +77,31 @@ pub fn mixture_crops(data: &Path, samples: usize, crops_per_file: usize) -> Resu
     ))
 }
 
+/// Input crops for label-free learning: [`mixture_crops`] of a LibriMix-style `data` (with
+/// `mix/`), or else of every audio file under `data` (any layout, recursively, resampled to
+/// 16 kHz: a directory of speech for an encoder).
+///
+/// Errors: unreadable data; no audio.
+pub fn input_crops(data: &Path, samples: usize, crops_per_file: usize) -> Result<Vec<Vec<f32>>> {
+    if data.join("mix").is_dir() {
+        return mixture_crops(data, samples, crops_per_file);
+    }
+    let examples = crate::audio::corpus::audio_files(data)?
+        .into_iter()
+        .map(|f| {
+            Ok(dataset::Example {
+                name: f.display().to_string(),
+                mix: crate::audio::wav::read_at(&f, 16000)?,
+                sources: vec![],
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if examples.is_empty() {
+        return Err(Error::Data(format!("{}: no audio files", data.display())));
+    }
+    Ok(mixture_windows(&examples, samples, crops_per_file))
+}
+
 /// [`mixture_crops`] of examples already loaded.
 pub fn mixture_windows(
     examples: &[dataset::Example],

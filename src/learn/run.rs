@@ -40,7 +40,7 @@ pub struct LearnOptions {
     pub distill: bool,
     /// Train the weights too ([`WeightTraining`]); the result then holds the model.
     pub weights: Option<WeightTraining>,
-    /// With `distill`: held-out audio (LibriMix-style, `mix/` alone suffices) on which the
+    /// With `distill`: held-out audio (a directory of audio files, or LibriMix-style) on which the
     /// final masks' per-layer cosine similarity to the teacher is measured.
     pub heldout: Option<PathBuf>,
     /// Crop length in samples (the gate graph is lowered at this length).
@@ -281,7 +281,7 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
         None => None,
     };
     let data_items: Vec<Item> = if o.distill {
-        super::data::mixture_crops(data, o.samples, o.crops_per_file)?
+        super::data::input_crops(data, o.samples, o.crops_per_file)?
             .into_iter()
             .map(|input| Item {
                 input,
@@ -548,7 +548,7 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
     }
     let heldout = match (&o.heldout, distiller.as_mut()) {
         (Some(dir), Some(d)) => {
-            let crops = super::data::mixture_crops(dir, o.samples, o.crops_per_file)?;
+            let crops = super::data::input_crops(dir, o.samples, o.crops_per_file)?;
             let weights = trainer
                 .as_ref()
                 .map(WeightTrainer::overrides)
