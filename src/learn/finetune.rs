@@ -288,7 +288,7 @@ impl Trainer {
         let ir = Ir::new(model.clone(), samples)?;
         let names = learnable(&ir);
         if names.is_empty() {
-            return Err(Error::Other(
+            return Err(Error::Graph(
                 "finetune: the model has no learnable parameters".into(),
             ));
         }
@@ -297,7 +297,7 @@ impl Trainer {
             .iter()
             .map(|n| {
                 let t = graph.constant(n).ok_or_else(|| {
-                    Error::Other(format!("finetune: parameter '{n}' is not lowered"))
+                    Error::Graph(format!("finetune: parameter '{n}' is not lowered"))
                 })?;
                 Ok((n.clone(), Var::from_tensor(t).map_err(ce)?))
             })
@@ -406,7 +406,7 @@ impl Trainer {
         let mut loss = on_targets(&y, &item.targets, self.loss)?;
         let lv = scalar(&loss)?;
         if !lv.is_finite() {
-            return Err(Error::Other(format!(
+            return Err(Error::Data(format!(
                 "finetune: the loss is {lv}; try a lower --lr"
             )));
         }
@@ -414,7 +414,7 @@ impl Trainer {
             let hl = h.loss(&x, &acts)?;
             let hv = scalar(&hl)?;
             if !hv.is_finite() {
-                return Err(Error::Other(format!(
+                return Err(Error::Data(format!(
                     "finetune: the hint loss is {hv}; try a lower --lr or --hint-weight"
                 )));
             }
@@ -467,8 +467,10 @@ impl Trainer {
                 .and_then(|t| t.flatten_all())
                 .and_then(|t| t.to_vec1())
                 .map_err(ce)?;
-            let a = ndarray::ArrayD::from_shape_vec(t.dims(), v)
-                .map_err(|err| Error::Other(format!("finetune: {err}")))?;
+            let a = ndarray::ArrayD::from_shape_vec(t.dims(), v).map_err(|err| Error::Tensor {
+                name: name.clone(),
+                msg: err.to_string(),
+            })?;
             values.insert(name.clone(), Tensor::F32(a));
         }
         crate::onnx::replace_initializers(model, &values)
@@ -495,8 +497,10 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         trainer.set_ema(decay)?;
     }
     if let Some(masks) = &o.hints {
-        let teacher = o.teacher.as_ref().ok_or_else(|| {
-            Error::Other("finetune: hints need the original model as --teacher".into())
+        let teacher = o.teacher.as_ref().ok_or_else(|| Error::Option {
+            option: "--hints",
+            value: String::new(),
+            msg: "hints need the original model as --teacher".into(),
         })?;
         trainer.set_hints(teacher, masks, o.hint_weight)?;
     }

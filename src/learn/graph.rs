@@ -140,7 +140,7 @@ impl CandleGraph {
             .unwrap_or_default();
         CTensor::from_vec(x.to_vec(), shape.as_slice(), &self.device)
             .and_then(|t| t.to_dtype(self.dtype))
-            .map_err(|e| Error::Other(format!("input of {} samples: {e}", x.len())))
+            .map_err(|e| Error::Graph(format!("input of {} samples: {e}", x.len())))
     }
 
     /// The constant `name` (an initializer or folded value), as lowered.
@@ -195,7 +195,7 @@ impl CandleGraph {
             .ok_or_else(|| Error::Graph("model has no input".into()))?;
         let want = &self.ir.fact(&input).expect("input fact").shape;
         if x.dims() != want.as_slice() {
-            return Err(Error::Other(format!(
+            return Err(Error::Graph(format!(
                 "input '{input}' has shape {:?}; the graph was lowered for {want:?}",
                 x.dims()
             )));
@@ -337,6 +337,6 @@ impl Run<'_> {
     pub fn output(mut self) -> Result<CTensor> {
         self.values
             .remove(&self.output)
-            .ok_or_else(|| Error::Other(format!("graph output '{}' was not computed", self.output)))
+            .ok_or_else(|| Error::Graph(format!("graph output '{}' was not computed", self.output)))
     }
 }

@@ -61,7 +61,7 @@ impl Hints {
         let orig = Ir::new(original.clone(), slim.samples)?;
         let groups = analyze_groups(&orig)?;
         masks.validate(&groups).map_err(|e| {
-            Error::Other(format!(
+            Error::Masks(format!(
                 "hints: the masks do not fit the teacher's channel groups: {e}"
             ))
         })?;
@@ -94,7 +94,7 @@ impl Hints {
             });
         }
         if layers.is_empty() {
-            return Err(Error::Other(
+            return Err(Error::Graph(
                 "hints: the slimmed model has no linear layer in common with the original".into(),
             ));
         }
@@ -170,7 +170,7 @@ impl Hints {
             .map(|(_, e)| e)
             .collect();
         if terms.is_empty() {
-            return Err(Error::Other(
+            return Err(Error::Graph(
                 "hints: no hinted activation was computed".into(),
             ));
         }

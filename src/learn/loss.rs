@@ -52,9 +52,9 @@ pub fn snr(est: &CTensor, reference: &CTensor) -> candle_core::Result<CTensor> {
 ///
 /// Errors: mismatched shapes.
 pub fn pit(est: &CTensor, target: &CTensor, kind: Loss) -> Result<CTensor> {
-    let e = |e: candle_core::Error| Error::Other(format!("loss: {e}"));
+    let e = Error::candle("loss");
     if est.dims() != target.dims() || est.rank() != 2 {
-        return Err(Error::Other(format!(
+        return Err(Error::Graph(format!(
             "loss: estimates {:?} and targets {:?} must both be [S, T]",
             est.dims(),
             target.dims()
@@ -92,14 +92,14 @@ pub fn pit(est: &CTensor, target: &CTensor, kind: Loss) -> Result<CTensor> {
 ///
 /// Errors: an output whose size is not `S x T`.
 pub fn on_targets(y: &CTensor, targets: &[Vec<f32>], kind: Loss) -> Result<CTensor> {
-    let e = |e: candle_core::Error| Error::Other(format!("loss: {e}"));
+    let e = Error::candle("loss");
     let (s, t) = (targets.len(), targets.first().map_or(0, Vec::len));
     let flat: Vec<f32> = targets.iter().flatten().copied().collect();
     let target = CTensor::from_vec(flat, (s, t), y.device())
         .and_then(|t| t.to_dtype(y.dtype()))
         .map_err(e)?;
     let est = y.reshape((s, t)).map_err(|err| {
-        Error::Other(format!(
+        Error::Graph(format!(
             "loss: output {:?} does not hold {s} sources of {t} samples: {err}",
             y.dims()
         ))
@@ -111,5 +111,5 @@ pub fn on_targets(y: &CTensor, targets: &[Vec<f32>], kind: Loss) -> Result<CTens
 pub fn scalar(l: &CTensor) -> Result<f64> {
     l.to_dtype(candle_core::DType::F64)
         .and_then(|v| v.to_scalar::<f64>())
-        .map_err(|e| Error::Other(format!("loss: {e}")))
+        .map_err(Error::candle("loss"))
 }

@@ -44,9 +44,8 @@ pub fn device(cuda: bool) -> crate::error::Result<candle_core::Device> {
     if !cuda {
         return Ok(candle_core::Device::Cpu);
     }
-    candle_core::Device::new_cuda(0).map_err(|e| {
-        crate::error::Error::Other(format!(
-            "CUDA device 0: {e} (build with `cargo build --release --features cuda`)"
-        ))
+    candle_core::Device::new_cuda(0).map_err(|e| crate::error::Error::Candle {
+        stage: "CUDA device 0",
+        msg: format!("{e} (build with `cargo build --release --features cuda`)"),
     })
 }

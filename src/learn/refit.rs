@@ -207,8 +207,10 @@ pub fn refit(
             _ => w2.iter().map(|&v| v as f32).collect(),
         };
         let mut put = |name: &str, shape: Vec<usize>, v: Vec<f32>| -> Result<()> {
-            let arr = ndarray::ArrayD::from_shape_vec(shape, v)
-                .map_err(|e| Error::Other(format!("refit {name}: {e}")))?;
+            let arr = ndarray::ArrayD::from_shape_vec(shape, v).map_err(|e| Error::Tensor {
+                name: name.to_string(),
+                msg: format!("refit: {e}"),
+            })?;
             let t = Tensor::F32(arr);
             overrides.insert(
                 name.to_string(),
@@ -314,7 +316,7 @@ fn current(
             .get(n)
             .or_else(|| g.constant(n))
             .cloned()
-            .ok_or_else(|| Error::Other(format!("refit: weight '{n}' was not lowered")))
+            .ok_or_else(|| Error::Graph(format!("refit: weight '{n}' was not lowered")))
     };
     let w = get(&lin.weight)?;
     let w = w.flatten_from(1).map_err(ce)?; // [c_out, c_in] or [c_in, c_out]
