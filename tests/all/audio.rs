@@ -313,7 +313,8 @@ fn speaker_verification_scores_every_pair_of_speaker_folders() {
                 .unwrap();
         }
     }
-    let r = sepprune::sv::evaluate(&model, dir.path(), sepprune::runtime::Runtime::Tract).unwrap();
+    let r = sepprune::sv::evaluate(&model, dir.path(), sepprune::runtime::Runtime::Tract, false)
+        .unwrap();
     assert_eq!((r.utterances, r.speakers), (6, 2));
     assert_eq!((r.trials, r.target_trials), (15, 6));
     assert!((0.0..=1.0).contains(&r.eer) && r.min_dcf >= 0.0);
@@ -322,7 +323,11 @@ fn speaker_verification_scores_every_pair_of_speaker_folders() {
     // a flat directory has no speakers
     let flat = tempfile::tempdir().unwrap();
     std::fs::copy(dir.path().join("a/u0.wav"), flat.path().join("u0.wav")).unwrap();
-    assert!(
-        sepprune::sv::evaluate(&model, flat.path(), sepprune::runtime::Runtime::Tract).is_err()
-    );
+    assert!(sepprune::sv::evaluate(
+        &model,
+        flat.path(),
+        sepprune::runtime::Runtime::Tract,
+        false
+    )
+    .is_err());
 }
