@@ -248,6 +248,17 @@ pub fn gated_graph_of(
 /// Errors: unreadable data, an op without a Candle lowering, a bad checkpoint.
 pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learned> {
     let ir = Ir::new(model.clone(), o.samples)?;
+    // a fixed-length waveform export (Whisper's 30 s) learns on crops of its own length
+    let input_len = ir
+        .graph_inputs()
+        .first()
+        .and_then(|i| ir.fact(i))
+        .filter(|f| f.shape.iter().filter(|&&d| d > 1).count() == 1)
+        .map(|f| f.shape.iter().product::<usize>());
+    let samples = match input_len {
+        Some(n) if n != o.samples && o.distill => n,
+        _ => o.samples,
+    };
     let groups = crate::analysis::analyze_groups(&ir)?;
     // self-pinching trains the weights by definition
     let weights_cfg = match (&o.method, &o.weights) {
@@ -281,7 +292,7 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
         None => None,
     };
     let data_items: Vec<Item> = if o.distill {
-        super::data::input_crops(data, o.samples, o.crops_per_file)?
+        super::data::input_crops(data, samples, o.crops_per_file)?
             .into_iter()
             .map(|input| Item {
                 input,
@@ -548,7 +559,7 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
     }
     let heldout = match (&o.heldout, distiller.as_mut()) {
         (Some(dir), Some(d)) => {
-            let crops = super::data::input_crops(dir, o.samples, o.crops_per_file)?;
+            let crops = super::data::input_crops(dir, samples, o.crops_per_file)?;
             let weights = trainer
                 .as_ref()
                 .map(WeightTrainer::overrides)

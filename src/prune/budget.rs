@@ -371,6 +371,9 @@ pub fn masks_from_scores(
     let cands = candidates(groups, &cost, b)?;
     let mut order: HashMap<usize, Vec<usize>> = HashMap::new();
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    // tied scores (a learner that has not separated them yet) are told apart by their rank
+    // in the group, as a share of its size: ties then give every group the same fraction
+    let mut tied: HashMap<usize, Vec<f64>> = HashMap::new();
     for g in &cands {
         let s = scores
             .get(&g.id)
@@ -380,12 +383,18 @@ pub fn masks_from_scores(
             })?;
         let mut idx: Vec<usize> = (0..g.size).collect();
         idx.sort_by(|&x, &y| s[y].total_cmp(&s[x]).then(x.cmp(&y)));
-        for &v in s {
+        let mut t = s.clone();
+        for (rank, &j) in idx.iter().enumerate() {
+            t[j] -= 1e-9 * (1.0 + s[j].abs()) * (rank as f64 + 0.5) / g.size as f64;
+        }
+        for &v in &t {
             lo = lo.min(v);
             hi = hi.max(v);
         }
         order.insert(g.id, idx);
+        tied.insert(g.id, t);
     }
+    let scores = &tied;
     let counts = |t: f64| -> HashMap<usize, usize> {
         cands
             .iter()
