@@ -43,57 +43,95 @@ pub fn utterances(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
     Ok(files)
 }
 
-/// The embedding of `x` (16 kHz audio, any length; zero-padded or cut to a fixed-length
-/// waveform input): the first output, mean-pooled over its frames when it has rank 3
-/// (`[1, T, D]`; over the frames the utterance covers when it was padded).
-///
-/// Errors: shape inference at this length, or the runtime.
-pub fn embed(model: &ModelProto, x: &[f32], runtime: Runtime) -> Result<Vec<f32>> {
-    let ir = Ir::new(model.clone(), x.len())?;
-    let input = ir
-        .graph_inputs()
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Graph("model has no input".into()))?;
-    let shape = ir.fact(&input).map(|f| f.shape.clone()).unwrap_or_default();
-    let n: usize = shape.iter().product();
-    // a fixed-length waveform input (Whisper's 30 s) takes the utterance zero-padded or cut
-    let fixed = shape.iter().filter(|&&d| d > 1).count() == 1;
-    // the share of a padded input the utterance covers: frames beyond it are not pooled
-    let covered = (x.len() as f64 / n as f64).min(1.0);
-    let x: Vec<f32> = match (n == x.len(), fixed) {
-        (true, _) => x.to_vec(),
-        (false, true) => {
-            let mut v: Vec<f32> = x.iter().take(n).copied().collect();
-            v.resize(n, 0.0);
-            v
+/// A model's plan at one input length: its input shape, output shape and session.
+struct Plan {
+    shape: Vec<usize>,
+    out_shape: Vec<usize>,
+    runner: Runner,
+}
+
+/// Embeddings of utterances by one model: a plan per input length, or one plan for a
+/// fixed-length waveform input (Whisper's 30 s), which takes every utterance zero-padded
+/// or cut.
+pub struct Embedder<'m> {
+    model: &'m ModelProto,
+    runtime: Runtime,
+    plans: std::collections::HashMap<usize, Plan>,
+    fixed: Option<Plan>,
+}
+
+impl<'m> Embedder<'m> {
+    pub fn new(model: &'m ModelProto, runtime: Runtime) -> Embedder<'m> {
+        Embedder {
+            model,
+            runtime,
+            plans: Default::default(),
+            fixed: None,
         }
-        (false, false) => {
-            return Err(Error::Graph(format!(
-                "input '{input}' is {shape:?} at {} samples: speaker verification needs a waveform input",
-                x.len()
-            )))
+    }
+
+    /// The embedding of `x` (16 kHz audio, any length): the first output, mean-pooled over
+    /// its frames when it has rank 3 (`[1, T, D]`; over the frames the utterance covers
+    /// when it was padded).
+    ///
+    /// Errors: shape inference at this length, an input that is not a waveform, or the
+    /// runtime.
+    pub fn embed(&mut self, x: &[f32]) -> Result<Vec<f32>> {
+        if self.fixed.is_none() && !self.plans.contains_key(&x.len()) {
+            let ir = Ir::new(self.model.clone(), x.len())?;
+            let input = ir
+                .graph_inputs()
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Graph("model has no input".into()))?;
+            let fact = |v: &str| ir.fact(v).map(|f| f.shape.clone()).unwrap_or_default();
+            let shape = fact(&input);
+            let out_shape = ir
+                .graph_outputs()
+                .first()
+                .map(|o| fact(o))
+                .unwrap_or_default();
+            let n: usize = shape.iter().product();
+            let waveform = shape.iter().filter(|&&d| d > 1).count() == 1;
+            if n != x.len() && !waveform {
+                return Err(Error::Graph(format!(
+                    "input '{input}' is {shape:?} at {} samples: speaker verification needs a waveform input",
+                    x.len()
+                )));
+            }
+            let plan = Plan {
+                runner: Runner::new(self.runtime, self.model, &shape, 1)?,
+                shape,
+                out_shape,
+            };
+            match n == x.len() {
+                true => self.plans.insert(x.len(), plan),
+                // the input did not follow the length: a fixed-length export
+                false => self.fixed.replace(plan),
+            };
         }
-    };
-    let x = x.as_slice();
-    let out_shape = ir
-        .graph_outputs()
-        .first()
-        .and_then(|o| ir.fact(o))
-        .map(|f| f.shape.clone())
-        .unwrap_or_default();
-    let y = Runner::new(runtime, model, &shape, 1)?.run(x)?;
-    let n: usize = out_shape.iter().product();
-    let y = &y[..n.min(y.len())];
-    Ok(match out_shape.as_slice() {
-        [1, t, d] => {
-            let t = ((*t as f64 * covered).ceil() as usize).clamp(1, *t);
-            (0..*d)
-                .map(|j| (0..t).map(|i| y[i * d + j]).sum::<f32>() / t as f32)
-                .collect()
-        }
-        _ => y.to_vec(),
-    })
+        let plan = match self.fixed.as_mut() {
+            Some(p) => p,
+            None => self.plans.get_mut(&x.len()).expect("planned above"),
+        };
+        let n: usize = plan.shape.iter().product();
+        // the share of a padded input the utterance covers: frames beyond it are not pooled
+        let covered = (x.len() as f64 / n as f64).min(1.0);
+        let mut padded: Vec<f32> = x.iter().take(n).copied().collect();
+        padded.resize(n, 0.0);
+        let y = plan.runner.run(&padded)?;
+        let m: usize = plan.out_shape.iter().product();
+        let y = &y[..m.min(y.len())];
+        Ok(match plan.out_shape.as_slice() {
+            [1, t, d] => {
+                let t = ((*t as f64 * covered).ceil() as usize).clamp(1, *t);
+                (0..*d)
+                    .map(|j| (0..t).map(|i| y[i * d + j]).sum::<f32>() / t as f32)
+                    .collect()
+            }
+            _ => y.to_vec(),
+        })
+    }
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -160,7 +198,7 @@ pub struct SvReport {
 /// Speaker verification of `model` on every pair of utterances under `dir`; with `center`,
 /// the embeddings' mean over the set is subtracted before scoring.
 ///
-/// Errors: as [`utterances`] and [`embed`]; unreadable audio.
+/// Errors: as [`utterances`] and [`Embedder::embed`]; unreadable audio.
 pub fn evaluate(
     model: &ModelProto,
     dir: &Path,
@@ -168,9 +206,10 @@ pub fn evaluate(
     center: bool,
 ) -> Result<SvReport> {
     let files = utterances(dir)?;
+    let mut embedder = Embedder::new(model, runtime);
     let mut embs = files
         .iter()
-        .map(|(f, _)| embed(model, &crate::audio::wav::read_at(f, 16000)?, runtime))
+        .map(|(f, _)| embedder.embed(&crate::audio::wav::read_at(f, 16000)?))
         .collect::<Result<Vec<_>>>()?;
     if center {
         // mean normalisation over the set: frame features of an encoder share a large

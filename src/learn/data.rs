@@ -155,6 +155,12 @@ fn window(x: &[f32], samples: usize, c: usize) -> Vec<f32> {
     v
 }
 
+/// The item a run draws at `step` from `n` items: its place in the seeded order of that
+/// step's epoch ([`epoch_order`]), so a run resumes from its step count alone.
+pub fn item_at(n: usize, seed: u64, step: usize) -> usize {
+    epoch_order(n, seed, step / n)[step % n]
+}
+
 /// A seeded order over `n` items for epoch `epoch` (re-drawn every epoch, so a run can
 /// resume from its step count alone).
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {

@@ -188,35 +188,23 @@ impl Distiller {
 
 impl Distiller {
     /// Per layer, the mean over `crops` (flat model inputs) of the cosine similarity of the
-    /// gate graph under binary `masks` (and trained `weights`, by name) to the teacher. Teacher states are cached under
+    /// gate graph under `overrides` (binary gates of the masks, [`CandleGraph::mask_gates`],
+    /// and trained weights, by name) to the teacher. Teacher states are cached under
     /// `key_base + i` for crop i.
     ///
-    /// Errors: the forward pass; a mask of a group the graph has no gate for.
+    /// Errors: the forward pass.
     pub fn similarity(
         &mut self,
         graph: &CandleGraph,
         crops: &[Vec<f32>],
-        masks: &crate::analysis::Masks,
-        weights: &HashMap<String, CTensor>,
+        overrides: &HashMap<String, CTensor>,
         key_base: usize,
     ) -> Result<Vec<(String, f64)>> {
-        let e = Error::candle("distillation similarity");
-        let mut gates = weights.clone();
-        for (&id, m) in &masks.groups {
-            let mut g = vec![0f32; m.size];
-            for &k in &m.keep {
-                g[k] = 1.0;
-            }
-            let t = CTensor::new(g, graph.device())
-                .and_then(|t| t.to_dtype(graph.dtype()))
-                .map_err(e)?;
-            gates.insert(crate::gates::gate_name(id), t);
-        }
         let mut sum = vec![0f64; self.layers.len()];
         for (i, x) in crops.iter().enumerate() {
             let x = graph.input(x)?;
             let t = self.teacher(graph, key_base + i, &x)?;
-            let (_, cos) = self.loss(&self.states(graph, &x, &gates)?, &t)?;
+            let (_, cos) = self.loss(&self.states(graph, &x, overrides)?, &t)?;
             for (s, c) in sum.iter_mut().zip(cos) {
                 *s += c;
             }

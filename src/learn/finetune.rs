@@ -460,8 +460,20 @@ impl Trainer {
     /// `model` with its learnable initializers replaced by `weights` (from
     /// [`Trainer::snapshot`]); everything else unchanged.
     pub fn write_into(&self, model: &ModelProto, weights: &[CTensor]) -> Result<ModelProto> {
-        let mut values = HashMap::new();
-        for ((name, _), t) in self.vars.iter().zip(weights) {
+        let named = self.vars.iter().map(|(n, _)| n).zip(weights);
+        crate::onnx::replace_initializers(model, &to_initializers(named)?)
+    }
+}
+
+/// Candle tensors by name as f32 initializer values (for
+/// [`crate::onnx::replace_initializers`]).
+///
+/// Errors: a tensor that cannot be read back.
+pub fn to_initializers<'a>(
+    named: impl Iterator<Item = (&'a String, &'a CTensor)>,
+) -> Result<HashMap<String, Tensor>> {
+    named
+        .map(|(name, t)| {
             let v: Vec<f32> = t
                 .to_dtype(DType::F32)
                 .and_then(|t| t.flatten_all())
@@ -471,10 +483,9 @@ impl Trainer {
                 name: name.clone(),
                 msg: err.to_string(),
             })?;
-            values.insert(name.clone(), Tensor::F32(a));
-        }
-        crate::onnx::replace_initializers(model, &values)
-    }
+            Ok((name.clone(), Tensor::F32(a)))
+        })
+        .collect()
 }
 
 /// Fine-tunes `model` on `data`. With `dynamic_mix` and a [`crate::audio::corpus::SOURCES_FILE`]

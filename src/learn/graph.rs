@@ -143,6 +143,25 @@ impl CandleGraph {
             .map_err(|e| Error::Graph(format!("input of {} samples: {e}", x.len())))
     }
 
+    /// Gate values for binary `masks`: per masked group, a `[C]` vector with 1 on kept
+    /// channels, named as its gate ([`crate::gates::gate_name`]), for `overrides`.
+    ///
+    /// Errors: a tensor that cannot be made on the graph's device.
+    pub fn mask_gates(&self, masks: &crate::analysis::Masks) -> Result<HashMap<String, CTensor>> {
+        let mut gates = HashMap::new();
+        for (&id, m) in &masks.groups {
+            let mut g = vec![0f32; m.size];
+            for &k in &m.keep {
+                g[k] = 1.0;
+            }
+            let t = CTensor::new(g, &self.device)
+                .and_then(|t| t.to_dtype(self.dtype))
+                .map_err(Error::candle("gates"))?;
+            gates.insert(crate::gates::gate_name(id), t);
+        }
+        Ok(gates)
+    }
+
     /// The constant `name` (an initializer or folded value), as lowered.
     pub fn constant(&self, name: &str) -> Option<&CTensor> {
         self.consts.get(name)

@@ -99,6 +99,72 @@ impl Scores {
     pub fn map(&self) -> HashMap<usize, Vec<f64>> {
         self.theta.iter().map(|(&k, v)| (k, v.clone())).collect()
     }
+
+    /// One Adam step (beta 0.9 / 0.999, eps 1e-8, bias-corrected at `self.step`, which the
+    /// caller has advanced) on group `id`'s scores with their gradient `grad`.
+    pub(crate) fn adam(&mut self, id: usize, grad: &[f64], lr: f64) {
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        let (c1, c2) = (
+            1.0 - b1.powi(self.step as i32),
+            1.0 - b2.powi(self.step as i32),
+        );
+        let theta = self.theta.get_mut(&id).expect("group scores");
+        let m = self.m.get_mut(&id).expect("group moments");
+        let v = self.v.get_mut(&id).expect("group moments");
+        for (j, &g) in grad.iter().enumerate() {
+            m[j] = b1 * m[j] + (1.0 - b1) * g;
+            v[j] = b2 * v[j] + (1.0 - b2) * g * g;
+            theta[j] -= lr * (m[j] / c1) / ((v[j] / c2).sqrt() + eps);
+        }
+    }
+
+    /// `d/ds` of the Lagrangian term `lambda1 (s - t) + lambda2 (s - t)^2`
+    /// ([`super::hard_concrete`]).
+    pub(crate) fn penalty_slope(&self, s: f64, t: f64) -> f64 {
+        self.lambda[0] + 2.0 * self.lambda[1] * (s - t)
+    }
+
+    /// The multipliers climb the Lagrangian: one gradient-ascent step of size `lr`.
+    pub(crate) fn climb(&mut self, s: f64, t: f64, lr: f64) {
+        self.lambda[0] += lr * (s - t);
+        self.lambda[1] += lr * (s - t) * (s - t);
+    }
+}
+
+/// A gate vector as a differentiable Candle `Var` on `device`, in `dtype`.
+///
+/// Errors: a tensor that cannot be made there.
+pub(crate) fn gate_var(
+    values: Vec<f32>,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+) -> Result<Var> {
+    let e = Error::candle("gates");
+    let t = CTensor::new(values, device)
+        .and_then(|t| t.to_dtype(dtype))
+        .map_err(e)?;
+    Var::from_tensor(&t).map_err(e)
+}
+
+/// The gradient of gate `var` (`n` entries) in `grads`, as f64: zeros where there is none
+/// (no gradient store, a gate the loss does not reach) or where it is not finite.
+///
+/// Errors: a gradient that cannot be read.
+pub(crate) fn gate_grad(
+    grads: Option<&candle_core::backprop::GradStore>,
+    var: &Var,
+    n: usize,
+) -> Result<Vec<f64>> {
+    match grads.and_then(|gs| gs.get(var.as_tensor())) {
+        Some(g) => Ok(g
+            .to_dtype(candle_core::DType::F64)
+            .and_then(|g| g.to_vec1::<f64>())
+            .map_err(Error::candle("gates"))?
+            .into_iter()
+            .map(|v| if v.is_finite() { v } else { 0.0 })
+            .collect()),
+        None => Ok(vec![0.0; n]),
+    }
 }
 
 /// One training example: the model input `[1, 1, T]` (flattened) and targets `[S, T]`.
@@ -171,12 +237,7 @@ pub fn step_with(
             .collect();
         kept += m.iter().filter(|&&v| v > 0.0).count();
         total += m.len();
-        let var = Var::from_tensor(
-            &CTensor::new(m, dev)
-                .and_then(|t| t.to_dtype(graph.dtype()))
-                .map_err(e)?,
-        )
-        .map_err(e)?;
+        let var = gate_var(m, dev, graph.dtype())?;
         gates.insert(gate_name(id), var.as_tensor().clone());
         vars.push((id, var));
         probs.insert(id, pi);
@@ -187,30 +248,13 @@ pub fn step_with(
     on_grads(&mut grads)?;
     // Adam on θ with the straight-through, clipped gradient
     scores.step += 1;
-    let (b1, b2, adam_eps) = (0.9f64, 0.999f64, 1e-8);
-    let (c1, c2) = (
-        1.0 - b1.powi(scores.step as i32),
-        1.0 - b2.powi(scores.step as i32),
-    );
     for (id, var) in vars {
-        let g: Vec<f64> = match grads.get(var.as_tensor()) {
-            Some(g) => g
-                .to_dtype(candle_core::DType::F64)
-                .and_then(|g| g.to_vec1::<f64>())
-                .map_err(e)?,
-            None => vec![0.0; probs[&id].len()],
-        };
         let pi = &probs[&id];
-        let theta = scores.theta.get_mut(&id).expect("group scores");
-        let m = scores.m.get_mut(&id).expect("group moments");
-        let v = scores.v.get_mut(&id).expect("group moments");
-        for j in 0..theta.len() {
-            let dpi = g[j].clamp(-1.0, 1.0);
-            let dtheta = dpi * pi[j] * (1.0 - pi[j]) / cfg.tau;
-            m[j] = b1 * m[j] + (1.0 - b1) * dtheta;
-            v[j] = b2 * v[j] + (1.0 - b2) * dtheta * dtheta;
-            theta[j] -= cfg.lr * (m[j] / c1) / ((v[j] / c2).sqrt() + adam_eps);
-        }
+        let g = gate_grad(Some(&grads), &var, pi.len())?;
+        let dtheta: Vec<f64> = (0..pi.len())
+            .map(|j| g[j].clamp(-1.0, 1.0) * pi[j] * (1.0 - pi[j]) / cfg.tau)
+            .collect();
+        scores.adam(id, &dtheta, cfg.lr);
     }
     Ok(StepStats {
         loss: lv,

@@ -32,13 +32,13 @@
 //! Model weights stay frozen. The final mask is deterministic: channels ranked by
 //! `log_alpha`, one global threshold meeting the budget exactly
 //! ([`crate::prune::masks_from_scores`]).
-use super::gumbel::Scores;
+use super::gumbel::{gate_grad, gate_var, Scores};
 use crate::analysis::{Group, Groups};
 use crate::error::{Error, Result};
 use crate::gates::gate_name;
 use crate::ir::Ir;
 use crate::prune::{Cost, Measure};
-use candle_core::{Tensor as CTensor, Var};
+use candle_core::Tensor as CTensor;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -138,15 +138,19 @@ impl Default for HcConfig {
 }
 
 impl HcConfig {
-    /// The target share at `step`: 1 at step 0, `target` from `warmup` on.
+    /// The target share at `step` ([`ramped_target`]).
     pub fn target_at(&self, step: usize) -> f64 {
-        let ramp = if self.warmup == 0 {
-            1.0
-        } else {
-            (step as f64 / self.warmup as f64).min(1.0)
-        };
-        1.0 - (1.0 - self.target) * ramp
+        ramped_target(self.target, self.warmup, step)
     }
+}
+
+/// The target share at `step`: 1 at step 0, falling linearly to `target` at `warmup`.
+pub fn ramped_target(target: f64, warmup: usize, step: usize) -> f64 {
+    let ramp = match warmup {
+        0 => 1.0,
+        w => (step as f64 / w as f64).min(1.0),
+    };
+    1.0 - (1.0 - target) * ramp
 }
 
 /// The expected cost share of channel counts and its slope per group.
@@ -265,12 +269,7 @@ pub fn step(
             .collect();
         open += fwd.iter().filter(|&&v| v > 0.0).count();
         total += fwd.len();
-        let var = Var::from_tensor(
-            &CTensor::new(fwd, device)
-                .and_then(|t| t.to_dtype(dtype))
-                .map_err(e)?,
-        )
-        .map_err(e)?;
+        let var = gate_var(fwd, device, dtype)?;
         gates.insert(gate_name(id), var.as_tensor().clone());
         vars.push((id, var));
         dz.insert(id, d);
@@ -294,43 +293,23 @@ pub fn step(
         .collect();
     let (s, slope) = cost.share(&expected);
     let t = cfg.target_at(scores.step);
-    let [l1, l2] = scores.lambda;
-    let dpen_ds = l1 + 2.0 * l2 * (s - t);
+    let dpen_ds = scores.penalty_slope(s, t);
     scores.step += 1;
-    let (b1, b2, adam_eps) = (0.9f64, 0.999f64, 1e-8);
-    let (c1, c2) = (
-        1.0 - b1.powi(scores.step as i32),
-        1.0 - b2.powi(scores.step as i32),
-    );
     for (id, var) in vars {
-        let g: Vec<f64> = match grads.as_ref().and_then(|gs| gs.get(var.as_tensor())) {
-            Some(g) => g
-                .to_dtype(candle_core::DType::F64)
-                .and_then(|g| g.to_vec1::<f64>())
-                .map_err(e)?
-                .into_iter()
-                .map(|v| if v.is_finite() { v } else { 0.0 })
-                .collect(),
-            None => vec![0.0; dz[&id].len()],
-        };
         let d = &dz[&id];
+        let g = gate_grad(grads.as_ref(), &var, d.len())?;
         let sl = slope.get(&id).copied().unwrap_or(0.0);
-        let la = scores.theta.get_mut(&id).expect("group scores");
-        let m = scores.m.get_mut(&id).expect("group moments");
-        let v = scores.v.get_mut(&id).expect("group moments");
-        for j in 0..la.len() {
-            let p = cfg.dist.p_open(la[j]);
-            let grad = g[j] * d[j] + dpen_ds * sl * p * (1.0 - p);
-            m[j] = b1 * m[j] + (1.0 - b1) * grad;
-            v[j] = b2 * v[j] + (1.0 - b2) * grad * grad;
-            la[j] -= cfg.lr * (m[j] / c1) / ((v[j] / c2).sqrt() + adam_eps);
-        }
+        let grad: Vec<f64> = scores.theta[&id]
+            .iter()
+            .enumerate()
+            .map(|(j, &a)| {
+                let p = cfg.dist.p_open(a);
+                g[j] * d[j] + dpen_ds * sl * p * (1.0 - p)
+            })
+            .collect();
+        scores.adam(id, &grad, cfg.lr);
     }
-    // the multipliers climb the Lagrangian
-    scores.lambda = [
-        l1 + cfg.lambda_lr * (s - t),
-        l2 + cfg.lambda_lr * (s - t) * (s - t),
-    ];
+    scores.climb(s, t, cfg.lambda_lr);
     Ok(HcStats {
         loss: lv,
         expected: s,

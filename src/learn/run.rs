@@ -141,46 +141,10 @@ impl WeightTrainer {
 
     /// `ir`'s model with the trained weights, in the exporter's form.
     fn write_into(&self, ir: &Ir) -> Result<ModelProto> {
-        let e = Error::candle("weights");
-        let mut values = HashMap::new();
-        for (name, v) in &self.vars {
-            let t = v.as_tensor();
-            let data: Vec<f32> = t
-                .to_dtype(candle_core::DType::F32)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1())
-                .map_err(e)?;
-            let a =
-                ndarray::ArrayD::from_shape_vec(t.dims(), data).map_err(|err| Error::Tensor {
-                    name: name.clone(),
-                    msg: err.to_string(),
-                })?;
-            values.insert(name.clone(), crate::onnx::Tensor::F32(a));
-        }
+        let named = self.vars.iter().map(|(n, v)| (n, v.as_tensor()));
+        let values = super::finetune::to_initializers(named)?;
         Ok(ir.exported(&crate::onnx::replace_initializers(&ir.model, &values)?))
     }
-}
-
-/// Gate values for binary `masks` (1 on kept channels).
-///
-/// Errors: a tensor that cannot be made on the graph's device.
-fn binary_gates(
-    graph: &CandleGraph,
-    masks: &Masks,
-) -> Result<HashMap<String, candle_core::Tensor>> {
-    let e = Error::candle("gates");
-    let mut gates = HashMap::new();
-    for (&id, m) in &masks.groups {
-        let mut g = vec![0f32; m.size];
-        for &k in &m.keep {
-            g[k] = 1.0;
-        }
-        let t = candle_core::Tensor::new(g, graph.device())
-            .and_then(|t| t.to_dtype(graph.dtype()))
-            .map_err(e)?;
-        gates.insert(gate_name(id), t);
-    }
-    Ok(gates)
 }
 
 /// The task loss of the gate graph under `overrides` (gates, trained weights): the
@@ -369,9 +333,7 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
     let mut losses = vec![];
     while scores.step < iters {
         // a seeded order over the crops, re-drawn every epoch: resumable from `step` alone
-        let epoch = scores.step / data_items.len();
-        let order = super::data::epoch_order(data_items.len(), seed, epoch);
-        let key = order[scores.step % data_items.len()];
+        let key = super::data::item_at(data_items.len(), seed, scores.step);
         let item = &data_items[key];
         let mut rng = rng_at(seed, scores.step);
         let x = graph.input(&item.input)?;
@@ -518,13 +480,10 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
     // the weights alone under the final masks
     let mut model_out = None;
     if let (Some(t), Some(w)) = (trainer.as_mut(), &weights_cfg) {
-        let gates = binary_gates(&graph, &budgeted.masks)?;
+        let gates = graph.mask_gates(&budgeted.masks)?;
         let bar = super::progress_bar(w.finetune_steps, o.progress);
         for k in 0..w.finetune_steps {
-            let n = iters + k;
-            let epoch = n / data_items.len();
-            let order = super::data::epoch_order(data_items.len(), seed, epoch);
-            let key = order[n % data_items.len()];
+            let key = super::data::item_at(data_items.len(), seed, iters + k);
             let item = &data_items[key];
             let x = graph.input(&item.input)?;
             let teacher = match distiller.as_mut() {
@@ -560,11 +519,12 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
     let heldout = match (&o.heldout, distiller.as_mut()) {
         (Some(dir), Some(d)) => {
             let crops = super::data::input_crops(dir, samples, o.crops_per_file)?;
-            let weights = trainer
+            let mut overrides = trainer
                 .as_ref()
                 .map(WeightTrainer::overrides)
                 .unwrap_or_default();
-            d.similarity(&graph, &crops, &budgeted.masks, &weights, 1 << 40)?
+            overrides.extend(graph.mask_gates(&budgeted.masks)?);
+            d.similarity(&graph, &crops, &overrides, 1 << 40)?
         }
         _ => vec![],
     };

@@ -21,14 +21,14 @@
 //! The final mask ranks channels by `a_j - t_g` under the budget exactly
 //! ([`crate::prune::masks_from_scores`]): within a layer by importance, across layers by
 //! the learned thresholds.
-use super::gumbel::Scores;
+use super::gumbel::{gate_grad, gate_var, Scores};
 use super::hard_concrete::{ExpectedCost, HcStats};
 use crate::analysis::{Group, Groups};
 use crate::error::{Error, Result};
 use crate::gates::gate_name;
 use crate::ir::Ir;
 use crate::prune::{channel_scores, Criterion};
-use candle_core::{Tensor as CTensor, Var};
+use candle_core::Tensor as CTensor;
 use std::collections::{BTreeMap, HashMap};
 
 /// Hyper-parameters of the self-pinching learner.
@@ -63,13 +63,9 @@ impl Default for SpConfig {
 }
 
 impl SpConfig {
-    /// The target share at `step` (as [`super::hard_concrete::HcConfig::target_at`]).
+    /// The target share at `step` ([`super::hard_concrete::ramped_target`]).
     pub fn target_at(&self, step: usize) -> f64 {
-        let ramp = match self.warmup {
-            0 => 1.0,
-            w => (step as f64 / w as f64).min(1.0),
-        };
-        1.0 - (1.0 - self.target) * ramp
+        super::hard_concrete::ramped_target(self.target, self.warmup, step)
     }
 }
 
@@ -156,12 +152,7 @@ pub fn step(
                 .map(|&x| sigmoid((x - t) / cfg.temperature))
                 .sum::<f64>(),
         );
-        let var = Var::from_tensor(
-            &CTensor::new(fwd, device)
-                .and_then(|t| t.to_dtype(dtype))
-                .map_err(e)?,
-        )
-        .map_err(e)?;
+        let var = gate_var(fwd, device, dtype)?;
         gates.insert(gate_name(g), var.as_tensor().clone());
         vars.push((g, var));
     }
@@ -176,43 +167,25 @@ pub fn step(
     }
     let (s, slope) = cost.share(&expected);
     let tgt = cfg.target_at(scores.step);
-    let [l1, l2] = scores.lambda;
-    let dpen_ds = l1 + 2.0 * l2 * (s - tgt);
+    let dpen_ds = scores.penalty_slope(s, tgt);
     scores.step += 1;
-    let (b1, b2, adam_eps) = (0.9f64, 0.999f64, 1e-8);
-    let (c1, c2) = (
-        1.0 - b1.powi(scores.step as i32),
-        1.0 - b2.powi(scores.step as i32),
-    );
     for (g, var) in vars {
         let aj = &a[&g];
         let t = scores.theta[&g][0];
-        let dl: Vec<f64> = match grads.as_ref().and_then(|gs| gs.get(var.as_tensor())) {
-            Some(d) => d
-                .to_dtype(candle_core::DType::F64)
-                .and_then(|d| d.to_vec1::<f64>())
-                .map_err(e)?,
-            None => vec![0.0; aj.len()],
-        };
+        let dl = gate_grad(grads.as_ref(), &var, aj.len())?;
+        let sl = slope.get(&g).copied().unwrap_or(0.0);
         // d gate_j / d t = -sigmoid'((a_j - t) / T) / T, for the task and the cost alike
-        let mut grad = 0.0;
-        for (j, &x) in aj.iter().enumerate() {
-            let p = sigmoid((x - t) / cfg.temperature);
-            let dgate = -p * (1.0 - p) / cfg.temperature;
-            let task = if dl[j].is_finite() { dl[j] } else { 0.0 };
-            grad += (task + dpen_ds * slope.get(&g).copied().unwrap_or(0.0)) * dgate;
-        }
-        let m = &mut scores.m.get_mut(&g).expect("group moments")[0];
-        *m = b1 * *m + (1.0 - b1) * grad;
-        let v = &mut scores.v.get_mut(&g).expect("group moments")[0];
-        *v = b2 * *v + (1.0 - b2) * grad * grad;
-        let step = cfg.lr * (scores.m[&g][0] / c1) / ((scores.v[&g][0] / c2).sqrt() + adam_eps);
-        scores.theta.get_mut(&g).expect("group scores")[0] = t - step;
+        let grad: f64 = aj
+            .iter()
+            .zip(&dl)
+            .map(|(&x, &task)| {
+                let p = sigmoid((x - t) / cfg.temperature);
+                (task + dpen_ds * sl) * (-p * (1.0 - p) / cfg.temperature)
+            })
+            .sum();
+        scores.adam(g, &[grad], cfg.lr);
     }
-    scores.lambda = [
-        l1 + cfg.lambda_lr * (s - tgt),
-        l2 + cfg.lambda_lr * (s - tgt) * (s - tgt),
-    ];
+    scores.climb(s, tgt, cfg.lambda_lr);
     Ok(HcStats {
         loss: lv,
         expected: s,
