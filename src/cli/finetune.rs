@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use sepprune::onnx;
 use sepprune::prune::Masks;
+use sepprune::runtime::tract::TractTeacher;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -136,7 +137,10 @@ pub fn run(a: Args) -> Result<()> {
     let o = FinetuneOptions {
         samples: (seconds * 16000.0).round().max(1.0) as usize,
         crops_per_file,
-        teacher: teacher.as_ref().map(|p| onnx::load(p)).transpose()?,
+        teacher: teacher
+            .as_ref()
+            .map(|p| onnx::load(p).map(TractTeacher::shared))
+            .transpose()?,
         lr,
         clip,
         epochs,

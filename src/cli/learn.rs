@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use sepprune::onnx;
 use sepprune::prune::{self, Residual};
+use sepprune::runtime::tract::TractTeacher;
 use std::path::PathBuf;
 
 use super::residual_choice;
@@ -88,6 +89,24 @@ pub struct Args {
     /// final masks' per-layer cosine similarity to the original is reported.
     #[arg(long, requires = "distill")]
     pub heldout: Option<PathBuf>,
+    /// In-situ pruning for a downstream task: `sv` trains a speaker head (statistics
+    /// pooling, linear, additive-margin softmax) on the model's first output with the masks
+    /// and the weights, on --data in speaker folders (or LibriSpeech-named files); needs
+    /// --model-out. With --distill the distillation loss is added.
+    #[arg(long, value_enum)]
+    pub task: Option<LearnTask>,
+    /// Speaker head: AM-softmax margin (cosine units).
+    #[arg(long, default_value_t = 0.2)]
+    pub sv_margin: f64,
+    /// Speaker head: AM-softmax scale.
+    #[arg(long, default_value_t = 30.0)]
+    pub sv_scale: f64,
+    /// Speaker head: embedding width.
+    #[arg(long, default_value_t = 128)]
+    pub sv_dim: usize,
+    /// Speaker head: AdamW step size of the head (it starts from scratch).
+    #[arg(long, default_value_t = 1e-3)]
+    pub sv_lr: f64,
     /// Crop length in seconds.
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
@@ -108,6 +127,13 @@ pub struct Args {
     pub cuda: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+/// The downstream tasks of `learn --task`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LearnTask {
+    /// Speaker verification (a speaker head with AM-softmax).
+    Sv,
 }
 
 /// The mask learners of `learn --method`.
@@ -146,6 +172,11 @@ pub fn run(a: Args) -> Result<()> {
         model_out,
         weights_lr,
         finetune_steps,
+        task,
+        sv_margin,
+        sv_scale,
+        sv_dim,
+        sv_lr,
         seconds,
         crops_per_file,
         checkpoint,
@@ -168,9 +199,14 @@ pub fn run(a: Args) -> Result<()> {
         LearnMethod::HardConcrete => 0.05,
         LearnMethod::SelfPinching => 0.01,
     });
+    let sv = task == Some(LearnTask::Sv);
     anyhow::ensure!(
-        model_out.is_none() || train_weights || sp,
-        "--model-out is written only when weights train (--train-weights, --method self-pinching)"
+        model_out.is_none() || train_weights || sp || sv,
+        "--model-out is written only when weights train (--train-weights, --method self-pinching, --task sv)"
+    );
+    anyhow::ensure!(
+        !sv || model_out.is_some(),
+        "--task sv trains the weights with the speaker head: give --model-out PATH for them"
     );
     anyhow::ensure!(
         !sp || model_out.is_some(),
@@ -228,14 +264,21 @@ pub fn run(a: Args) -> Result<()> {
         method,
         distill,
         heldout,
-        weights: (train_weights || sp).then_some(run::WeightTraining {
+        weights: (train_weights || sp || sv).then_some(run::WeightTraining {
             lr: weights_lr,
             clip: 5.0,
             finetune_steps,
         }),
+        sv: sv.then(|| sepprune::learn::speaker::SvConfig {
+            dim: sv_dim,
+            scale: sv_scale,
+            margin: sv_margin,
+            lr: sv_lr,
+            seed,
+        }),
         samples: (seconds * 16000.0).round().max(1.0) as usize,
         crops_per_file,
-        teacher,
+        teacher: teacher.then(|| TractTeacher::shared(m.clone())),
         budget: prune::Budget {
             residual: residual_choice(residual, prune_residual),
             scope,

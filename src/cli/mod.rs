@@ -96,7 +96,9 @@ pub fn depth_step(
             let data = data.context("--drop-blocks ranks blocks by ablation on --data DIR")?;
             let samples = (seconds * 16000.0).round().max(1.0) as usize;
             let crops = sepprune::learn::data::mixture_crops(data, samples, 1)?;
-            let ranking = depth::ablation_ranking(ir, &blocks, &crops, rt)?;
+            let ranking = depth::ablation_ranking(ir, &blocks, &mut |m| {
+                sepprune::runtime::run_each(rt, m, &crops)
+            })?;
             if !quiet {
                 for (b, e) in &ranking {
                     println!("block {b:>3}: output change when removed alone {:.2e}", e);

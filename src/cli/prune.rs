@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use sepprune::learn::refit::{RefitOptions, RefitScope};
 use sepprune::prune::{self, Criterion, Masks, Residual, Scope};
+use sepprune::runtime::tract::TractTeacher;
 use sepprune::{analysis, ir::Ir, onnx, verify};
 use std::path::PathBuf;
 
@@ -245,6 +246,7 @@ pub fn run(a: Args) -> Result<()> {
                 remix: refit_remix,
                 seed: 0,
                 progress: !json,
+                teacher: (refit_remix > 0).then(|| TractTeacher::shared(ir.model.clone())),
             };
             let r = sepprune::learn::refit::refit(&ir, &groups, &masks, &slim_ir.model, data, &o)
                 .with_context(|| format!("least-squares refit on {}", data.display()))?;

@@ -25,10 +25,10 @@
 //! a neural network", on augmented inputs). The student learns the teacher's function on
 //! noises the data set never recorded; the teacher's own errors are part of the target, so
 //! the student is never asked to beat it.
+use super::data::{SharedTeacher, Teacher};
 use super::gumbel::Item;
 use crate::audio::dataset::Example;
 use crate::error::Result;
-use crate::runtime::tract::TractModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -49,7 +49,7 @@ pub struct Augmenter {
     /// Perturb recorded noises (speed, tilt, reversal).
     perturb: bool,
     /// The teacher at `[1, 1, samples]`, label-free.
-    teacher: Option<TractModel>,
+    teacher: Option<SharedTeacher>,
     /// Distil only remixes on which the teacher gains at least this many dB
     /// ([`Augmenter::with_min_teacher_gain`]).
     min_gain: Option<f64>,
@@ -58,7 +58,7 @@ pub struct Augmenter {
 
 /// The teacher's outputs on the whole of `x`, window by window of `samples`, each window's
 /// outputs rescaled to the mixture ([`align`]): `[S][len]`.
-fn estimate(teacher: &TractModel, x: &[f32], samples: usize) -> Result<Vec<Vec<f32>>> {
+fn estimate(teacher: &dyn Teacher, x: &[f32], samples: usize) -> Result<Vec<Vec<f32>>> {
     let mut out: Vec<Vec<f32>> = vec![];
     for start in (0..x.len().max(1)).step_by(samples) {
         let mut w: Vec<f32> = x[start.min(x.len())..]
@@ -205,7 +205,7 @@ impl Augmenter {
     pub fn new(
         examples: Vec<Example>,
         samples: usize,
-        teacher: Option<&crate::onnx::ModelProto>,
+        teacher: Option<SharedTeacher>,
         perturb: bool,
         seed: u64,
     ) -> Result<Augmenter> {
@@ -223,12 +223,9 @@ impl Augmenter {
             }
         }
         let mut examples = examples;
-        let teacher = teacher
-            .map(|m| TractModel::new(m, &[1, 1, samples]))
-            .transpose()?;
         if let Some(t) = &teacher {
             for ex in &mut examples {
-                ex.sources = estimate(t, &ex.mix, samples)?;
+                ex.sources = estimate(t.as_ref(), &ex.mix, samples)?;
             }
         }
         let noises = examples
@@ -274,7 +271,7 @@ impl Augmenter {
         speech: Vec<Vec<f32>>,
         noises: Vec<Vec<f32>>,
         samples: usize,
-        teacher: Option<&crate::onnx::ModelProto>,
+        teacher: Option<SharedTeacher>,
         perturb: bool,
         seed: u64,
     ) -> Result<Augmenter> {
@@ -292,9 +289,7 @@ impl Augmenter {
             crop_tries: 4,
             samples,
             perturb,
-            teacher: teacher
-                .map(|m| TractModel::new(m, &[1, 1, samples]))
-                .transpose()?,
+            teacher,
             min_gain: None,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xD1CE),
         })

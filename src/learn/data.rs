@@ -4,8 +4,31 @@ use super::gumbel::Item;
 use crate::audio::dataset;
 use crate::error::{Error, Result};
 use crate::onnx::ModelProto;
-use crate::runtime::tract::TractModel;
 use std::path::Path;
+use std::sync::Arc;
+
+/// The original model as a teacher for label-free learning: its outputs on a crop are the
+/// targets. The learners reach a runtime only through this trait; `runtime::tract`
+/// implements it (`TractTeacher`), so nothing in `learn/` depends on a runtime.
+pub trait Teacher: Send + Sync {
+    /// The teacher's ONNX model (hints compare its activations with the student's).
+    fn model(&self) -> &ModelProto;
+    /// The model's float outputs on `x` fed as `[1, 1, x.len()]`, flattened and
+    /// concatenated in output order: `[S * x.len()]` for a separator with S sources.
+    ///
+    /// Errors: a model the runtime cannot run at this length.
+    fn run(&self, x: &[f32]) -> Result<Vec<f32>>;
+}
+
+/// A [`Teacher`] shared by the learners and data sources that use it.
+pub type SharedTeacher = Arc<dyn Teacher>;
+
+impl std::fmt::Debug for dyn Teacher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.model().graph.as_ref().map(|g| g.name()).unwrap_or("");
+        write!(f, "Teacher({name:?})")
+    }
+}
 
 /// Crops of every mixture of `data`, grouped by file (sorted by name): up to
 /// `crops_per_file` non-overlapping windows of `samples` samples (zero-padded when short),
@@ -18,7 +41,7 @@ pub fn crops(
     data: &Path,
     samples: usize,
     crops_per_file: usize,
-    teacher: Option<&ModelProto>,
+    teacher: Option<&dyn Teacher>,
 ) -> Result<Vec<Vec<Item>>> {
     crops_of(
         &dataset::load(data, 16000)?,
@@ -37,11 +60,8 @@ pub fn crops_of(
     data: &Path,
     samples: usize,
     crops_per_file: usize,
-    teacher: Option<&ModelProto>,
+    teacher: Option<&dyn Teacher>,
 ) -> Result<Vec<Vec<Item>>> {
-    let teacher = teacher
-        .map(|m| TractModel::new(m, &[1, 1, samples]))
-        .transpose()?;
     let crop = |x: &[f32], c: usize| window(x, samples, c);
     let mut out = vec![];
     for ex in examples {
@@ -100,6 +120,47 @@ pub fn input_crops(data: &Path, samples: usize, crops_per_file: usize) -> Result
         return Err(Error::Data(format!("{}: no audio files", data.display())));
     }
     Ok(mixture_windows(&examples, samples, crops_per_file))
+}
+
+/// Speech crops labelled by speaker, for in-situ speaker-verification training: up to
+/// `crops_per_file` of the most energetic windows `[samples]` of every audio file under
+/// `data` (16 kHz), each with its speaker's label, and the speakers (label order: sorted
+/// names). A file's speaker is its first folder under `data`, or for files directly in
+/// `data` the prefix of its name before `-` or `_` (LibriSpeech's `SPEAKER-CHAPTER-UTT`).
+///
+/// Errors: unreadable data; fewer than 2 speakers.
+pub fn speaker_crops(
+    data: &Path,
+    samples: usize,
+    crops_per_file: usize,
+) -> Result<(Vec<(Vec<f32>, usize)>, Vec<String>)> {
+    use crate::audio::corpus::{audio_files, speaker_of};
+    let files = audio_files(data)?;
+    let mut speakers: Vec<String> = files.iter().map(|f| speaker_of(data, f)).collect();
+    speakers.sort_unstable();
+    speakers.dedup();
+    if speakers.len() < 2 {
+        return Err(Error::Data(format!(
+            "{}: speaker training needs at least 2 speakers (folders, or LibriSpeech names), found {}",
+            data.display(),
+            speakers.len()
+        )));
+    }
+    let mut crops = vec![];
+    for f in &files {
+        let label = speakers
+            .binary_search(&speaker_of(data, f))
+            .map_err(|_| Error::Data(format!("{}: speaker not listed", f.display())))?;
+        let ex = dataset::Example {
+            name: f.display().to_string(),
+            mix: crate::audio::wav::read_at(f, 16000)?,
+            sources: vec![],
+        };
+        for c in chosen_windows(&ex, samples, crops_per_file) {
+            crops.push((window(&ex.mix, samples, c), label));
+        }
+    }
+    Ok((crops, speakers))
 }
 
 /// [`mixture_crops`] of examples already loaded.

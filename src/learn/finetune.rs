@@ -34,7 +34,7 @@ pub struct FinetuneOptions {
     pub samples: usize,
     pub crops_per_file: usize,
     /// Distill from this model (the original): its outputs are the targets.
-    pub teacher: Option<ModelProto>,
+    pub teacher: Option<super::data::SharedTeacher>,
     pub lr: f64,
     /// Global L2 norm the gradient is clipped to (0: no clipping).
     pub clip: f64,
@@ -513,7 +513,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
             value: String::new(),
             msg: "hints need the original model as --teacher".into(),
         })?;
-        trainer.set_hints(teacher, masks, o.hint_weight)?;
+        trainer.set_hints(teacher.model(), masks, o.hint_weight)?;
     }
     let examples = crate::audio::dataset::load(data, 16000)?;
     let files = crops_of(
@@ -521,13 +521,13 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         data,
         o.samples,
         o.crops_per_file,
-        o.teacher.as_ref(),
+        o.teacher.as_deref(),
     )?;
     let k = o.val_every_file.max(2);
     let (mut train, mut val): (Vec<Item>, Vec<Item>) = (vec![], vec![]);
     if let Some(v) = &o.val_data {
         let held = crate::audio::dataset::load(v, 16000)?;
-        val = crops_of(&held, v, o.samples, o.crops_per_file, o.teacher.as_ref())?
+        val = crops_of(&held, v, o.samples, o.crops_per_file, o.teacher.as_deref())?
             .into_iter()
             .flatten()
             .collect();
@@ -568,7 +568,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
                 read(&c.speech)?,
                 read(&c.noise)?,
                 o.samples,
-                o.teacher.as_ref(),
+                o.teacher.clone(),
                 o.perturb_noise,
                 o.seed,
             )?
@@ -590,7 +590,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
             let mut v = super::augment::Augmenter::new(
                 held,
                 o.samples,
-                o.teacher.as_ref(),
+                o.teacher.clone(),
                 o.perturb_noise,
                 VALIDATION_SEED,
             )?
@@ -603,7 +603,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
             super::augment::Augmenter::new(
                 fit,
                 o.samples,
-                o.teacher.as_ref(),
+                o.teacher.clone(),
                 o.perturb_noise,
                 o.seed,
             )?
@@ -620,7 +620,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
                 let n = ex.len();
                 ex = (0..keep).map(|i| ex[i * n / keep].clone()).collect();
             }
-            crops_of(&ex, t, o.samples, 1, o.teacher.as_ref())?
+            crops_of(&ex, t, o.samples, 1, o.teacher.as_deref())?
                 .into_iter()
                 .flatten()
                 .collect()

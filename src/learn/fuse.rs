@@ -11,10 +11,10 @@
 //! - **Per-channel affine**: `Add(Mul(x, scale), bias)` with `scale` and `bias` constants
 //!   (or live parameters) along one axis, optionally between a Transpose and its inverse
 //!   (gLN's `gamma * x.transpose(1, -1) + beta` as Asteroid exports it): the map runs on
-//!   `x` in its own layout ([`super::kernels::channel_affine`]).
+//!   `x` in its own layout ([`crate::ops::kernels::channel_affine`]).
 //! - **Normalisation and its affine map**: a normalisation whose output only its affine
 //!   chain reads, along an axis inside the normalised block (a norm's gamma and beta), as
-//!   one kernel ([`super::kernels::normalize_affine`]).
+//!   one kernel ([`crate::ops::kernels::normalize_affine`]).
 use crate::ir::Ir;
 use crate::onnx::Tensor;
 
@@ -30,13 +30,13 @@ pub struct Fusion {
 
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
-    /// Normalisation over axes `from..` ([`super::kernels::normalize`]).
+    /// Normalisation over axes `from..` ([`crate::ops::kernels::normalize`]).
     Normalize { from: usize, eps: f64 },
     /// `x * scale + bias` along `x`'s axis `axis` (inputs `[x, scale, bias?]`,
-    /// [`super::kernels::channel_affine`]).
+    /// [`crate::ops::kernels::channel_affine`]).
     Affine { axis: usize },
     /// A normalisation over axes `from..` then `* scale + bias` along axis `axis` (inputs
-    /// `[x, scale, bias?]`, [`super::kernels::normalize_affine`]).
+    /// `[x, scale, bias?]`, [`crate::ops::kernels::normalize_affine`]).
     NormalizeAffine { from: usize, eps: f64, axis: usize },
 }
 
@@ -47,10 +47,12 @@ impl Fusion {
     /// than f32/f64), or fails.
     pub fn run(&self, x: &[candle_core::Tensor]) -> candle_core::Result<candle_core::Tensor> {
         let y = match self.kind {
-            Kind::Normalize { from, eps } => super::kernels::normalize(&x[0], from, eps)?,
-            Kind::Affine { axis } => super::kernels::channel_affine(&x[0], &x[1], x.get(2), axis)?,
+            Kind::Normalize { from, eps } => crate::ops::kernels::normalize(&x[0], from, eps)?,
+            Kind::Affine { axis } => {
+                crate::ops::kernels::channel_affine(&x[0], &x[1], x.get(2), axis)?
+            }
             Kind::NormalizeAffine { from, eps, axis } => {
-                super::kernels::normalize_affine(&x[0], from, eps, &x[1], x.get(2), axis)?
+                crate::ops::kernels::normalize_affine(&x[0], from, eps, &x[1], x.get(2), axis)?
             }
         };
         y.ok_or_else(|| candle_core::Error::Msg("fused kernel does not apply".into()))

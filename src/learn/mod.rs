@@ -1,7 +1,8 @@
 //! Learning on the gate graph with Candle: the lowered graph ([`graph`]), losses
 //! ([`loss`]), the mask learners (SepPrune's Gumbel-Softmax, [`gumbel`]; hard concrete with
 //! a Lagrangian budget, [`hard_concrete`]; one threshold per layer trained with the
-//! weights, [`self_pinching`]), distillation targets ([`distill`]), and fine-tuning ([`finetune`],
+//! weights, [`self_pinching`]), distillation targets ([`distill`]), a speaker head for in-situ
+//! speaker-verification pruning ([`speaker`]), and fine-tuning ([`finetune`],
 //! optionally on dynamically mixed examples, [`augment`]).
 pub mod augment;
 pub mod data;
@@ -12,11 +13,11 @@ pub mod graph;
 pub mod gumbel;
 pub mod hard_concrete;
 pub mod hints;
-pub mod kernels;
 pub mod loss;
 pub mod refit;
 pub mod run;
 pub mod self_pinching;
+pub mod speaker;
 pub mod taylor;
 
 pub use graph::CandleGraph;

@@ -50,6 +50,8 @@ pub struct RefitOptions {
     /// Seed of the remixes.
     pub seed: u64,
     pub progress: bool,
+    /// The original model, which labels the remixes (needed when `remix > 0`).
+    pub teacher: Option<super::data::SharedTeacher>,
 }
 
 impl Default for RefitOptions {
@@ -62,6 +64,7 @@ impl Default for RefitOptions {
             remix: 0,
             seed: 0,
             progress: false,
+            teacher: None,
         }
     }
 }
@@ -130,7 +133,12 @@ pub fn refit(
     let examples = crate::audio::dataset::load(data, 16000)?;
     let mut xs = mixture_windows(&examples, o.samples, o.crops_per_file);
     if o.remix > 0 {
-        let teacher = Some(&original.model);
+        let teacher = o.teacher.clone().ok_or_else(|| Error::Option {
+            option: "--refit-remix",
+            value: o.remix.to_string(),
+            msg: "label-free remixes need the original model as a teacher".into(),
+        })?;
+        let teacher = Some(teacher);
         let mut mixer = super::augment::Augmenter::new(examples, o.samples, teacher, true, o.seed)?;
         xs.extend((0..o.remix).map(|_| mixer.item().input));
     }

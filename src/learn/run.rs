@@ -7,6 +7,7 @@ use super::distill::Distiller;
 use super::graph::CandleGraph;
 use super::gumbel::{rng_at, GumbelConfig, Item, Scores};
 use super::hard_concrete::{self, ExpectedCost, HcConfig};
+use super::speaker::{HeadParams, SpeakerHead};
 use crate::analysis::{Group, Groups};
 use crate::error::{Error, Result};
 use crate::gates::{gate_graph, gate_name};
@@ -40,6 +41,12 @@ pub struct LearnOptions {
     pub distill: bool,
     /// Train the weights too ([`WeightTraining`]); the result then holds the model.
     pub weights: Option<WeightTraining>,
+    /// In-situ speaker-verification pruning ([`super::speaker`]): the data are speech in
+    /// speaker folders (or LibriSpeech-named files), and the task loss is a speaker head's
+    /// AM-softmax on the model's first output, trained with the masks and the weights
+    /// (weights train even without [`LearnOptions::weights`]). With `distill` too, the
+    /// distillation loss is added.
+    pub sv: Option<super::speaker::SvConfig>,
     /// With `distill`: held-out audio (a directory of audio files, or LibriMix-style) on which the
     /// final masks' per-layer cosine similarity to the teacher is measured.
     pub heldout: Option<PathBuf>,
@@ -47,8 +54,9 @@ pub struct LearnOptions {
     pub samples: usize,
     /// At most this many crops per mixture.
     pub crops_per_file: usize,
-    /// Targets are the original model's outputs instead of the references (label-free).
-    pub teacher: bool,
+    /// Targets are this teacher's outputs (the original model) instead of the references
+    /// (label-free).
+    pub teacher: Option<super::data::SharedTeacher>,
     /// Which groups may be learned and pruned, and the final MACs budget (`ratio`).
     pub budget: Budget,
     /// Scores checkpoint: resumed when it exists, rewritten every 25 steps and at the end.
@@ -79,6 +87,15 @@ pub struct WeightTraining {
     pub lr: f64,
     pub clip: f64,
     pub finetune_steps: usize,
+}
+
+impl WeightTraining {
+    /// For the methods that train the weights by definition when no settings are given.
+    pub const DEFAULT: WeightTraining = WeightTraining {
+        lr: 2e-4,
+        clip: 5.0,
+        finetune_steps: 0,
+    };
 }
 
 /// The weights of a gate graph as `Var`s with their optimiser.
@@ -147,21 +164,35 @@ impl WeightTrainer {
     }
 }
 
-/// The task loss of the gate graph under `overrides` (gates, trained weights): the
-/// distillation loss against the teacher's states, else the PIT loss on the item's targets.
+/// The task loss of the gate graph under `overrides` (gates, trained weights): with a
+/// speaker head and the item's speaker, the head's AM-softmax on the first output (plus
+/// the distillation loss when distilling); else the distillation loss against the
+/// teacher's states; else the PIT loss on the item's targets.
 ///
 /// Errors: the forward pass or the loss.
+#[allow(clippy::too_many_arguments)]
 fn task_loss(
     graph: &CandleGraph,
     distiller: Option<&Distiller>,
     teacher: Option<&[candle_core::Tensor]>,
+    head: Option<(&HeadParams, usize)>,
     x: &candle_core::Tensor,
     item: &Item,
     overrides: &HashMap<String, candle_core::Tensor>,
     o: &LearnOptions,
 ) -> Result<candle_core::Tensor> {
-    match (distiller, teacher) {
-        (Some(d), Some(t)) => Ok(d.loss(&d.states(graph, x, overrides)?, t)?.0),
+    match (head, distiller, teacher) {
+        (Some((h, label)), Some(d), Some(t)) => {
+            let states = d.states(graph, x, overrides)?;
+            let out = states
+                .last()
+                .ok_or_else(|| Error::Graph("no output state".into()))?;
+            let (sv, _) = h.loss(out, label)?;
+            let kd = d.loss(&states, t)?.0;
+            (sv + kd).map_err(Error::candle("loss"))
+        }
+        (Some((h, label)), _, _) => Ok(h.loss(&graph.forward(x, overrides)?, label)?.0),
+        (None, Some(d), Some(t)) => Ok(d.loss(&d.states(graph, x, overrides)?, t)?.0),
         _ => {
             let y = graph.forward(x, overrides)?;
             super::loss::on_targets(&y, &item.targets, o.cfg.loss)
@@ -220,18 +251,16 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
         .filter(|f| f.shape.iter().filter(|&&d| d > 1).count() == 1)
         .map(|f| f.shape.iter().product::<usize>());
     let samples = match input_len {
-        Some(n) if n != o.samples && o.distill => n,
+        Some(n) if n != o.samples && (o.distill || o.sv.is_some()) => n,
         _ => o.samples,
     };
     let groups = crate::analysis::analyze_groups(&ir)?;
-    // self-pinching trains the weights by definition
+    // self-pinching and in-situ speaker training train the weights by definition
     let weights_cfg = match (&o.method, &o.weights) {
-        (Method::SelfPinching(_), None) => Some(WeightTraining {
-            lr: 2e-4,
-            clip: 5.0,
-            finetune_steps: 0,
-        }),
-        (_, w) => w.clone(),
+        (_, Some(w)) => Some(w.clone()),
+        (Method::SelfPinching(_), None) => Some(WeightTraining::DEFAULT),
+        (_, None) if o.sv.is_some() => Some(WeightTraining::DEFAULT),
+        _ => None,
     };
     let weight_names: Vec<String> = match &weights_cfg {
         Some(_) => super::finetune::learnable(&ir),
@@ -255,7 +284,34 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
         Some(w) => Some(WeightTrainer::new(&graph, &weight_names, w)?),
         None => None,
     };
-    let data_items: Vec<Item> = if o.distill {
+    // with a speaker head: each item's speaker, and the head
+    let mut labels: Vec<usize> = vec![];
+    let mut head: Option<SpeakerHead> = None;
+    let data_items: Vec<Item> = if let Some(cfg) = &o.sv {
+        let (crops, speakers) = super::data::speaker_crops(data, samples, o.crops_per_file)?;
+        let out_shape = ir
+            .graph_outputs()
+            .first()
+            .and_then(|v| ir.fact(v))
+            .map(|f| f.shape.clone())
+            .unwrap_or_default();
+        head = Some(SpeakerHead::new(
+            super::speaker::pooled_width(&out_shape)?,
+            speakers.len(),
+            cfg,
+            graph.device(),
+        )?);
+        crops
+            .into_iter()
+            .map(|(input, label)| {
+                labels.push(label);
+                Item {
+                    input,
+                    targets: vec![],
+                }
+            })
+            .collect()
+    } else if o.distill {
         super::data::input_crops(data, samples, o.crops_per_file)?
             .into_iter()
             .map(|input| Item {
@@ -264,15 +320,10 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
             })
             .collect()
     } else {
-        super::data::crops(
-            data,
-            o.samples,
-            o.crops_per_file,
-            o.teacher.then_some(model),
-        )?
-        .into_iter()
-        .flatten()
-        .collect()
+        super::data::crops(data, o.samples, o.crops_per_file, o.teacher.as_deref())?
+            .into_iter()
+            .flatten()
+            .collect()
     };
     if data_items.is_empty() {
         return Err(Error::Data(format!(
@@ -345,6 +396,8 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
             .as_ref()
             .map(WeightTrainer::overrides)
             .unwrap_or_default();
+        let params = head.as_ref().map(|h| h.params.clone());
+        let speaker = params.as_ref().map(|p| (p, labels[key]));
         let mut loss_of = |gates: &HashMap<String, candle_core::Tensor>| {
             let mut ov = weights.clone();
             ov.extend(gates.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -352,15 +405,21 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
                 &graph,
                 distiller.as_ref(),
                 teacher.as_deref(),
+                speaker,
                 &x,
                 item,
                 &ov,
                 o,
             )
         };
-        let mut on_grads = |g: &mut candle_core::backprop::GradStore| match trainer.as_mut() {
-            Some(t) => t.update(g),
-            None => Ok(()),
+        let mut on_grads = |g: &mut candle_core::backprop::GradStore| {
+            if let Some(h) = head.as_mut() {
+                h.update(g)?;
+            }
+            match trainer.as_mut() {
+                Some(t) => t.update(g),
+                None => Ok(()),
+            }
         };
         let msg = match (&o.method, &expected) {
             (Method::HardConcrete(hc), Some(ec)) => {
@@ -492,10 +551,12 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
             };
             let mut ov = t.overrides();
             ov.extend(gates.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let params = head.as_ref().map(|h| h.params.clone());
             let loss = task_loss(
                 &graph,
                 distiller.as_ref(),
                 teacher.as_deref(),
+                params.as_ref().map(|p| (p, labels[key])),
                 &x,
                 item,
                 &ov,
@@ -503,11 +564,13 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
             )?;
             let lv = super::loss::scalar(&loss)?;
             if lv.is_finite() {
-                t.update(
-                    &mut loss
-                        .backward()
-                        .map_err(Error::candle("fine-tuning under masks"))?,
-                )?;
+                let mut grads = loss
+                    .backward()
+                    .map_err(Error::candle("fine-tuning under masks"))?;
+                if let Some(h) = head.as_mut() {
+                    h.update(&grads)?;
+                }
+                t.update(&mut grads)?;
             }
             losses.push(lv);
             bar.set_message(format!("fine-tuning under the masks: loss {lv:.3}"));

@@ -9,8 +9,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
-use crate::learn::kernels;
 use crate::onnx::{attr_i, attr_ints, attr_s, set_attr_i, NodeProto};
+use crate::ops::kernels;
 use candle_core::Tensor as CTensor;
 
 pub struct Conv;

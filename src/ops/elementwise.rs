@@ -8,8 +8,8 @@
 use super::{broadcast, ce, cin, foldable, need, Links, OpRule, Ptflops, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
-use crate::learn::kernels;
 use crate::onnx::{attr_i, NodeProto, Tensor};
+use crate::ops::kernels;
 use candle_core::Tensor as CTensor;
 use ndarray::{ArrayD, Zip};
 

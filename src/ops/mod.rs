@@ -1,10 +1,13 @@
 //! Per-op rules: everything the compiler knows about one ONNX op lives in its rule —
 //! shape inference and constant folding, ptflops-convention MACs, channel coupling, how a
 //! consumer reads a channel axis (which decides where gates go), and attribute/constant
-//! patching after slicing. Adding an op is adding one [`OpRule`] impl and one line in [`rule`].
+//! patching after slicing, and the op's Candle lowering with its fused CPU kernels
+//! ([`kernels`]). Adding an op is adding one [`OpRule`] impl and one line in [`rule`].
 mod conv;
 mod einsum;
 mod elementwise;
+mod infer;
+pub mod kernels;
 mod layout;
 pub(crate) use layout::perm_of as transpose_perm;
 mod matmul;

@@ -22,6 +22,7 @@ use crate::learn::run::{learn, LearnOptions};
 use crate::onnx::{self, ModelProto};
 use crate::prune::{depth, masks_for_ratio, slim, Budget, Criterion, Masks};
 use crate::report::plots::{self, Series};
+use crate::runtime::tract::TractTeacher;
 use crate::verify::{self, CheckReport};
 use std::path::{Path, PathBuf};
 
@@ -209,9 +210,10 @@ fn prune_channels(
                 distill: false,
                 heldout: None,
                 weights: None,
+                sv: None,
                 samples,
                 crops_per_file: 2,
-                teacher: o.teacher,
+                teacher: o.teacher.then(|| TractTeacher::shared(model.clone())),
                 budget: budget.clone(),
                 checkpoint: None,
                 progress: o.progress,
@@ -246,6 +248,7 @@ fn prune_channels(
             remix: o.refit_remix,
             seed: o.seed,
             progress: o.progress,
+            teacher: (o.refit_remix > 0).then(|| TractTeacher::shared(ir.model.clone())),
             ..RefitOptions::default()
         };
         model = refit(ir, &groups, &masks, &slim_ir.model, train, &ro)?.model;
@@ -271,7 +274,9 @@ fn prune_depth(ir: &Ir, train: &Path, o: &Options) -> Result<Pruned> {
     let mut crops = crate::learn::data::mixture_crops(train, 16000, 1)?;
     crops.truncate(24);
     let rt = Runtime::preferred();
-    let ranking = depth::ablation_ranking(ir, &blocks, &crops, rt)?;
+    let ranking = depth::ablation_ranking(ir, &blocks, &mut |m| {
+        crate::runtime::run_each(rt, m, &crops)
+    })?;
     let sep = profile(ir).regions[&Region::Separator].macs as f64;
     let mut removed = vec![];
     let mut cut = 0.0;
@@ -374,7 +379,7 @@ pub fn compress(
             let fo = FinetuneOptions {
                 samples,
                 crops_per_file: if sets.val.is_some() { 1 } else { 4 },
-                teacher: o.teacher.then(|| model.clone()),
+                teacher: o.teacher.then(|| TractTeacher::shared(model.clone())),
                 lr: o.finetune_lr,
                 dynamic_mix: true,
                 perturb_noise: true,

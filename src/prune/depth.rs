@@ -150,34 +150,18 @@ pub fn block_gate_graph(ir: &Ir, blocks: &[Block], gates: &[f32]) -> Result<Mode
 }
 
 /// Blocks ranked by how little removing each one alone changes the model's output:
-/// `||f_-b(x) - f(x)||^2 / ||f(x)||^2` summed over `inputs` (label-free: the original
-/// model's own outputs are the reference), smallest first, as `(block, relative change)`.
-/// Each input is run in `runtime` at its own length (`[1, 1, len]`).
+/// `||f_-b(x) - f(x)||^2 / ||f(x)||^2` summed over the inputs `run_all` feeds (label-free:
+/// the original model's own outputs are the reference), smallest first, as
+/// `(block, relative change)`. `run_all` runs a model on every input and returns its
+/// outputs, one flat vector per input (a runtime does: `runtime::run_each`).
 ///
-/// Errors: a model the runtime cannot run.
+/// Errors: a model `run_all` cannot run.
 pub fn ablation_ranking(
     ir: &Ir,
     blocks: &[Block],
-    inputs: &[Vec<f32>],
-    runtime: crate::runtime::Runtime,
+    run_all: &mut dyn FnMut(&ModelProto) -> Result<Vec<Vec<f32>>>,
 ) -> Result<Vec<(usize, f64)>> {
-    use crate::runtime::Runner;
     let original = ir.exported(&ir.model);
-    let run_all = |m: &ModelProto| -> Result<Vec<Vec<f32>>> {
-        let mut by_len: HashMap<usize, Runner> = HashMap::new();
-        inputs
-            .iter()
-            .map(|x| {
-                let r = match by_len.entry(x.len()) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(Runner::new(runtime, m, &[1, 1, x.len()], 1)?)
-                    }
-                };
-                r.run(x)
-            })
-            .collect()
-    };
     let reference = run_all(&original)?;
     let energy: f64 = reference
         .iter()

@@ -288,3 +288,27 @@ pub fn side_inputs(model: &ModelProto, shape: &[usize]) -> Vec<SideInput> {
         })
         .collect()
 }
+
+/// Runs `model` in `runtime` on each of `inputs` (each fed as `[1, 1, len]`, one plan per
+/// length) and returns every input's float outputs, flattened.
+///
+/// Errors: a model the runtime cannot run at one of the lengths.
+pub fn run_each(
+    runtime: Runtime,
+    model: &crate::onnx::ModelProto,
+    inputs: &[Vec<f32>],
+) -> Result<Vec<Vec<f32>>> {
+    let mut by_len: std::collections::HashMap<usize, Runner> = Default::default();
+    inputs
+        .iter()
+        .map(|x| {
+            let r = match by_len.entry(x.len()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(Runner::new(runtime, model, &[1, 1, x.len()], 1)?)
+                }
+            };
+            r.run(x)
+        })
+        .collect()
+}

@@ -89,3 +89,44 @@ impl TractModel {
         Ok(t.elapsed().as_secs_f64())
     }
 }
+
+/// The original model as a [`crate::learn::data::Teacher`] on tract: one optimized plan per
+/// input length, made on first use and kept.
+pub struct TractTeacher {
+    model: ModelProto,
+    plans: std::sync::Mutex<std::collections::HashMap<usize, std::sync::Arc<TractModel>>>,
+}
+
+impl TractTeacher {
+    /// `model` as a shared teacher for the learners.
+    pub fn shared(model: ModelProto) -> crate::learn::data::SharedTeacher {
+        std::sync::Arc::new(TractTeacher {
+            model,
+            plans: Default::default(),
+        })
+    }
+}
+
+impl crate::learn::data::Teacher for TractTeacher {
+    fn model(&self) -> &ModelProto {
+        &self.model
+    }
+
+    fn run(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let plan = {
+            let mut plans = self
+                .plans
+                .lock()
+                .map_err(|_| Error::Runtime("tract: a teacher plan panicked".into()))?;
+            match plans.get(&x.len()) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = std::sync::Arc::new(TractModel::new(&self.model, &[1, 1, x.len()])?);
+                    plans.insert(x.len(), p.clone());
+                    p
+                }
+            }
+        };
+        plan.run(x)
+    }
+}

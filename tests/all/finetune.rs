@@ -9,6 +9,7 @@ use sepprune::learn::finetune::{finetune, learnable, FinetuneOptions};
 use sepprune::onnx::{encode, tensor_from_proto, ModelProto};
 use sepprune::prune::{masks_for_ratio, masks_from_scores, slim, Budget};
 use sepprune::runtime::tract::TractModel;
+use sepprune::runtime::tract::TractTeacher;
 use sepprune::verify;
 
 fn slim_tiny() -> ModelProto {
@@ -243,7 +244,14 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
         let scale = b.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
         a.iter().zip(b).all(|(p, q)| (p - q).abs() <= 1e-4 * scale)
     };
-    let mut a = Augmenter::new(ex.clone(), 400, Some(&teacher), false, 0).unwrap();
+    let mut a = Augmenter::new(
+        ex.clone(),
+        400,
+        Some(TractTeacher::shared(teacher.clone())),
+        false,
+        0,
+    )
+    .unwrap();
     for _ in 0..4 {
         let it = a.item();
         let t = &it.targets[0];
@@ -262,7 +270,16 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
     }
     // reliable distillation: the first of up to ATTEMPTS remixes on which the teacher
     // gains the threshold (SI-SDR against the remixed sources), else the best of them
-    let fresh = || Augmenter::new(ex.clone(), 400, Some(&teacher), false, 5).unwrap();
+    let fresh = || {
+        Augmenter::new(
+            ex.clone(),
+            400,
+            Some(TractTeacher::shared(teacher.clone())),
+            false,
+            5,
+        )
+        .unwrap()
+    };
     let mut plain = fresh();
     let draws: Vec<_> = (0..ATTEMPTS).map(|_| plain.item()).collect();
     let gains: Vec<f64> = draws
@@ -316,7 +333,7 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
         &FinetuneOptions {
             dynamic_mix: true,
             perturb_noise: true,
-            teacher: Some(common::tiny_tasnet()),
+            teacher: Some(TractTeacher::shared(common::tiny_tasnet())),
             ..opts()
         },
     )
@@ -331,7 +348,7 @@ fn dynamic_mixing_draws_seeded_remixes_at_the_stated_snrs() {
         &model,
         bare.path(),
         &FinetuneOptions {
-            teacher: Some(common::tiny_tasnet()),
+            teacher: Some(TractTeacher::shared(common::tiny_tasnet())),
             epochs: 1,
             ..opts()
         },
@@ -550,7 +567,7 @@ fn hints_train_with_the_teacher_and_need_one() {
     let e = finetune(&model, dir.path(), &o).err().unwrap().to_string();
     assert!(e.contains("teacher"), "{e}");
     let o = FinetuneOptions {
-        teacher: Some(orig),
+        teacher: Some(TractTeacher::shared(orig)),
         ..o
     };
     // masks of another model (a group of a different size) are refused, saying why

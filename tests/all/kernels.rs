@@ -1,9 +1,9 @@
-//! The fused CPU kernels (`sepprune::learn::kernels`) against their decomposed Candle forms:
+//! The fused CPU kernels (`sepprune::ops::kernels`) against their decomposed Candle forms:
 //! the same values and the same gradients (f64), on random shapes and parameters.
 use candle_core::{DType, Device, Tensor, Var};
 use proptest::prelude::*;
 use sepprune::learn::fuse::Kind;
-use sepprune::learn::kernels;
+use sepprune::ops::kernels;
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();

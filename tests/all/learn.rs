@@ -195,9 +195,10 @@ fn learner_is_deterministic_resumable_and_meets_the_budget() {
         distill: false,
         heldout: None,
         weights: None,
+        sv: None,
         samples: 400,
         crops_per_file: 2,
-        teacher: false,
+        teacher: None,
         budget: sepprune::prune::Budget::new(0.4),
         checkpoint: ck,
         progress: false,
@@ -383,9 +384,10 @@ fn hard_concrete_learner_meets_a_params_budget_deterministically_and_resumes() {
         distill: true,
         heldout: None,
         weights: None,
+        sv: None,
         samples: 400,
         crops_per_file: 2,
-        teacher: false,
+        teacher: None,
         budget: sepprune::prune::Budget {
             scope: Scope::All,
             measure: Measure::Params,
@@ -468,9 +470,10 @@ fn self_pinching_learns_one_threshold_per_layer_with_the_weights_deterministical
         distill: true,
         heldout: None,
         weights: None,
+        sv: None,
         samples: 400,
         crops_per_file: 2,
-        teacher: false,
+        teacher: None,
         budget: sepprune::prune::Budget {
             scope: Scope::All,
             ..sepprune::prune::Budget::new(0.4)
@@ -494,6 +497,193 @@ fn self_pinching_learns_one_threshold_per_layer_with_the_weights_deterministical
     // trained model exactly
     let kept = a.budgeted.total_macs.1 as f64 / a.budgeted.total_macs.0 as f64;
     assert!((kept - 0.6).abs() < 0.1, "kept {kept}");
+    let ir = Ir::new(ma, 1000).unwrap();
+    let gs = analyze_groups(&ir).unwrap();
+    let x = verify::test_signal(1000, 16000.0);
+    let r = verify::check(
+        &ir,
+        &gs,
+        Some((&a.budgeted.masks, None)),
+        0,
+        0,
+        &x,
+        sepprune::runtime::Runtime::Tract,
+    )
+    .unwrap();
+    assert!(r.passed, "{:?}", r.trials);
+}
+
+/// The speaker head: statistics pooling is the mean and standard deviation over frames;
+/// the AM-softmax loss has the gradient its finite differences give, grows with the
+/// margin, and falls as the head alone trains on a fixed output.
+#[test]
+fn speaker_head_pools_statistics_and_its_am_softmax_has_the_right_gradient() {
+    use candle_core::{Device, Tensor, Var};
+    use sepprune::learn::speaker::{pool, pooled_width, SpeakerHead, SvConfig};
+    let dev = Device::Cpu;
+    // [1, T=3, D=2]
+    let y = Tensor::from_vec(vec![1f32, 10., 2., 20., 6., 60.], (1, 3, 2), &dev).unwrap();
+    let p: Vec<f32> = pool(&y).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let (m0, m1) = (3.0f32, 30.0f32);
+    let s0 = ((4.0 + 1.0 + 9.0) / 3.0f32 + 1e-5).sqrt();
+    let s1 = ((400.0 + 100.0 + 900.0) / 3.0f32 + 1e-5).sqrt();
+    for (got, want) in p.iter().zip([m0, m1, s0, s1]) {
+        assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "{p:?}");
+    }
+    assert_eq!(pooled_width(&[1, 7, 2]).unwrap(), 4);
+    assert_eq!(pooled_width(&[1, 5]).unwrap(), 5);
+    assert!(pooled_width(&[2, 5, 5, 5]).is_err());
+    // the loss's gradient with respect to the encoder output, in f32 against central
+    // differences
+    let cfg = SvConfig {
+        dim: 6,
+        ..SvConfig::default()
+    };
+    let head = SpeakerHead::new(4, 3, &cfg, &dev).unwrap();
+    let y0 = vec![0.3f32, -0.2, 0.5, 0.1, 0.4, -0.6];
+    let yv = Var::from_tensor(&Tensor::from_vec(y0.clone(), (1, 3, 2), &dev).unwrap()).unwrap();
+    let (loss, _) = head.params.loss(yv.as_tensor(), 2).unwrap();
+    let grads = loss.backward().unwrap();
+    let g: Vec<f32> = grads
+        .get(&yv)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let at = |v: Vec<f32>| -> f64 {
+        let t = Tensor::from_vec(v, (1, 3, 2), &dev).unwrap();
+        let (l, _) = head.params.loss(&t, 2).unwrap();
+        l.to_scalar::<f32>().unwrap() as f64
+    };
+    let h = 1e-2f32;
+    let mut checked = 0;
+    for i in 0..y0.len() {
+        let (mut a, mut b) = (y0.clone(), y0.clone());
+        a[i] += h;
+        b[i] -= h;
+        let num = (at(a) - at(b)) / (2.0 * h as f64);
+        assert!(
+            (num - g[i] as f64).abs() <= 2e-2 * (1.0 + num.abs()),
+            "dL/dy[{i}]: {num} vs {}",
+            g[i]
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+    // a margin makes the true class harder
+    let no_margin = SpeakerHead::new(
+        4,
+        3,
+        &SvConfig {
+            margin: 0.0,
+            ..cfg.clone()
+        },
+        &dev,
+    )
+    .unwrap();
+    let y = Tensor::from_vec(y0.clone(), (1, 3, 2), &dev).unwrap();
+    let l = |h: &SpeakerHead| h.params.loss(&y, 0).unwrap().0.to_scalar::<f32>().unwrap();
+    assert!(l(&head) > l(&no_margin));
+    // the head alone learns a fixed output's speaker
+    let mut head = head;
+    let before = l(&head);
+    for _ in 0..50 {
+        let (loss, _) = head.params.loss(&y, 0).unwrap();
+        head.update(&loss.backward().unwrap()).unwrap();
+    }
+    let (after, right) = head.params.loss(&y, 0).unwrap();
+    assert!(
+        after.to_scalar::<f32>().unwrap() < 0.5 * before,
+        "{before} -> {after}"
+    );
+    assert!(right, "the nearest class is the speaker");
+    assert!(
+        SpeakerHead::new(4, 1, &cfg, &dev).is_err(),
+        "one speaker is no task"
+    );
+}
+
+/// In-situ speaker-verification pruning on a tiny frame encoder: the speaker head trains
+/// with hard-concrete masks and the weights, the loss falls, the budget holds, the run is
+/// deterministic, and the trained model slims exactly under the masks.
+#[test]
+fn in_situ_speaker_pruning_trains_a_head_with_the_masks_and_weights() {
+    use common::G;
+    use sepprune::learn::hard_concrete::HcConfig;
+    use sepprune::learn::run::{learn, LearnOptions, Method, WeightTraining};
+    use sepprune::learn::speaker::SvConfig;
+    use sepprune::onnx::ints_attr;
+    use sepprune::prune::{Measure, Scope};
+    // waveform [1, T] -> conv 1->8 (k 8) -> ReLU -> conv 8->4 (k 1) -> frames [1, T', 4]
+    let mut g = G::new(&[1, -1]);
+    let ax = g.const_i("ax1", vec![1]);
+    let x = g.node("Unsqueeze", &["x", &ax], vec![]);
+    let c = g.conv(&x, 1, 8, 8, 1, 0);
+    let r = g.node("Relu", &[&c], vec![]);
+    let c2 = g.conv(&r, 8, 4, 1, 1, 0);
+    let t = g.node("Transpose", &[&c2], vec![ints_attr("perm", &[0, 2, 1])]);
+    let model = g.output(&t, &[1, -1, 4]);
+    // three "speakers": tones of their own pitch, three utterances each
+    let dir = tempfile::tempdir().unwrap();
+    for (spk, f) in [("a", 0.05f32), ("b", 0.3), ("c", 1.1)] {
+        std::fs::create_dir_all(dir.path().join(spk)).unwrap();
+        for k in 0..3 {
+            let x: Vec<f32> = (0..800 + 100 * k)
+                .map(|i| (i as f32 * f * (1.0 + 0.03 * k as f32)).sin() * 0.3)
+                .collect();
+            sepprune::audio::wav::write(&dir.path().join(format!("{spk}/u{k}.wav")), &x, 16000)
+                .unwrap();
+        }
+    }
+    let opts = || LearnOptions {
+        cfg: Default::default(),
+        method: Method::HardConcrete(HcConfig {
+            ste: true,
+            iters: 40,
+            warmup: 10,
+            target: 0.7,
+            measure: Measure::Params,
+            ..HcConfig::default()
+        }),
+        distill: false,
+        heldout: None,
+        weights: Some(WeightTraining {
+            lr: 1e-3,
+            clip: 5.0,
+            finetune_steps: 5,
+        }),
+        sv: Some(SvConfig {
+            dim: 8,
+            lr: 1e-2,
+            ..SvConfig::default()
+        }),
+        samples: 400,
+        crops_per_file: 2,
+        teacher: None,
+        budget: sepprune::prune::Budget {
+            scope: Scope::All,
+            measure: Measure::Params,
+            ..sepprune::prune::Budget::new(0.3)
+        },
+        checkpoint: None,
+        progress: false,
+        device: candle_core::Device::Cpu,
+    };
+    let a = learn(&model, dir.path(), &opts()).unwrap();
+    let b = learn(&model, dir.path(), &opts()).unwrap();
+    assert_eq!(a.scores.theta, b.scores.theta, "same seed, same scores");
+    let (ma, mb) = (a.model.unwrap(), b.model.unwrap());
+    assert_eq!(sepprune::onnx::encode(&ma), sepprune::onnx::encode(&mb));
+    assert_ne!(sepprune::onnx::encode(&ma), sepprune::onnx::encode(&model));
+    // the speaker loss falls as the head, masks and weights train
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (first, last) = (mean(&a.losses[..10]), mean(&a.losses[35..45]));
+    assert!(last < first, "AM-softmax loss {first} -> {last}");
+    // the params budget within one of the 8 hidden channels (14 of 108 params)
+    let kept = a.budgeted.params.1 as f64 / a.budgeted.params.0 as f64;
+    assert!(a.budgeted.masks.groups.len() == 1, "{:?}", a.budgeted.masks);
+    assert!((kept - 0.7).abs() <= 14.0 / 108.0 + 1e-9, "kept {kept}");
     let ir = Ir::new(ma, 1000).unwrap();
     let gs = analyze_groups(&ir).unwrap();
     let x = verify::test_signal(1000, 16000.0);

@@ -13,6 +13,7 @@ mod exactness;
 mod finetune;
 mod fixtures;
 mod kernels;
+mod layering;
 mod learn;
 mod op_rules;
 mod real_model;

@@ -9,6 +9,7 @@ use sepprune::learn::refit::{refit, RefitOptions, RefitScope};
 use sepprune::onnx::{encode, tensor_from_proto, ModelProto};
 use sepprune::prune::{masks_for_ratio, slim, Budget, Masks};
 use sepprune::runtime::tract::TractModel;
+use sepprune::runtime::tract::TractTeacher;
 
 const SAMPLES: usize = 400;
 
@@ -32,6 +33,7 @@ fn opts(scope: RefitScope, ridge: f64) -> RefitOptions {
         remix: 0,
         seed: 0,
         progress: false,
+        teacher: None,
     }
 }
 
@@ -186,6 +188,7 @@ fn after_pruning_the_refit_lowers_layer_and_output_errors_and_changes_only_those
     // model towards the original on the real mixtures
     let o = RefitOptions {
         remix: 4,
+        teacher: Some(TractTeacher::shared(ir.model.clone())),
         ..opts(RefitScope::Sliced, 1e-4)
     };
     let remixed = refit(&ir, &gs, &masks, &s, dir.path(), &o).unwrap();

@@ -176,9 +176,9 @@ macro_rules! cpu_op {
                 l2: &candle_core::Layout,
             ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
                 use candle_core::CpuStorage;
-                let out = $crate::learn::kernels::float_dispatch!($name, (s1, s2), |$a, $b| $f(
-                    $crate::learn::kernels::slice($a, l1, $name)?,
-                    $crate::learn::kernels::slice($b, l2, $name)?,
+                let out = $crate::ops::kernels::float_dispatch!($name, (s1, s2), |$a, $b| $f(
+                    $crate::ops::kernels::slice($a, l1, $name)?,
+                    $crate::ops::kernels::slice($b, l2, $name)?,
                     self.0
                 ));
                 #[allow(unused_variables)]
@@ -217,10 +217,10 @@ macro_rules! cpu_op {
             ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
                 use candle_core::CpuStorage;
                 let out =
-                    $crate::learn::kernels::float_dispatch!($name, (s1, s2, s3), |$a, $b, $c| $f(
-                        $crate::learn::kernels::slice($a, l1, $name)?,
-                        $crate::learn::kernels::slice($b, l2, $name)?,
-                        $crate::learn::kernels::slice($c, l3, $name)?,
+                    $crate::ops::kernels::float_dispatch!($name, (s1, s2, s3), |$a, $b, $c| $f(
+                        $crate::ops::kernels::slice($a, l1, $name)?,
+                        $crate::ops::kernels::slice($b, l2, $name)?,
+                        $crate::ops::kernels::slice($c, l3, $name)?,
                         self.0
                     ));
                 #[allow(unused_variables)]
