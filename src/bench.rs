@@ -81,9 +81,11 @@ fn pct(v: &[f64], p: f64) -> f64 {
 /// empty list of lengths, batches or runtimes.
 pub fn bench(models: &[(String, ModelProto)], o: &BenchOptions) -> Result<Vec<Row>> {
     if o.seconds.is_empty() || o.batches.is_empty() || o.runtimes.is_empty() || o.runs == 0 {
-        return Err(Error::Other(
-            "bench: give at least one length, batch size, runtime and run".into(),
-        ));
+        return Err(Error::Option {
+            option: "bench",
+            value: String::new(),
+            msg: "give at least one length, batch size, runtime and run".into(),
+        });
     }
     let settings = Settings {
         threads: o.threads,
@@ -105,16 +107,18 @@ pub fn bench(models: &[(String, ModelProto)], o: &BenchOptions) -> Result<Vec<Ro
             .first()
             .and_then(|x| first.fact(x))
             .map(|f| f.shape.clone())
-            .ok_or_else(|| Error::Other("bench: the model has no input".into()))?;
+            .ok_or_else(|| Error::Graph("bench: the model has no input".into()))?;
         let one = crate::verify::test_signal(in_shape.iter().product(), o.rate as f64);
         for &batch in &o.batches {
             let mut shape = in_shape.clone();
             match shape.first_mut() {
                 Some(b) if in_shape.len() >= 2 => *b = batch,
                 _ if batch != 1 => {
-                    return Err(Error::Other(format!(
-                        "bench: input {in_shape:?} has no batch axis for batch {batch}"
-                    )))
+                    return Err(Error::Option {
+                        option: "--batch",
+                        value: batch.to_string(),
+                        msg: format!("input {in_shape:?} has no batch axis"),
+                    })
                 }
                 _ => {}
             }

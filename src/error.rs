@@ -68,8 +68,22 @@ pub enum Error {
     /// A model the tool declines to prune, with why and what to do instead.
     #[error("refused: {0}")]
     Refused(String),
-    #[error("{0}")]
-    Other(String),
+    /// A plot that could not be drawn (`what`: its file or title).
+    #[error("plot {what}: {msg}")]
+    Plot { what: String, msg: String },
+    /// A JSON file (a report, a split, a corpus manifest) that could not be read or written.
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Writing would replace the input model.
+    #[error("{0}: refusing to overwrite the input model (pass --force to allow)")]
+    Overwrite(PathBuf),
+    /// Depth pruning on blocks that cannot be removed that way.
+    #[error("depth pruning: {0}")]
+    Blocks(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -104,6 +118,11 @@ impl Error {
             op: node.op_type().to_string(),
             msg: msg.into(),
         }
+    }
+    /// [`Error::Json`] for the file at `path`.
+    pub fn json(path: impl Into<PathBuf>) -> impl FnOnce(serde_json::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Json { path, source }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -228,7 +228,7 @@ pub fn bypasses(
     }
     for o in &ir.graph().output {
         if zero.contains(o.name()) {
-            return Err(crate::error::Error::Other(format!(
+            return Err(crate::error::Error::Blocks(format!(
                 "graph output '{}' is the sum of removed blocks only: keep one of them",
                 o.name()
             )));

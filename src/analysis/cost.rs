@@ -6,7 +6,7 @@ use super::regions::{find_regions, Region};
 use crate::ir::Ir;
 use crate::ops;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeCost {
@@ -53,34 +53,127 @@ pub fn node_macs_as(ir: &Ir, shape: ops::ShapeOf, ptflops: ops::Ptflops) -> Vec<
         .collect()
 }
 
-/// Float initializers of rank >= 1 that each node uses as learnable parameters
+/// Values of rank >= 1 that each node uses as learnable parameters
 /// ([`crate::ops::OpRule::params`]: weights, biases, affine scales, slopes; every float
 /// initializer input of an op without a rule), each named at its first user. Like
 /// ptflops, which counts a module's `parameters()`, this leaves out buffers (a
 /// positional-encoding table read through a Slice) and RNN initial states.
+///
+/// A parameter input computed from initializers alone (a weight norm `g * v / |v|` that
+/// the exporter left in the graph, a transposed weight) counts as the weight the op reads,
+/// and the initializers it is computed from do not count: the parameters are what a
+/// constant-folding exporter would write (PyTorch's `parameters()` with each
+/// parametrization counted as the weight it computes).
 pub fn node_param_names(ir: &Ir) -> Vec<Vec<&str>> {
+    let learnable = |n: &crate::onnx::NodeProto| -> Vec<usize> {
+        match ops::rule(n) {
+            Some(r) => r.params(n, ir),
+            // an op without a rule (opaque: an Einsum, a grouped linear) learns every
+            // float initializer it reads
+            None => (0..n.input.len()).collect(),
+        }
+    };
+    let float = |v: &str| -> bool {
+        match ir.init_index.get(v) {
+            Some(&i) => {
+                let init = &ir.graph().initializer[i];
+                matches!(init.data_type.unwrap_or(1), 1 | 10 | 11 | 16) && !init.dims.is_empty()
+            }
+            None => ir.fact(v).is_some_and(|f| f.rank() >= 1),
+        }
+    };
+    // parameter inputs computed from initializers alone, and the initializers of their cones
+    let derived = ConstCones::new(ir);
+    let mut folded: HashSet<&str> = HashSet::new();
+    let mut in_cones: HashSet<&str> = HashSet::new();
+    for n in ir.nodes() {
+        for v in learnable(n).into_iter().filter_map(|i| n.input.get(i)) {
+            // (a `Constant` the exporter made, a norm's unit scale, is no parameter)
+            if !ir.is_stored_constant(v) && derived.is_maximal(v) && float(v) {
+                let cone = derived.initializers_of(v);
+                if !cone.is_empty() {
+                    folded.insert(v.as_str());
+                    in_cones.extend(cone);
+                }
+            }
+        }
+    }
     let mut seen = HashSet::new();
     ir.nodes()
         .iter()
         .map(|n| {
-            // an op without a rule (opaque: an Einsum, a grouped linear) learns every
-            // float initializer it reads
-            let learnable = match ops::rule(n) {
-                Some(r) => r.params(n, ir),
-                None => (0..n.input.len()).collect(),
-            };
-            learnable
+            learnable(n)
                 .into_iter()
                 .filter_map(|i| n.input.get(i))
-                .filter(|v| ir.is_initializer(v) && seen.insert(v.as_str()))
                 .filter(|v| {
-                    let init = &ir.graph().initializer[ir.init_index[v.as_str()]];
-                    matches!(init.data_type.unwrap_or(1), 1 | 10 | 11 | 16) && !init.dims.is_empty()
+                    let v = v.as_str();
+                    let counted =
+                        (ir.is_initializer(v) && !in_cones.contains(v)) || folded.contains(v);
+                    counted && float(v) && seen.insert(v)
                 })
                 .map(String::as_str)
                 .collect()
         })
         .collect()
+}
+
+/// Which values are computed from initializers (and `Constant`s) alone, through nodes
+/// without graph inputs in their cone.
+struct ConstCones<'a> {
+    ir: &'a Ir,
+    derived: HashMap<&'a str, bool>,
+}
+
+impl<'a> ConstCones<'a> {
+    fn new(ir: &'a Ir) -> ConstCones<'a> {
+        let mut derived: HashMap<&str, bool> = HashMap::new();
+        for n in ir.nodes() {
+            let d = !n.input.iter().all(String::is_empty)
+                && n.input.iter().filter(|v| !v.is_empty()).all(|v| {
+                    ir.is_stored_constant(v) || derived.get(v.as_str()).copied().unwrap_or(false)
+                });
+            for o in &n.output {
+                derived.insert(o.as_str(), d || n.op_type() == "Constant");
+            }
+        }
+        ConstCones { ir, derived }
+    }
+
+    fn is_derived(&self, v: &str) -> bool {
+        self.derived.get(v).copied().unwrap_or(false)
+    }
+
+    /// Derived, and read by a node that is not (the end of a constant computation: a
+    /// weight norm's `g * v / |v|`, not its `|v|`).
+    fn is_maximal(&self, v: &str) -> bool {
+        self.is_derived(v)
+            && self.ir.consumers.get(v).is_some_and(|cs| {
+                cs.iter().any(|&(ni, _)| {
+                    self.ir.nodes()[ni]
+                        .output
+                        .iter()
+                        .all(|o| !self.is_derived(o))
+                })
+            })
+    }
+
+    /// The initializers `v` is computed from.
+    fn initializers_of(&self, v: &'a str) -> Vec<&'a str> {
+        let mut out = vec![];
+        let mut stack = vec![v];
+        let mut seen = HashSet::new();
+        while let Some(x) = stack.pop() {
+            if !seen.insert(x) {
+                continue;
+            }
+            if self.ir.is_initializer(x) {
+                out.push(x);
+            } else if let Some(&p) = self.ir.producer.get(x) {
+                stack.extend(self.ir.nodes()[p].input.iter().map(String::as_str));
+            }
+        }
+        out
+    }
 }
 
 /// Learnable parameters per node ([`node_param_names`], counted at their first user).
@@ -90,10 +183,7 @@ pub fn node_params(ir: &Ir) -> Vec<u64> {
         .map(|names| {
             names
                 .into_iter()
-                .map(|v| {
-                    let init = &ir.graph().initializer[ir.init_index[v]];
-                    init.dims.iter().product::<i64>() as u64
-                })
+                .map(|v| ir.fact(v).map_or(0, |f| f.numel() as u64))
                 .sum()
         })
         .collect()

@@ -185,9 +185,7 @@ impl Corpus {
             return Ok(None);
         }
         let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        serde_json::from_str(&s)
-            .map(Some)
-            .map_err(|e| Error::Other(format!("{}: {e}", p.display())))
+        serde_json::from_str(&s).map(Some).map_err(Error::json(&p))
     }
 }
 

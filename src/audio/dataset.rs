@@ -195,9 +195,7 @@ pub fn conditions(dir: &Path) -> Result<Option<std::collections::BTreeMap<String
         return Ok(None);
     }
     let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    serde_json::from_str(&s)
-        .map(Some)
-        .map_err(|e| Error::Other(format!("{}: {e}", p.display())))
+    serde_json::from_str(&s).map(Some).map_err(Error::json(&p))
 }
 
 /// Writes `count` mixtures of one split of a corpus to `out` (LibriMix layout: `mix/`,
@@ -291,13 +289,13 @@ pub fn build_split(
     crate::onnx::write_atomic(
         &out.join(CONDITIONS_FILE),
         serde_json::to_string_pretty(&conditions)
-            .map_err(|e| Error::Other(e.to_string()))?
+            .map_err(Error::json(out.join(CONDITIONS_FILE)))?
             .as_bytes(),
     )?;
     crate::onnx::write_atomic(
         &out.join(super::corpus::SOURCES_FILE),
         serde_json::to_string_pretty(c)
-            .map_err(|e| Error::Other(e.to_string()))?
+            .map_err(Error::json(out.join(super::corpus::SOURCES_FILE)))?
             .as_bytes(),
     )?;
     Ok(count)

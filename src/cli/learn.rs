@@ -107,6 +107,9 @@ pub struct Args {
     /// Speaker head: AdamW step size of the head (it starts from scratch).
     #[arg(long, default_value_t = 1e-3)]
     pub sv_lr: f64,
+    /// Speaker head: epochs of training it alone on the original model's outputs first.
+    #[arg(long, default_value_t = 20)]
+    pub sv_head_epochs: usize,
     /// Crop length in seconds.
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
@@ -177,6 +180,7 @@ pub fn run(a: Args) -> Result<()> {
         sv_scale,
         sv_dim,
         sv_lr,
+        sv_head_epochs,
         seconds,
         crops_per_file,
         checkpoint,
@@ -274,6 +278,7 @@ pub fn run(a: Args) -> Result<()> {
             scale: sv_scale,
             margin: sv_margin,
             lr: sv_lr,
+            head_epochs: sv_head_epochs,
             seed,
         }),
         samples: (seconds * 16000.0).round().max(1.0) as usize,
@@ -325,6 +330,7 @@ pub fn run(a: Args) -> Result<()> {
             let f: Vec<f64> = c.iter().copied().filter(|l| l.is_finite()).collect();
             f.iter().sum::<f64>() / f.len().max(1) as f64
         }).collect::<Vec<_>>(),
+        "head_accuracy": r.head_accuracy,
         "heldout_cosine": r.heldout.iter().map(|(l, c)| serde_json::json!({"layer": l, "cosine": c})).collect::<Vec<_>>(),
     });
     if json {

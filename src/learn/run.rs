@@ -77,6 +77,9 @@ pub struct Learned {
     /// With [`LearnOptions::weights`]: the model (unpruned, in the exporter's form) with the
     /// weights trained for the final masks; `prune --masks` slims it.
     pub model: Option<ModelProto>,
+    /// With [`LearnOptions::sv`]: the speaker head's accuracy on the training crops after
+    /// its warm-up on the original model ([`super::speaker::SpeakerHead::warm_up`]).
+    pub head_accuracy: Option<f64>,
 }
 
 /// Weights trained with the masks (joint pruning and distillation, as DPHuBERT does), then
@@ -332,6 +335,25 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
         )));
     }
     let mut distiller = o.distill.then(|| Distiller::new(&ir, &groups, &graph));
+    // the speaker head first learns the original model's outputs
+    let mut head_accuracy = None;
+    if let (Some(h), Some(cfg)) = (head.as_mut(), &o.sv) {
+        let weights = trainer
+            .as_ref()
+            .map(WeightTrainer::overrides)
+            .unwrap_or_default();
+        let outputs = data_items
+            .iter()
+            .zip(&labels)
+            .map(|(it, &l)| {
+                Ok((
+                    graph.forward(&graph.input(&it.input)?, &weights)?.detach(),
+                    l,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        head_accuracy = Some(h.warm_up(&outputs, cfg.head_epochs, cfg.seed)?);
+    }
     let (iters, seed) = match &o.method {
         Method::Gumbel => (o.cfg.iters, o.cfg.seed),
         Method::HardConcrete(hc) => (hc.iters, hc.seed),
@@ -599,5 +621,6 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
         losses,
         heldout,
         model: model_out,
+        head_accuracy,
     })
 }

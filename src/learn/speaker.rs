@@ -32,6 +32,10 @@ pub struct SvConfig {
     pub margin: f64,
     /// The head's learning rate (AdamW; its weights start from scratch).
     pub lr: f64,
+    /// Epochs of training the head alone on the original model's outputs (cached) before
+    /// the joint phase, so that the joint phase starts from a head that knows the speakers
+    /// and its gradient asks the encoder to keep them ([`SpeakerHead::warm_up`]).
+    pub head_epochs: usize,
     pub seed: u64,
 }
 
@@ -42,6 +46,7 @@ impl Default for SvConfig {
             scale: 30.0,
             margin: 0.2,
             lr: 1e-3,
+            head_epochs: 20,
             seed: 0,
         }
     }
@@ -165,6 +170,39 @@ impl SpeakerHead {
         self.opt
             .step(grads)
             .map_err(Error::candle("speaker head step"))
+    }
+}
+
+impl SpeakerHead {
+    /// Trains the head alone for `epochs` over `outputs` (the original model's first output
+    /// on each crop, with the crop's speaker), in a seeded order per epoch; returns the
+    /// share of crops whose nearest class is their speaker after training.
+    ///
+    /// Errors: as [`HeadParams::loss`].
+    pub fn warm_up(
+        &mut self,
+        outputs: &[(Tensor, usize)],
+        epochs: usize,
+        seed: u64,
+    ) -> Result<f64> {
+        use rand::seq::SliceRandom;
+        let mut order: Vec<usize> = (0..outputs.len()).collect();
+        for epoch in 0..epochs {
+            order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+                seed ^ 0x4EAD ^ (epoch as u64) << 16,
+            ));
+            for &i in &order {
+                let (y, label) = &outputs[i];
+                let (loss, _) = self.params.loss(y, *label)?;
+                let grads = loss.backward().map_err(Error::candle("speaker head"))?;
+                self.update(&grads)?;
+            }
+        }
+        let mut right = 0;
+        for (y, label) in outputs {
+            right += self.params.loss(y, *label)?.1 as usize;
+        }
+        Ok(right as f64 / outputs.len().max(1) as f64)
     }
 }
 

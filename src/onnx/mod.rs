@@ -114,10 +114,7 @@ pub fn save(
             _ => false,
         };
         if same && !allow_overwrite {
-            return Err(Error::Other(format!(
-                "{}: refusing to overwrite the input model (pass --force to allow)",
-                path.display()
-            )));
+            return Err(Error::Overwrite(path.to_path_buf()));
         }
     }
     // the analysis' input declarations are not part of the user's model

@@ -111,8 +111,19 @@ impl OpRule for InstanceNorm {
     fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
         per_channel(node, ir, links, &[1, 2]);
     }
-    fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
-        vec![1, 2]
+    /// Scale and bias, except in GroupNorm as the exporters write it (`Reshape` to
+    /// `[N, G, -1]`, this op with their fixed unit scale and zero bias per group, `Reshape`
+    /// back, then `Mul`/`Add` with GroupNorm's own parameters): there they are constants.
+    fn params(&self, node: &NodeProto, ir: &Ir) -> Vec<usize> {
+        let grouped = node
+            .input
+            .first()
+            .and_then(|x| ir.producer.get(x))
+            .is_some_and(|&p| ir.nodes()[p].op_type() == "Reshape");
+        match grouped {
+            true => vec![],
+            false => vec![1, 2],
+        }
     }
     /// `y = (x - mean) / sqrt(var + eps) * scale + bias`, statistics per sample and channel
     /// over the spatial axes (population variance).

@@ -162,6 +162,12 @@ impl OpRule for Gather {
         Ok(vec![Fact { shape, value }])
     }
 
+    /// The data when it is an initializer: an embedding table (`nn.Embedding`, WavLM's
+    /// relative-position bias by bucket) is a learnable parameter whatever indexes it.
+    fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
+        vec![0]
+    }
+
     /// Constant indices (read from the IR) select along the axis; the result takes the
     /// inferred shape (a scalar index drops the axis).
     fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {

@@ -51,6 +51,12 @@ fn pieces(node: &NodeProto, inputs: &[Option<&Fact>], x: &[usize]) -> Result<(us
 }
 
 impl OpRule for Split {
+    /// The data when it is an initializer: parameters an exporter concatenated and the
+    /// graph splits apart (dynamo's folded `cat(q_bias, k_bias, v_bias)`).
+    fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
+        vec![0]
+    }
+
     fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = need(node, inputs, 0)?;
         let (axis, sizes) = pieces(node, inputs, &x.shape)?;

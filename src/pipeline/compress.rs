@@ -267,9 +267,11 @@ fn prune_channels(
 fn prune_depth(ir: &Ir, train: &Path, o: &Options) -> Result<Pruned> {
     let blocks = find_blocks(ir);
     if blocks.is_empty() {
-        return Err(Error::Other(
-            "--structure depth: the model has no removable residual block".into(),
-        ));
+        return Err(Error::Option {
+            option: "--structure",
+            value: "depth".into(),
+            msg: "the model has no removable residual block".into(),
+        });
     }
     let mut crops = crate::learn::data::mixture_crops(train, 16000, 1)?;
     crops.truncate(24);
@@ -562,7 +564,7 @@ pub fn compress(
     onnx::write_atomic(
         &dir.join("report.json"),
         serde_json::to_string_pretty(&json)
-            .map_err(|e| Error::Other(e.to_string()))?
+            .map_err(Error::json(dir.join("report.json")))?
             .as_bytes(),
     )?;
     onnx::write_atomic(&dir.join("report.md"), md.as_bytes())?;

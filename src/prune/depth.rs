@@ -23,7 +23,7 @@ pub fn block_gate_name(block: usize) -> String {
 /// only removed blocks to read ([`bypasses`]).
 pub fn drop_blocks(ir: &Ir, blocks: &[Block], removed: &[usize]) -> Result<ModelProto> {
     if let Some(b) = removed.iter().find(|&&b| b >= blocks.len()) {
-        return Err(Error::Other(format!(
+        return Err(Error::Blocks(format!(
             "block {b} does not exist ({} blocks)",
             blocks.len()
         )));
@@ -109,7 +109,7 @@ pub fn remove_dead(graph: &mut onnx::GraphProto) {
 /// Errors: `gates` not one value per block.
 pub fn block_gate_graph(ir: &Ir, blocks: &[Block], gates: &[f32]) -> Result<ModelProto> {
     if gates.len() != blocks.len() {
-        return Err(Error::Other(format!(
+        return Err(Error::Blocks(format!(
             "{} block gates for {} blocks",
             gates.len(),
             blocks.len()

@@ -22,8 +22,10 @@ fn font() -> Result<()> {
         plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
             .is_ok()
     });
-    ok.then_some(())
-        .ok_or_else(|| Error::Other("plots: the embedded font does not load".into()))
+    ok.then_some(()).ok_or_else(|| Error::Plot {
+        what: "font".into(),
+        msg: "the embedded font does not load".into(),
+    })
 }
 
 fn colour(k: usize) -> RGBColor {
@@ -68,7 +70,10 @@ fn render(
         Ok(()) => std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            Err(Error::Other(format!("plot {}: {e}", path.display())))
+            Err(Error::Plot {
+                what: path.display().to_string(),
+                msg: e,
+            })
         }
     }
 }
@@ -98,9 +103,10 @@ pub fn bars(
     series: &[Series<f64>],
 ) -> Result<()> {
     if series.iter().any(|s| s.values.len() != categories.len()) {
-        return Err(Error::Other(format!(
-            "plot {title}: one value per category"
-        )));
+        return Err(Error::Plot {
+            what: title.to_string(),
+            msg: "one value per category".into(),
+        });
     }
     let all = || series.iter().flat_map(|s| s.values.iter().copied());
     let (mut lo, hi) = span(all().chain([0.0]));

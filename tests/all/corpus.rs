@@ -44,6 +44,31 @@ fn every_corpus_export_loads_and_is_analysed() {
     }
 }
 
+/// Our params against PyTorch's count of what an export can hold (`params_forward` in the
+/// manifest: the parameters the eval forward reads, weight norms and conv-BatchNorm pairs
+/// folded): equal on all but one file, whose LayerNorms without an affine get a unit
+/// scale initializer from dynamo (docs/corpus.md), and that one within 0.1%.
+#[test]
+fn params_equal_pytorchs_count_of_what_an_export_holds() {
+    let manifest = std::fs::read_to_string(corpus().join("manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let mut differ = vec![];
+    for (f, e) in m.as_object().unwrap() {
+        let want = e["params_forward"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{f}: no params_forward (run make_corpus.py --count-only)"));
+        let ours = sepprune::analysis::profile(&load(f, 16000)).params;
+        if ours != want {
+            assert!(
+                (ours as f64 - want as f64).abs() <= 1e-3 * want as f64,
+                "{f}: ours {ours}, PyTorch {want}"
+            );
+            differ.push(format!("{f}: ours {ours}, PyTorch {want}"));
+        }
+    }
+    assert!(differ.len() <= 1, "{differ:?}");
+}
+
 #[test]
 fn ops_without_a_rule_take_their_shapes_from_tract_and_freeze() {
     // WavLM's gated relative-position bias repeats per head with Tile: no rule, so opaque

@@ -951,3 +951,70 @@ fn a_stacked_lstm_with_a_shared_zero_state_and_h_n_last_has_one_group_per_layer(
     assert_eq!(slim.initializer("W1").unwrap().shape(), vec![1, 16, 3]);
     assert_slim_equals_gated(&ir, &gs, &m, &slim, 4 * 9);
 }
+
+/// Parameters are what a constant-folding exporter writes: a weight norm left in the graph
+/// (`g * v / |v|`) counts as the weight the Conv reads, not `g` and `v`; GroupNorm's
+/// exported InstanceNorm (on a Reshape to groups) has constant unit scale and zero bias,
+/// no parameters; an embedding table read by a Gather and parameters an exporter
+/// concatenated for a Split are parameters.
+#[test]
+fn params_count_folded_weights_embeddings_and_split_parameters_not_norm_constants() {
+    let mut g = G::new(&[1, 1, -1]);
+    // weight norm: w = g * v / |v|, [4, 1, 3]
+    let gain = g.weight("g", &[4, 1, 1]);
+    let v = g.weight("v", &[4, 1, 3]);
+    let norm = g.node(
+        "ReduceL2",
+        &[&v],
+        vec![ints_attr("axes", &[1, 2]), int_attr("keepdims", 1)],
+    );
+    let dir = g.node("Div", &[&v, &norm], vec![]);
+    let w = g.node("Mul", &[&gain, &dir], vec![]);
+    let b = g.weight("b", &[4]);
+    let y = g.node(
+        "Conv",
+        &["x", &w, &b],
+        vec![ints_attr("kernel_shape", &[3])],
+    );
+    // GroupNorm(2 groups, 4 channels) as exported
+    let to_groups = g.const_i("to_groups", vec![1, 2, -1]);
+    let r = g.node("Reshape", &[&y, &to_groups], vec![]);
+    let ones = g.const_f("ones", &[2], vec![1.0; 2]);
+    let zeros = g.const_f("zeros", &[2], vec![0.0; 2]);
+    let n = g.node("InstanceNormalization", &[&r, &ones, &zeros], vec![]);
+    let back = g.const_i("back", vec![1, 4, -1]);
+    let n = g.node("Reshape", &[&n, &back], vec![]);
+    let gamma = g.weight("gamma", &[4, 1]);
+    let beta = g.weight("beta", &[4, 1]);
+    let n = g.node("Mul", &[&n, &gamma], vec![]);
+    let n = g.node("Add", &[&n, &beta], vec![]);
+    // an embedding row per channel, summed: [6, 4] -> [4] -> [1, 4, 1]
+    // (indices from the input's shape: [1, 1], a lookup the graph computes)
+    let table = g.weight("table", &[6, 4]);
+    let shape = g.node("Shape", &["x"], vec![]);
+    let (s0, s2) = (g.const_i("s0", vec![0]), g.const_i("s2", vec![2]));
+    let idx = g.node("Slice", &[&shape, &s0, &s2], vec![]);
+    let rows = g.node("Gather", &[&table, &idx], vec![]);
+    let ax0 = g.const_i("ax0", vec![0]);
+    let row = g.node("ReduceSum", &[&rows, &ax0], vec![int_attr("keepdims", 0)]);
+    let ax02 = g.const_i("ax02", vec![0, 2]);
+    let row = g.node("Unsqueeze", &[&row, &ax02], vec![]);
+    let n = g.node("Add", &[&n, &row], vec![]);
+    // two biases an exporter concatenated, split apart
+    let cat = g.weight("cat", &[8]);
+    let sizes = g.const_i("sizes", vec![4, 4]);
+    let mut split = g.node("Split", &[&cat, &sizes], vec![]);
+    let (b1, b2) = (format!("{split}_a"), format!("{split}_b"));
+    g.nodes.last_mut().unwrap().output = vec![b1.clone(), b2.clone()];
+    split = b1;
+    let u1 = g.node("Unsqueeze", &[&split, &ax02], vec![]);
+    let u2 = g.node("Unsqueeze", &[&b2, &ax02], vec![]);
+    let n = g.node("Add", &[&n, &u1], vec![]);
+    let n = g.node("Add", &[&n, &u2], vec![]);
+    let model = g.output(&n, &[1, 4, -1]);
+    let ir = Ir::new(model, 64).unwrap();
+    let total: u64 = sepprune::analysis::cost::node_params(&ir).iter().sum();
+    // w 12 + b 4 + gamma 4 + beta 4 + table 24 + cat 8; not g, v, ones, zeros
+    assert_eq!(total, 12 + 4 + 4 + 4 + 24 + 8);
+    assert_eq!(sepprune::analysis::profile(&ir).params, total);
+}
