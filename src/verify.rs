@@ -218,6 +218,39 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
         .collect()
 }
 
+/// The slimmed model of `ir` under `masks`, verified: sliced, then checked against the gate
+/// graph ([`check`], with `trials` random masks more, on a test signal at `ir.samples`) in
+/// the preferred runtime. Returns the slim IR and the model to write (in the exporter's
+/// form).
+///
+/// Errors: masks that do not fit `groups`; slicing; [`Error::Verification`] when a check
+/// fails (nothing may be written then).
+pub fn slim_verified(
+    ir: &Ir,
+    groups: &Groups,
+    masks: &Masks,
+    trials: usize,
+    seed: u64,
+) -> Result<(Ir, ModelProto, CheckReport)> {
+    masks.validate(groups)?;
+    let slim_ir = slim(ir, groups, masks)?;
+    let exported = slim_ir.exported(&slim_ir.model);
+    let x = test_signal(ir.samples, 16000.0);
+    let report = check(
+        ir,
+        groups,
+        Some((masks, Some(&exported))),
+        trials,
+        seed,
+        &x,
+        Runtime::preferred(),
+    )?;
+    if !report.passed {
+        return Err(Error::Verification(String::new()));
+    }
+    Ok((slim_ir, exported, report))
+}
+
 /// Depth pruning's checks in `runtime` on the model input `x` (`[1, 1, len]`): the block
 /// gate graph with every gate at 1 against the original, and with the gates of `removed`
 /// at 0 against `dropped`, the depth-pruned model (the one the caller writes, in the

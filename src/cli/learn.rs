@@ -79,6 +79,11 @@ pub struct Args {
     /// --train-weights or --method self-pinching).
     #[arg(long)]
     pub model_out: Option<PathBuf>,
+    /// Also write the slimmed model (the trained weights under the final masks, or the
+    /// original's without weight training), verified exact against the gate graph: with
+    /// --method self-pinching the one-pass result, pruned and fine-tuned.
+    #[arg(long)]
+    pub slim_out: Option<PathBuf>,
     /// AdamW step size of the weights.
     #[arg(long, default_value_t = 2e-4)]
     pub weights_lr: f64,
@@ -173,6 +178,7 @@ pub fn run(a: Args) -> Result<()> {
         heldout,
         train_weights,
         model_out,
+        slim_out,
         weights_lr,
         finetune_steps,
         task,
@@ -308,6 +314,20 @@ pub fn run(a: Args) -> Result<()> {
     if let (Some(path), Some(trained)) = (&model_out, &r.model) {
         onnx::save(trained, path, Some(&model), false)?;
     }
+    let slim = match &slim_out {
+        Some(path) => {
+            let trained = r.model.clone().unwrap_or_else(|| m.clone());
+            let ir = sepprune::ir::Ir::new(trained, o.samples)?;
+            let groups = sepprune::analysis::analyze_groups(&ir)?;
+            let (slim_ir, exported, check) =
+                sepprune::verify::slim_verified(&ir, &groups, &r.budgeted.masks, 2, seed)
+                    .context("slimming the learned model: nothing written")?;
+            onnx::save(&exported, path, Some(&model), false)?;
+            let params = sepprune::analysis::profile(&slim_ir).params;
+            Some(serde_json::json!({"path": path, "params": params, "check_passed": check.passed}))
+        }
+        None => None,
+    };
     let b = &r.budgeted;
     let tail = r.losses.len().saturating_sub(25);
     // (a step whose loss was undefined, NaN, is left out)
@@ -331,6 +351,7 @@ pub fn run(a: Args) -> Result<()> {
             f.iter().sum::<f64>() / f.len().max(1) as f64
         }).collect::<Vec<_>>(),
         "head_accuracy": r.head_accuracy,
+        "slim": slim,
         "heldout_cosine": r.heldout.iter().map(|(l, c)| serde_json::json!({"layer": l, "cosine": c})).collect::<Vec<_>>(),
     });
     if json {
@@ -345,6 +366,13 @@ pub fn run(a: Args) -> Result<()> {
         );
         for (l, c) in &r.heldout {
             println!("  held-out cosine to the original at {l}: {c:.4}");
+        }
+        if let Some(s) = &slim {
+            println!(
+                "  slim model {} ({} params), verified exact",
+                s["path"].as_str().unwrap_or(""),
+                s["params"]
+            );
         }
     }
     Ok(())

@@ -20,7 +20,7 @@ use crate::learn::gumbel::GumbelConfig;
 use crate::learn::refit::{refit, RefitOptions};
 use crate::learn::run::{learn, LearnOptions};
 use crate::onnx::{self, ModelProto};
-use crate::prune::{depth, masks_for_ratio, slim, Budget, Criterion, Masks};
+use crate::prune::{depth, masks_for_ratio, Budget, Criterion, Masks};
 use crate::report::plots::{self, Series};
 use crate::runtime::tract::TractTeacher;
 use crate::verify::{self, CheckReport};
@@ -226,20 +226,7 @@ fn prune_channels(
         }
         _ => masks_for_ratio(ir, &groups, &budget)?.masks,
     };
-    let slim_ir = slim(ir, &groups, &masks)?;
-    let x = verify::test_signal(ir.samples, 16000.0);
-    let check = verify::check(
-        ir,
-        &groups,
-        Some((&masks, Some(&slim_ir.exported(&slim_ir.model)))),
-        2,
-        o.seed,
-        &x,
-        Runtime::preferred(),
-    )?;
-    if !check.passed {
-        return Err(Error::Verification(String::new()));
-    }
+    let (slim_ir, _, check) = verify::slim_verified(ir, &groups, &masks, 2, o.seed)?;
     let mut model = slim_ir.model.clone();
     if o.refit {
         let ro = RefitOptions {

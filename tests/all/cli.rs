@@ -215,3 +215,63 @@ fn gate_json_names_the_output_and_counts_the_gates() {
     assert_eq!(v["output"].as_str().unwrap(), out_path.to_str().unwrap());
     assert!(out_path.exists());
 }
+
+/// `learn --method self-pinching --slim-out`: one pass gives the pruned, fine-tuned model,
+/// verified exact, with fewer params, beside the trained unpruned model and the masks.
+#[test]
+fn self_pinching_writes_the_slim_trained_model_in_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("set");
+    common::tiny_set(&data, 2);
+    let model = dir.path().join("tiny.onnx");
+    sepprune::onnx::save(&common::tiny_tasnet(), &model, None, false).unwrap();
+    let (trained, slim, masks) = (
+        dir.path().join("trained.onnx"),
+        dir.path().join("slim.onnx"),
+        dir.path().join("masks.json"),
+    );
+    let out = sepprune()
+        .arg("learn")
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "--distill",
+            "--method",
+            "self-pinching",
+            "--target-macs",
+            "0.6",
+        ])
+        .args([
+            "--scope",
+            "all",
+            "--iters",
+            "6",
+            "--warmup",
+            "2",
+            "--seconds",
+            "0.025",
+        ])
+        .args(["--finetune-steps", "2", "--json", "-o"])
+        .arg(&masks)
+        .arg("--model-out")
+        .arg(&trained)
+        .arg("--slim-out")
+        .arg(&slim)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["slim"]["check_passed"], true);
+    let p = |m: &std::path::Path| {
+        let ir = sepprune::ir::Ir::new(sepprune::onnx::load(m).unwrap(), 1000).unwrap();
+        sepprune::analysis::profile(&ir).params
+    };
+    assert!(p(&slim) < p(&trained), "{} vs {}", p(&slim), p(&trained));
+    assert_eq!(v["slim"]["params"].as_u64(), Some(p(&slim)));
+    assert_eq!(p(&trained), p(&model));
+}
