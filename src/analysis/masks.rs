@@ -37,26 +37,23 @@ pub struct Masks {
     pub groups: BTreeMap<usize, GroupMask>,
 }
 
-/// A fingerprint of the analysed graph: every node's op and value names, every
-/// initializer's name and dims (FNV-1a, 64 bits). Weights' values do not enter it: a
-/// fine-tuned copy of a model takes its masks.
+/// The fingerprint masks are stamped with: the model's as the user gave it
+/// ([`crate::ir::fingerprint`], before canonical rewrites), so that a canonical rewrite
+/// added in a later version does not disown masks files.
 pub fn fingerprint(ir: &Ir) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |s: &str| {
-        for b in s.bytes().chain([0xff]) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    for n in ir.nodes() {
-        eat(n.op_type());
-        n.input.iter().chain(&n.output).for_each(|v| eat(v));
-    }
-    for t in &ir.graph().initializer {
-        eat(t.name());
-        eat(&format!("{:?}", t.dims));
-    }
-    format!("fnv1a64:{h:016x}")
+    ir.fingerprint.clone()
+}
+
+/// The fingerprint of the canonical graph, which files written before 2026-11-26 carry:
+/// still accepted when reading.
+fn canonical_fingerprint(ir: &Ir) -> String {
+    crate::ir::fingerprint_of(
+        ir.nodes().iter(),
+        ir.graph()
+            .initializer
+            .iter()
+            .map(|t| (t.name(), t.dims.as_slice())),
+    )
 }
 
 /// A group's stable name: its first sliced initializer and axis (`conv3.weight:0`), or its
@@ -97,7 +94,7 @@ impl Masks {
     pub fn resolved(self, ir: &Ir, groups: &Groups) -> Result<Masks> {
         if let Some(m) = &self.model {
             let here = fingerprint(ir);
-            if *m != here {
+            if *m != here && *m != canonical_fingerprint(ir) {
                 return Err(Error::Masks(format!(
                     "made for another model (fingerprint {m}; this model is {here}): masks \
                      index the channel groups of one model"

@@ -73,6 +73,46 @@ pub struct Ir {
     /// Output facts of the `If`s left in the model (their branch depends on the length),
     /// by node name.
     pub if_facts: HashMap<String, Vec<Fact>>,
+    /// The [`fingerprint`] of the model as given to `Ir::new`, before any canonical
+    /// rewrite: masks files name the model by it, so a rewrite added later does not
+    /// disown them.
+    pub fingerprint: String,
+}
+
+/// A fingerprint of a model's structure: every node's op and value names, every
+/// initializer's name and dims (FNV-1a, 64 bits). Weights' values do not enter it: a
+/// fine-tuned copy of a model has the same one.
+pub fn fingerprint(model: &ModelProto) -> String {
+    let Some(g) = model.graph.as_ref() else {
+        return String::new();
+    };
+    fingerprint_of(
+        g.node.iter(),
+        g.initializer.iter().map(|t| (t.name(), t.dims.as_slice())),
+    )
+}
+
+/// [`fingerprint`] of nodes and `(name, dims)` initializers.
+pub fn fingerprint_of<'a>(
+    nodes: impl Iterator<Item = &'a NodeProto>,
+    inits: impl Iterator<Item = (&'a str, &'a [i64])>,
+) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |s: &str| {
+        for b in s.bytes().chain([0xff]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for n in nodes {
+        eat(n.op_type());
+        n.input.iter().chain(&n.output).for_each(|v| eat(v));
+    }
+    for (name, dims) in inits {
+        eat(name);
+        eat(&format!("{dims:?}"));
+    }
+    format!("fnv1a64:{h:016x}")
 }
 
 impl Ir {

@@ -34,6 +34,7 @@ impl Ir {
     /// model is the canonical one.
     pub fn new(model: ModelProto, samples: usize) -> Result<Ir> {
         validate::validate(&model)?;
+        let fingerprint = crate::ir::fingerprint(&model);
         let model = canon::fold_constant_ifs(&model).unwrap_or(model);
         let model = canon::bypass_weight_identities(&model).unwrap_or(model);
         let model = canon::unshare_fills(&model).unwrap_or(model);
@@ -45,9 +46,10 @@ impl Ir {
         match canon::canonicalize(&ir) {
             Some((model, rewrites)) => Ok(Ir {
                 rewrites,
+                fingerprint,
                 ..Ir::infer(model, samples, ir.if_facts.clone())?
             }),
-            None => Ok(ir),
+            None => Ok(Ir { fingerprint, ..ir }),
         }
     }
 
@@ -55,7 +57,11 @@ impl Ir {
     /// without canonicalising it again: a pattern that appears only after slicing (a
     /// GroupNorm left with one channel) stays as it is.
     pub fn canonical(model: ModelProto, samples: usize) -> Result<Ir> {
-        Ir::fold_ifs_and_infer(model, samples)
+        let fingerprint = crate::ir::fingerprint(&model);
+        Ok(Ir {
+            fingerprint,
+            ..Ir::fold_ifs_and_infer(model, samples)?
+        })
     }
 
     /// Shape inference that resolves the `If`s whose condition folds from shapes (the
@@ -303,6 +309,7 @@ impl Ir {
             rewrites: vec![],
             opaque,
             if_facts: given.clone(),
+            fingerprint: String::new(),
         }))
     }
 }

@@ -263,6 +263,47 @@ fn masks_are_stamped_for_their_model_found_by_key_and_refused_for_another() {
         ..b.masks.clone()
     };
     assert_eq!(plain.clone().resolved(&ir, &gs).unwrap(), plain);
+    // the fingerprint is the model's as given, not its canonical form's: a canonical
+    // rewrite (a one-group GroupNorm as exported, rewritten to its ReduceMean form) added
+    // or changed later does not disown a masks file; files stamped with the canonical
+    // form, as before 2026-11-26, still resolve
+    let mut g = common::G::new(&[1, 2, -1]);
+    let h = g.conv("x", 2, 4, 1, 1, 0);
+    let flat = g.const_i("flat", vec![0, 1, -1]);
+    let r = g.node("Reshape", &[&h, &flat], vec![]);
+    let one = g.const_f("one", &[1], vec![1.0]);
+    let zero = g.const_f("zero", &[1], vec![0.0]);
+    let n = g.node("InstanceNormalization", &[&r, &one, &zero], vec![]);
+    let shape = g.node("Shape", &[&h], vec![]);
+    let n = g.node("Reshape", &[&n, &shape], vec![]);
+    let y = g.conv(&n, 4, 2, 1, 1, 0);
+    let given = g.output(&y, &[1, 2, -1]);
+    let gn = Ir::new(given.clone(), 64).unwrap();
+    assert!(!gn.rewrites.is_empty(), "the GroupNorm is rewritten");
+    let ggs = analyze_groups(&gn).unwrap();
+    assert_eq!(fingerprint(&gn), sepprune::ir::fingerprint(&given));
+    let canonical = sepprune::ir::fingerprint_of(
+        gn.nodes().iter(),
+        gn.graph()
+            .initializer
+            .iter()
+            .map(|t| (t.name(), t.dims.as_slice())),
+    );
+    assert_ne!(canonical, fingerprint(&gn));
+    let all = Budget {
+        scope: sepprune::prune::Scope::All,
+        ..Budget::new(0.5)
+    };
+    let gm = masks_for_ratio(&gn, &ggs, &all)
+        .unwrap()
+        .masks
+        .stamped(&gn, &ggs);
+    assert!(!gm.groups.is_empty());
+    let legacy = Masks {
+        model: Some(canonical),
+        ..gm.clone()
+    };
+    assert_eq!(legacy.resolved(&gn, &ggs).unwrap().groups, gm.groups);
     // another model's masks are refused, naming both fingerprints
     let other = Ir::new(common::tiny_bilstm(), 500).unwrap();
     let og = analyze_groups(&other).unwrap();
