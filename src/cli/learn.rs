@@ -279,7 +279,7 @@ pub fn run(a: Args) -> Result<()> {
             clip: 5.0,
             finetune_steps,
         }),
-        sv: sv.then(|| sepprune::learn::speaker::SvConfig {
+        sv: sv.then_some(sepprune::learn::speaker::SvConfig {
             dim: sv_dim,
             scale: sv_scale,
             margin: sv_margin,

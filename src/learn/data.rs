@@ -122,6 +122,9 @@ pub fn input_crops(data: &Path, samples: usize, crops_per_file: usize) -> Result
     Ok(mixture_windows(&examples, samples, crops_per_file))
 }
 
+/// A crop `[samples]` and its speaker's label.
+pub type SpeakerCrop = (Vec<f32>, usize);
+
 /// Speech crops labelled by speaker, for in-situ speaker-verification training: up to
 /// `crops_per_file` of the most energetic windows `[samples]` of every audio file under
 /// `data` (16 kHz), each with its speaker's label, and the speakers (label order: sorted
@@ -133,7 +136,7 @@ pub fn speaker_crops(
     data: &Path,
     samples: usize,
     crops_per_file: usize,
-) -> Result<(Vec<(Vec<f32>, usize)>, Vec<String>)> {
+) -> Result<(Vec<SpeakerCrop>, Vec<String>)> {
     use crate::audio::corpus::{audio_files, speaker_of};
     let files = audio_files(data)?;
     let mut speakers: Vec<String> = files.iter().map(|f| speaker_of(data, f)).collect();

@@ -304,14 +304,13 @@ pub fn learn(model: &ModelProto, data: &Path, o: &LearnOptions) -> Result<Learne
             cfg,
             graph.device(),
         )?);
-        crops
+        let (inputs, l): (Vec<Vec<f32>>, Vec<usize>) = crops.into_iter().unzip();
+        labels = l;
+        inputs
             .into_iter()
-            .map(|(input, label)| {
-                labels.push(label);
-                Item {
-                    input,
-                    targets: vec![],
-                }
+            .map(|input| Item {
+                input,
+                targets: vec![],
             })
             .collect()
     } else if o.distill {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 /// Where [`Ir::infer_step`] stopped.
 enum Step {
-    Done(Ir),
+    Done(Box<Ir>),
     /// At node `node`, an `If` whose condition `cond` is the constant `take`; `facts`: what
     /// was inferred before it.
     If {
@@ -74,7 +74,7 @@ impl Ir {
         let mut given: HashMap<String, Vec<Fact>> = HashMap::new();
         loop {
             let (ni, cond, take) = match Ir::infer_step(model.clone(), samples, &given)? {
-                Step::Done(ir) => return Ok(ir),
+                Step::Done(ir) => return Ok(*ir),
                 Step::If {
                     node, cond, take, ..
                 } => (node, cond, take),
@@ -120,7 +120,7 @@ impl Ir {
     /// the length-dependent ones).
     fn infer(model: ModelProto, samples: usize, given: HashMap<String, Vec<Fact>>) -> Result<Ir> {
         match Ir::infer_step(model, samples, &given)? {
-            Step::Done(ir) => Ok(ir),
+            Step::Done(ir) => Ok(*ir),
             Step::If { node, .. } => Err(Error::Graph(format!(
                 "If node {node} has a constant condition left unresolved"
             ))),
@@ -299,7 +299,7 @@ impl Ir {
                 )));
             }
         }
-        Ok(Step::Done(Ir {
+        Ok(Step::Done(Box::new(Ir {
             model,
             samples,
             facts,
@@ -310,6 +310,6 @@ impl Ir {
             opaque,
             if_facts: given.clone(),
             fingerprint: String::new(),
-        }))
+        })))
     }
 }
