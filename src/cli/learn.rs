@@ -364,6 +364,12 @@ pub fn run(a: Args) -> Result<()> {
             100.0 * b.params.1 as f64 / b.params.0.max(1) as f64,
             b.masks.groups.len()
         );
+        if let Some(a) = r.head_accuracy {
+            println!(
+                "  speaker head: {:.1}% of the training crops right after its warm-up",
+                100.0 * a
+            );
+        }
         for (l, c) in &r.heldout {
             println!("  held-out cosine to the original at {l}: {c:.4}");
         }
