@@ -34,6 +34,10 @@ pub struct Masks {
     /// The [`fingerprint`] of the model the masks were made for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The fingerprint of that model's canonical form ([`canonical_fingerprint`]): what a
+    /// model written from the IR (trained weights, `learn --model-out`) shares with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canonical: Option<String>,
     pub groups: BTreeMap<usize, GroupMask>,
 }
 
@@ -44,9 +48,11 @@ pub fn fingerprint(ir: &Ir) -> String {
     ir.fingerprint.clone()
 }
 
-/// The fingerprint of the canonical graph, which files written before 2026-11-26 carry:
-/// still accepted when reading.
-fn canonical_fingerprint(ir: &Ir) -> String {
+/// The fingerprint of the canonical graph: the same for a model and for one written from
+/// its IR (the exporter's norm forms restored, the other canonical rewrites kept), as
+/// `learn --model-out` writes a model with trained weights. Files written before
+/// 2026-11-26 carry it as their `model`.
+pub fn canonical_fingerprint(ir: &Ir) -> String {
     crate::ir::fingerprint_of(
         ir.nodes().iter(),
         ir.graph()
@@ -73,6 +79,7 @@ impl Masks {
         Masks {
             format: "sepprune-masks/1".into(),
             model: None,
+            canonical: None,
             groups: BTreeMap::new(),
         }
     }
@@ -81,20 +88,26 @@ impl Masks {
     pub fn stamped(&self, ir: &Ir, groups: &Groups) -> Masks {
         let mut m = self.clone();
         m.model = Some(fingerprint(ir));
+        m.canonical = Some(canonical_fingerprint(ir));
         for (id, gm) in m.groups.iter_mut() {
             gm.key = groups.groups.get(*id).map(group_key);
         }
         m
     }
 
-    /// These masks for `ir`'s groups: refused when stamped for another model; groups found
-    /// by key where the file has keys.
+    /// These masks for `ir`'s groups: refused when stamped for another model (neither the
+    /// model as given nor its canonical form match); groups found by key where the file has
+    /// keys.
     ///
     /// Errors: [`Error::Masks`] for another model's masks or a key no group has.
     pub fn resolved(self, ir: &Ir, groups: &Groups) -> Result<Masks> {
         if let Some(m) = &self.model {
             let here = fingerprint(ir);
-            if *m != here && *m != canonical_fingerprint(ir) {
+            let canonical = canonical_fingerprint(ir);
+            let same = *m == here
+                || *m == canonical
+                || self.canonical.as_deref() == Some(canonical.as_str());
+            if !same {
                 return Err(Error::Masks(format!(
                     "made for another model (fingerprint {m}; this model is {here}): masks \
                      index the channel groups of one model"

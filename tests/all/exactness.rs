@@ -301,9 +301,38 @@ fn masks_are_stamped_for_their_model_found_by_key_and_refused_for_another() {
     assert!(!gm.groups.is_empty());
     let legacy = Masks {
         model: Some(canonical),
+        canonical: None,
         ..gm.clone()
     };
     assert_eq!(legacy.resolved(&gn, &ggs).unwrap().groups, gm.groups);
+    // a model written from the IR (as `learn --model-out` writes trained weights) keeps the
+    // rewrites that compute nothing (an Identity of a weight bypassed): another model as
+    // given, the same canonical form, and its masks still apply
+    let mut g = common::G::new(&[1, 2, -1]);
+    let w = g.weight("w", &[4, 2, 1]);
+    let wi = g.node("Identity", &[&w], vec![]);
+    let b = g.weight("b", &[4]);
+    let h = g.node(
+        "Conv",
+        &["x", &wi, &b],
+        vec![sepprune::onnx::ints_attr("kernel_shape", &[1])],
+    );
+    let y = g.conv(&h, 4, 2, 1, 1, 0);
+    let given = g.output(&y, &[1, 2, -1]);
+    let ir1 = Ir::new(given, 64).unwrap();
+    let gs1 = analyze_groups(&ir1).unwrap();
+    let m1 = masks_for_ratio(&ir1, &gs1, &all)
+        .unwrap()
+        .masks
+        .stamped(&ir1, &gs1);
+    assert!(!m1.groups.is_empty());
+    let written = Ir::new(ir1.exported(&ir1.model), 64).unwrap();
+    assert_ne!(fingerprint(&written), fingerprint(&ir1));
+    let gsw = analyze_groups(&written).unwrap();
+    assert_eq!(
+        m1.clone().resolved(&written, &gsw).unwrap().groups,
+        m1.groups
+    );
     // another model's masks are refused, naming both fingerprints
     let other = Ir::new(common::tiny_bilstm(), 500).unwrap();
     let og = analyze_groups(&other).unwrap();
