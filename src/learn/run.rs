@@ -190,11 +190,11 @@ fn task_loss(
             let out = states
                 .last()
                 .ok_or_else(|| Error::Graph("no output state".into()))?;
-            let (sv, _) = h.loss(out, label)?;
+            let sv = h.loss(out, label)?;
             let kd = d.loss(&states, t)?.0;
             (sv + kd).map_err(Error::candle("loss"))
         }
-        (Some((h, label)), _, _) => Ok(h.loss(&graph.forward(x, overrides)?, label)?.0),
+        (Some((h, label)), _, _) => h.loss(&graph.forward(x, overrides)?, label),
         (None, Some(d), Some(t)) => Ok(d.loss(&d.states(graph, x, overrides)?, t)?.0),
         _ => {
             let y = graph.forward(x, overrides)?;

@@ -193,14 +193,14 @@ impl SpeakerHead {
             ));
             for &i in &order {
                 let (y, label) = &outputs[i];
-                let (loss, _) = self.params.loss(y, *label)?;
+                let loss = self.params.loss(y, *label)?;
                 let grads = loss.backward().map_err(Error::candle("speaker head"))?;
                 self.update(&grads)?;
             }
         }
         let mut right = 0;
         for (y, label) in outputs {
-            right += self.params.loss(y, *label)?.1 as usize;
+            right += (self.params.nearest(y)? == *label) as usize;
         }
         Ok(right as f64 / outputs.len().max(1) as f64)
     }
@@ -234,11 +234,10 @@ impl HeadParams {
         en.matmul(&wn).map_err(e)
     }
 
-    /// The AM-softmax loss (module docs) of output `y` for speaker `label`, and whether the
-    /// nearest class (by cosine) is `label`.
+    /// The AM-softmax loss (module docs) of output `y` for speaker `label`.
     ///
     /// Errors: as [`HeadParams::embed`]; a label out of range.
-    pub fn loss(&self, y: &Tensor, label: usize) -> Result<(Tensor, bool)> {
+    pub fn loss(&self, y: &Tensor, label: usize) -> Result<Tensor> {
         let e = Error::candle("AM-softmax");
         let cos = self.cosines(y)?;
         let n = cos.dim(1).map_err(e)?;
@@ -250,16 +249,23 @@ impl HeadParams {
         let margin = Tensor::from_vec(m, (1, n), cos.device()).map_err(e)?;
         let logits = (cos.broadcast_sub(&margin).map_err(e)? * self.scale).map_err(e)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(e)?;
-        let loss = logp
-            .narrow(1, label, 1)
+        logp.narrow(1, label, 1)
             .and_then(|l| l.neg())
             .and_then(|l| l.sum_all())
-            .map_err(e)?;
-        let best = cos
+            .map_err(e)
+    }
+
+    /// The speaker whose class vector is nearest (by cosine) to `y`'s embedding.
+    ///
+    /// Errors: as [`HeadParams::embed`].
+    pub fn nearest(&self, y: &Tensor) -> Result<usize> {
+        let e = Error::candle("speaker head");
+        let best = self
+            .cosines(y)?
             .argmax(D::Minus1)
             .and_then(|a| a.flatten_all())
             .and_then(|a| a.to_vec1::<u32>())
             .map_err(e)?;
-        Ok((loss, best.first() == Some(&(label as u32))))
+        Ok(best.first().copied().unwrap_or(0) as usize)
     }
 }

@@ -303,16 +303,7 @@ fn speaker_verification_scores_every_pair_of_speaker_folders() {
     let model = g.output(&e, &[1, 4]);
     let dir = tempfile::tempdir().unwrap();
     // two "speakers": low and high tones, three utterances each of different lengths
-    for (spk, f) in [("a", 0.02f32), ("b", 0.6)] {
-        std::fs::create_dir_all(dir.path().join(spk)).unwrap();
-        for k in 0..3 {
-            let x: Vec<f32> = (0..1600 + 200 * k)
-                .map(|i| (i as f32 * f * (1.0 + 0.05 * k as f32)).sin() * 0.3)
-                .collect();
-            sepprune::audio::wav::write(&dir.path().join(format!("{spk}/u{k}.wav")), &x, 16000)
-                .unwrap();
-        }
-    }
+    crate::common::speaker_tones(dir.path(), &[("a", 0.02), ("b", 0.6)], 1600);
     let r = sepprune::sv::evaluate(&model, dir.path(), sepprune::runtime::Runtime::Tract, false)
         .unwrap();
     assert_eq!((r.utterances, r.speakers), (6, 2));

@@ -266,7 +266,8 @@ fn self_pinching_writes_the_slim_trained_model_in_one_pass() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["slim"]["check_passed"], true);
+    // all gates at 1, the learned masks and two random masks, all passed (else no file)
+    assert!(v["slim"]["checks"].as_u64().unwrap() >= 4, "{}", v["slim"]);
     let p = |m: &std::path::Path| {
         let ir = sepprune::ir::Ir::new(sepprune::onnx::load(m).unwrap(), 1000).unwrap();
         sepprune::analysis::profile(&ir).params

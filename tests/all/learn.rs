@@ -225,20 +225,7 @@ fn learner_is_deterministic_resumable_and_meets_the_budget() {
     let kept = a.budgeted.scope_macs.1 as f64 / a.budgeted.scope_macs.0 as f64;
     assert!((kept - 0.6).abs() < 0.1, "kept {kept}");
     // the masks slim the model exactly like the gate graph computes it
-    let ir = Ir::new(model, 1000).unwrap();
-    let gs = analyze_groups(&ir).unwrap();
-    let x = verify::test_signal(1000, 16000.0);
-    let r = verify::check(
-        &ir,
-        &gs,
-        Some((&a.budgeted.masks, None)),
-        0,
-        0,
-        &x,
-        sepprune::runtime::Runtime::Tract,
-    )
-    .unwrap();
-    assert!(r.passed, "{:?}", r.trials);
+    assert_slims_exactly(model, &a.budgeted.masks);
 }
 
 #[test]
@@ -497,20 +484,7 @@ fn self_pinching_learns_one_threshold_per_layer_with_the_weights_deterministical
     // trained model exactly
     let kept = a.budgeted.total_macs.1 as f64 / a.budgeted.total_macs.0 as f64;
     assert!((kept - 0.6).abs() < 0.1, "kept {kept}");
-    let ir = Ir::new(ma, 1000).unwrap();
-    let gs = analyze_groups(&ir).unwrap();
-    let x = verify::test_signal(1000, 16000.0);
-    let r = verify::check(
-        &ir,
-        &gs,
-        Some((&a.budgeted.masks, None)),
-        0,
-        0,
-        &x,
-        sepprune::runtime::Runtime::Tract,
-    )
-    .unwrap();
-    assert!(r.passed, "{:?}", r.trials);
+    assert_slims_exactly(ma, &a.budgeted.masks);
 }
 
 /// The speaker head: statistics pooling is the mean and standard deviation over frames;
@@ -542,7 +516,7 @@ fn speaker_head_pools_statistics_and_its_am_softmax_has_the_right_gradient() {
     let head = SpeakerHead::new(4, 3, &cfg, &dev).unwrap();
     let y0 = vec![0.3f32, -0.2, 0.5, 0.1, 0.4, -0.6];
     let yv = Var::from_tensor(&Tensor::from_vec(y0.clone(), (1, 3, 2), &dev).unwrap()).unwrap();
-    let (loss, _) = head.params.loss(yv.as_tensor(), 2).unwrap();
+    let loss = head.params.loss(yv.as_tensor(), 2).unwrap();
     let grads = loss.backward().unwrap();
     let g: Vec<f32> = grads
         .get(&yv)
@@ -553,7 +527,7 @@ fn speaker_head_pools_statistics_and_its_am_softmax_has_the_right_gradient() {
         .unwrap();
     let at = |v: Vec<f32>| -> f64 {
         let t = Tensor::from_vec(v, (1, 3, 2), &dev).unwrap();
-        let (l, _) = head.params.loss(&t, 2).unwrap();
+        let l = head.params.loss(&t, 2).unwrap();
         l.to_scalar::<f32>().unwrap() as f64
     };
     let h = 1e-2f32;
@@ -583,21 +557,22 @@ fn speaker_head_pools_statistics_and_its_am_softmax_has_the_right_gradient() {
     )
     .unwrap();
     let y = Tensor::from_vec(y0.clone(), (1, 3, 2), &dev).unwrap();
-    let l = |h: &SpeakerHead| h.params.loss(&y, 0).unwrap().0.to_scalar::<f32>().unwrap();
+    let l = |h: &SpeakerHead| h.params.loss(&y, 0).unwrap().to_scalar::<f32>().unwrap();
     assert!(l(&head) > l(&no_margin));
     // the head alone learns a fixed output's speaker
     let mut head = head;
     let before = l(&head);
     for _ in 0..50 {
-        let (loss, _) = head.params.loss(&y, 0).unwrap();
+        let loss = head.params.loss(&y, 0).unwrap();
         head.update(&loss.backward().unwrap()).unwrap();
     }
-    let (after, right) = head.params.loss(&y, 0).unwrap();
-    assert!(
-        after.to_scalar::<f32>().unwrap() < 0.5 * before,
-        "{before} -> {after}"
+    let after = l(&head);
+    assert!(after < 0.5 * before, "{before} -> {after}");
+    assert_eq!(
+        head.params.nearest(&y).unwrap(),
+        0,
+        "the nearest class is the speaker"
     );
-    assert!(right, "the nearest class is the speaker");
     assert!(
         SpeakerHead::new(4, 1, &cfg, &dev).is_err(),
         "one speaker is no task"
@@ -626,16 +601,7 @@ fn in_situ_speaker_pruning_trains_a_head_with_the_masks_and_weights() {
     let model = g.output(&t, &[1, -1, 4]);
     // three "speakers": tones of their own pitch, three utterances each
     let dir = tempfile::tempdir().unwrap();
-    for (spk, f) in [("a", 0.05f32), ("b", 0.3), ("c", 1.1)] {
-        std::fs::create_dir_all(dir.path().join(spk)).unwrap();
-        for k in 0..3 {
-            let x: Vec<f32> = (0..800 + 100 * k)
-                .map(|i| (i as f32 * f * (1.0 + 0.03 * k as f32)).sin() * 0.3)
-                .collect();
-            sepprune::audio::wav::write(&dir.path().join(format!("{spk}/u{k}.wav")), &x, 16000)
-                .unwrap();
-        }
-    }
+    common::speaker_tones(dir.path(), &[("a", 0.05), ("b", 0.3), ("c", 1.1)], 800);
     let opts = |head_epochs: usize| LearnOptions {
         cfg: Default::default(),
         method: Method::HardConcrete(HcConfig {
@@ -689,13 +655,18 @@ fn in_situ_speaker_pruning_trains_a_head_with_the_masks_and_weights() {
     let kept = a.budgeted.params.1 as f64 / a.budgeted.params.0 as f64;
     assert!(a.budgeted.masks.groups.len() == 1, "{:?}", a.budgeted.masks);
     assert!((kept - 0.7).abs() <= 14.0 / 108.0 + 1e-9, "kept {kept}");
-    let ir = Ir::new(ma, 1000).unwrap();
+    assert_slims_exactly(ma, &a.budgeted.masks);
+}
+
+/// `masks` slim `model` to what its gate graph computes under them (tract, 1000 samples).
+fn assert_slims_exactly(model: sepprune::onnx::ModelProto, masks: &sepprune::prune::Masks) {
+    let ir = Ir::new(model, 1000).unwrap();
     let gs = analyze_groups(&ir).unwrap();
     let x = verify::test_signal(1000, 16000.0);
     let r = verify::check(
         &ir,
         &gs,
-        Some((&a.budgeted.masks, None)),
+        Some((masks, None)),
         0,
         0,
         &x,

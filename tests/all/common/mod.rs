@@ -312,3 +312,18 @@ pub fn tiny_set(dir: &std::path::Path, files: usize) {
         wav::write(&dir.join(format!("s1/m{k}.wav")), &s, 16000).unwrap();
     }
 }
+
+/// Speaker folders of tones: for each `(name, f)`, three utterances `name/u{k}.wav` of a
+/// sine at `f` radians per sample (detuned by 3% per utterance), `len + len / 8 * k`
+/// samples long, at 16 kHz: "speakers" any filter bank tells apart.
+pub fn speaker_tones(dir: &std::path::Path, speakers: &[(&str, f32)], len: usize) {
+    for &(spk, f) in speakers {
+        std::fs::create_dir_all(dir.join(spk)).unwrap();
+        for k in 0..3 {
+            let x: Vec<f32> = (0..len + len / 8 * k)
+                .map(|i| (i as f32 * f * (1.0 + 0.03 * k as f32)).sin() * 0.3)
+                .collect();
+            sepprune::audio::wav::write(&dir.join(format!("{spk}/u{k}.wav")), &x, 16000).unwrap();
+        }
+    }
+}
