@@ -8,13 +8,22 @@
 #   per driver symbol that cudarc references (the real driver is loaded at run time);
 # - kernels are compiled for $CUDA_COMPUTE_CAP (default 90: Hopper, the H100 and H200).
 #
-# Usage: scripts/cuda_build.sh [--release]   (the binary: target/{debug,release}/sepprune)
+# Usage: scripts/cuda_build.sh [--release] [--lib-tests]   (the binary:
+# target/{debug,release}/sepprune; --lib-tests also builds the library's unit tests, which
+# hold the CPU/CUDA parity tests, and prints the test executable's path)
 # Running the binary needs libcudart.so.13, libcublas.so.13, libcurand.so.10 on
 # LD_LIBRARY_PATH (a PyTorch cu130 environment has them in nvidia/cu13/lib).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flags=(--locked --features cuda --bins)
-[ "${1:-}" = --release ] && flags+=(--release)
+lib_tests=0
+for a in "$@"; do
+  case $a in
+    --release) flags+=(--release) ;;
+    --lib-tests) lib_tests=1 ;;
+    *) echo "cuda_build: unknown argument $a"; exit 2 ;;
+  esac
+done
 wheels=${CUDA_WHEELS:-target/cuda-toolkit}
 if [ ! -x "$wheels/nvidia/cu13/bin/nvcc" ]; then
   echo "cuda_build: installing the CUDA 13 toolkit wheels into $wheels"
@@ -59,3 +68,12 @@ if ! cargo build "${flags[@]}" 2> "$stub/build.log"; then
   fi
 fi
 echo "cuda_build: built ${flags[*]}"
+if [ $lib_tests = 1 ]; then
+  test_flags=("${flags[@]/--bins/--lib}")
+  cargo test "${test_flags[@]}" --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["lib"]:
+        print("cuda_build: unit tests", m["executable"])'
+fi

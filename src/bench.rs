@@ -4,6 +4,8 @@
 //!
 //! On a GPU (`ort-cuda`) the input is copied to device memory once and the output stays
 //! there: a timed run is the model's execution on the device, not the PCIe copies.
+pub mod train;
+
 use crate::analysis::profile;
 use crate::error::{Error, Result};
 use crate::ir::Ir;

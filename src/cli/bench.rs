@@ -26,6 +26,14 @@ pub struct Args {
     pub runs: usize,
     #[arg(long)]
     pub json: bool,
+    /// Time Candle training steps instead of inference (fine-tuning: forward, backward,
+    /// AdamW; mask learning: a Gumbel-Softmax step), on the CPU (all cores) or with `--cuda`
+    /// on the GPU. `--runtime`, `--batch`, `--threads` do not apply.
+    #[arg(long)]
+    pub train: bool,
+    /// With `--train`: on the first CUDA GPU (a build with `--features cuda`).
+    #[arg(long, requires = "train")]
+    pub cuda: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -39,12 +47,30 @@ pub fn run(a: Args) -> Result<()> {
         warmup,
         runs,
         json,
+        train,
+        cuda,
     } = a;
     anyhow::ensure!(!models.is_empty(), "give at least one model");
     let ms: Vec<(String, onnx::ModelProto)> = models
         .iter()
         .map(|p| Ok((p.display().to_string(), onnx::load(p)?)))
         .collect::<Result<_>>()?;
+    if train {
+        use sepprune::bench::train;
+        let device = sepprune::learn::device(cuda)?;
+        let mut rows = vec![];
+        for (name, m) in &ms {
+            rows.extend(train::bench_train(
+                name, m, &seconds, &device, warmup, runs,
+            )?);
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            print!("{}", train::markdown(&rows));
+        }
+        return Ok(());
+    }
     let o = sepprune::bench::BenchOptions {
         seconds,
         batches: batch,

@@ -12,6 +12,7 @@
 //! training noises, which a refit student already reproduces.
 //! Learnable parameters are what each op rule names ([`crate::ops::OpRule::params`]):
 //! weights, biases, affine scales, slopes. Everything else in the model is left unchanged.
+use super::adam::{Adam, AdamConfig};
 use super::data::{crops_of, epoch_order};
 use super::graph::CandleGraph;
 use super::gumbel::Item;
@@ -21,7 +22,6 @@ use crate::error::{Error, Result};
 use crate::ir::Ir;
 use crate::onnx::{ModelProto, Tensor};
 use candle_core::{DType, Device, Tensor as CTensor, Var};
-use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -182,30 +182,23 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-/// Scales the gradients of `vars` in `grads` so that their global L2 norm is at most
-/// `clip` (0: unchanged); returns that norm before clipping (NaN when a gradient is).
+/// The scale that clips the gradients of `vars` in `grads` to a global L2 norm of at most
+/// `clip` (0: no clipping), and that norm before clipping (NaN when a gradient is).
 ///
 /// Errors: a gradient that cannot be read.
-pub fn clip_grads(
+pub fn clip_scale(
     vars: &[(String, Var)],
-    grads: &mut candle_core::backprop::GradStore,
+    grads: &candle_core::backprop::GradStore,
     clip: f64,
-) -> Result<f64> {
-    let mut sq = 0f64;
-    for (_, v) in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            sq += scalar(&g.sqr().and_then(|g| g.sum_all()).map_err(ce)?)?;
-        }
-    }
-    let norm = sq.sqrt();
-    if clip > 0.0 && norm > clip {
-        for (_, v) in vars {
-            if let Some(g) = grads.remove(v.as_tensor()) {
-                grads.insert(v.as_tensor(), (g * (clip / norm)).map_err(ce)?);
-            }
-        }
-    }
-    Ok(norm)
+) -> Result<(f64, f64)> {
+    let vars: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+    let norm = super::adam::grad_norm(&vars, grads).map_err(ce)?;
+    let scale = if clip > 0.0 && norm > clip {
+        clip / norm
+    } else {
+        1.0
+    };
+    Ok((norm, scale))
 }
 
 /// Per parameter, a 0/1 tensor that is 0 where the weight is exactly zero, for those that
@@ -260,7 +253,7 @@ pub struct Trainer {
     vars: Vec<(String, Var)>,
     /// Where each parameter is exactly zero ([`zero_masks`]): kept at zero.
     zeros: Vec<Option<CTensor>>,
-    opt: AdamW,
+    opt: Adam,
     clip: f64,
     loss: Loss,
     /// Decay and the moving average of every parameter ([`Trainer::set_ema`]).
@@ -302,13 +295,9 @@ impl Trainer {
                 Ok((n.clone(), Var::from_tensor(t).map_err(ce)?))
             })
             .collect::<Result<_>>()?;
-        let opt = AdamW::new(
+        let opt = Adam::new(
             vars.iter().map(|(_, v)| v.clone()).collect(),
-            ParamsAdamW {
-                lr,
-                weight_decay: 0.0,
-                ..Default::default()
-            },
+            AdamConfig::lr(lr),
         )
         .map_err(ce)?;
         Ok(Trainer {
@@ -396,6 +385,32 @@ impl Trainer {
     ///
     /// Errors: the forward pass, or a non-finite loss.
     pub fn step(&mut self, item: &Item) -> Result<f64> {
+        self.step_phases(item, None)
+    }
+
+    /// [`Trainer::step`] that also times its phases: wall seconds of the forward pass and
+    /// loss, the backward pass, and the update (clipping, AdamW, moving average), the
+    /// device synchronised at each boundary (for `bench --train`; the syncs cost a GPU
+    /// some overlap of host and device work).
+    ///
+    /// Errors: as [`Trainer::step`].
+    pub fn step_timed(&mut self, item: &Item) -> Result<(f64, [f64; 3])> {
+        let mut t = [0.0; 3];
+        let lv = self.step_phases(item, Some(&mut t))?;
+        Ok((lv, t))
+    }
+
+    fn step_phases(&mut self, item: &Item, mut timed: Option<&mut [f64; 3]>) -> Result<f64> {
+        let mut clock = std::time::Instant::now();
+        let device = self.graph.device().clone();
+        let mut lap = |k: usize, timed: &mut Option<&mut [f64; 3]>| -> Result<()> {
+            if let Some(t) = timed {
+                device.synchronize().map_err(ce)?;
+                t[k] = clock.elapsed().as_secs_f64();
+                clock = std::time::Instant::now();
+            }
+            Ok(())
+        };
         let x = self.graph.input(&item.input)?;
         let (y, acts) = match &self.hints {
             Some((h, _)) => self
@@ -420,10 +435,12 @@ impl Trainer {
             }
             loss = (loss + (hl * *w).map_err(ce)?).map_err(ce)?;
         }
+        lap(0, &mut timed)?;
         let mut grads = loss.backward().map_err(ce)?;
+        lap(1, &mut timed)?;
         keep_zeros(&self.vars, &self.zeros, &mut grads)?;
-        clip_grads(&self.vars, &mut grads, self.clip)?;
-        self.opt.step(&grads).map_err(ce)?;
+        let (_, scale) = clip_scale(&self.vars, &grads, self.clip)?;
+        self.opt.step(&grads, scale).map_err(ce)?;
         if let Some((decay, avg)) = &mut self.ema {
             for ((_, v), a) in self.vars.iter().zip(avg.iter_mut()) {
                 let w = v.as_tensor().detach();
@@ -431,6 +448,7 @@ impl Trainer {
                     .map_err(ce)?;
             }
         }
+        lap(2, &mut timed)?;
         Ok(lv)
     }
 

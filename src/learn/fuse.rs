@@ -59,6 +59,20 @@ impl Fusion {
     }
 }
 
+impl Fusion {
+    /// Entries of one channel contiguous in the data input (the product of its dims after
+    /// the affine axis; `usize::MAX` for a normalisation alone), which decides where the
+    /// kernel runs ([`crate::ops::kernels::applies`]).
+    pub fn run_len(&self, ir: &Ir) -> usize {
+        let axis = match self.kind {
+            Kind::Normalize { .. } => return usize::MAX,
+            Kind::Affine { axis } | Kind::NormalizeAffine { axis, .. } => axis,
+        };
+        ir.fact(&self.inputs[0])
+            .map_or(0, |f| f.shape.iter().skip(axis + 1).product())
+    }
+}
+
 /// Every fusable chain of `ir`, in graph order of their first nodes.
 pub fn find(ir: &Ir) -> Vec<Fusion> {
     let chains: Vec<Fusion> = (0..ir.nodes().len())

@@ -94,11 +94,11 @@ impl CandleGraph {
                 }
             }
         }
-        // fused kernels run on the CPU in f32 and f64
-        let fusable = device.is_cpu() && matches!(dtype, DType::F32 | DType::F64);
+        // where the fused kernels apply (the CPU; CUDA in f32 for long enough runs)
         let mut fused = HashMap::new();
         let mut in_fusion = vec![false; ir.nodes().len()];
-        for f in fuse::find(&ir).into_iter().filter(|_| fusable) {
+        let fusable = |f: &Fusion| ops::kernels::applies(device, dtype, f.run_len(&ir));
+        for f in fuse::find(&ir).into_iter().filter(fusable) {
             if f.nodes.iter().all(|&i| run[i] && !in_fusion[i]) {
                 for &i in &f.nodes {
                     in_fusion[i] = true;

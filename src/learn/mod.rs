@@ -4,6 +4,7 @@
 //! weights, [`self_pinching`]), distillation targets ([`distill`]), a speaker head for in-situ
 //! speaker-verification pruning ([`speaker`]), and fine-tuning ([`finetune`],
 //! optionally on dynamically mixed examples, [`augment`]).
+pub mod adam;
 pub mod augment;
 pub mod data;
 pub mod distill;
@@ -40,13 +41,24 @@ pub fn progress_bar(len: usize, show: bool) -> indicatif::ProgressBar {
 
 /// The Candle device: CPU, or with `cuda` the first CUDA GPU.
 ///
+/// On the GPU every tensor lives on the device's one stream, so cudarc's per-launch event
+/// tracking (which orders uses across streams: an event recorded and waited on for every
+/// buffer of every kernel) is turned off.
+///
 /// Errors: `cuda` in a build without the `cuda` cargo feature, or no usable GPU.
 pub fn device(cuda: bool) -> crate::error::Result<candle_core::Device> {
     if !cuda {
         return Ok(candle_core::Device::Cpu);
     }
-    candle_core::Device::new_cuda(0).map_err(|e| crate::error::Error::Candle {
+    let device = candle_core::Device::new_cuda(0).map_err(|e| crate::error::Error::Candle {
         stage: "CUDA device 0",
         msg: format!("{e} (build with `cargo build --release --features cuda`)"),
-    })
+    })?;
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = &device {
+        // SAFETY: sepprune makes no other stream: every tensor is allocated, used and freed
+        // on the device's stream, in order
+        unsafe { d.disable_event_tracking() };
+    }
+    Ok(device)
 }

@@ -106,13 +106,12 @@ struct WeightTrainer {
     vars: Vec<(String, candle_core::Var)>,
     /// Exact zeros stay zero ([`super::finetune::zero_masks`]).
     zeros: Vec<Option<candle_core::Tensor>>,
-    opt: candle_nn::optim::AdamW,
+    opt: super::adam::Adam,
     clip: f64,
 }
 
 impl WeightTrainer {
     fn new(graph: &CandleGraph, names: &[String], w: &WeightTraining) -> Result<WeightTrainer> {
-        use candle_nn::optim::Optimizer;
         let e = Error::candle("weights");
         let vars: Vec<(String, candle_core::Var)> = names
             .iter()
@@ -123,13 +122,9 @@ impl WeightTrainer {
                 Ok((n.clone(), candle_core::Var::from_tensor(t).map_err(e)?))
             })
             .collect::<Result<_>>()?;
-        let opt = candle_nn::optim::AdamW::new(
+        let opt = super::adam::Adam::new(
             vars.iter().map(|(_, v)| v.clone()).collect(),
-            candle_nn::optim::ParamsAdamW {
-                lr: w.lr,
-                weight_decay: 0.0,
-                ..Default::default()
-            },
+            super::adam::AdamConfig::lr(w.lr),
         )
         .map_err(e)?;
         Ok(WeightTrainer {
@@ -151,12 +146,14 @@ impl WeightTrainer {
     /// takes an optimiser step; none when a gradient is not finite (a sample that closes a
     /// whole layer before an L2 normalisation).
     fn update(&mut self, grads: &mut candle_core::backprop::GradStore) -> Result<()> {
-        use candle_nn::optim::Optimizer;
         super::finetune::keep_zeros(&self.vars, &self.zeros, grads)?;
-        if !super::finetune::clip_grads(&self.vars, grads, self.clip)?.is_finite() {
+        let (norm, scale) = super::finetune::clip_scale(&self.vars, grads, self.clip)?;
+        if !norm.is_finite() {
             return Ok(());
         }
-        self.opt.step(grads).map_err(Error::candle("weights"))
+        self.opt
+            .step(grads, scale)
+            .map_err(Error::candle("weights"))
     }
 
     /// `ir`'s model with the trained weights, in the exporter's form.

@@ -7,7 +7,8 @@ type Geometry = Runs;
 
 /// `x * scale + bias` with `scale` and `bias` (`C` entries each, any shape) along `x`'s
 /// axis `axis` (`C` entries); a missing bias is zero. `None` when the op does not apply
-/// (not on the CPU, not f32/f64, sizes that do not match) and callers decompose.
+/// (a device or dtype where [`super::applies`] says no, sizes that do not match) and
+/// callers decompose.
 ///
 /// Backward: `dx = dy * scale[c]`, `dscale[c] = sum(dy * x)`, `dbias[c] = sum(dy)` over
 /// channel `c`'s entries.
@@ -43,7 +44,8 @@ cpu_op!(
     forward,
     (x, s, b),
     |g, l| l.shape().clone(),
-    bwd = backward
+    bwd = backward,
+    cuda = cuda
 );
 
 impl Affine {
@@ -79,9 +81,14 @@ fn grad<T: Float>(x: &[T], dy: &[T], s: &[T], g: Geometry) -> Vec<T> {
     out
 }
 
-cpu_op!(Grad, "channel-affine-grad", grad, (x, d, s), |g, l| {
-    Shape::from(l.shape().elem_count() + 2 * g.c)
-});
+cpu_op!(
+    Grad,
+    "channel-affine-grad",
+    grad,
+    (x, d, s),
+    |g, l| Shape::from(l.shape().elem_count() + 2 * g.c),
+    cuda = cuda
+);
 
 /// `x + bias` with `bias` (`C` entries, any shape) along `x`'s axis `axis` (a convolution's
 /// bias): the affine map without a scale. `None` where [`channel_affine`] would decline.
@@ -116,7 +123,8 @@ cpu_op!(
     bias_forward,
     (x, b),
     |g, l| l.shape().clone(),
-    bwd = backward
+    bwd = backward,
+    cuda = cuda
 );
 
 impl Bias {
@@ -136,5 +144,59 @@ impl Bias {
             .sum(0)?
             .reshape(bias.shape())?;
         Ok((Some(dy.clone()), Some(db)))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::super::cuda::{channel_map, channel_map_grad, view};
+    use candle_core::{CudaStorage, Layout, Result, Shape};
+
+    impl super::Affine {
+        pub(super) fn cuda(
+            &self,
+            x: &CudaStorage,
+            lx: &Layout,
+            s: &CudaStorage,
+            ls: &Layout,
+            b: &CudaStorage,
+            lb: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let n = "channel-affine";
+            let (xv, sv, bv) = (view(x, lx, n)?, view(s, ls, n)?, view(b, lb, n)?);
+            let y = channel_map(&x.device, &xv, &sv, &bv, self.0, 1)?;
+            Ok((y, lx.shape().clone()))
+        }
+    }
+
+    impl super::Grad {
+        pub(super) fn cuda(
+            &self,
+            x: &CudaStorage,
+            lx: &Layout,
+            dy: &CudaStorage,
+            ld: &Layout,
+            s: &CudaStorage,
+            ls: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let n = "channel-affine-grad";
+            let (xv, dv, sv) = (view(x, lx, n)?, view(dy, ld, n)?, view(s, ls, n)?);
+            let out = channel_map_grad(&x.device, &xv, &dv, &sv, self.0, 1)?;
+            Ok((out, Shape::from(xv.len() + 2 * self.0.c)))
+        }
+    }
+
+    impl super::Bias {
+        pub(super) fn cuda(
+            &self,
+            x: &CudaStorage,
+            lx: &Layout,
+            b: &CudaStorage,
+            lb: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let (xv, bv) = (view(x, lx, "channel-bias")?, view(b, lb, "channel-bias")?);
+            let y = channel_map(&x.device, &xv, &bv, &bv, self.0, 2)?;
+            Ok((y, lx.shape().clone()))
+        }
     }
 }

@@ -44,8 +44,8 @@ impl Geometry {
 
 /// `y [N, C, T + pads.0 + pads.1 - dilation (K - 1)]` from `x [N, C, T]` and `w [C, 1, K]`:
 /// `y[n, c, t] = sum_j w[c, 0, j] * x[n, c, t + j dilation - pads.0]`, zero outside `x`.
-/// `None` when the op does not apply (not on the CPU, not f32/f64, shapes that are not a
-/// depthwise conv) and callers decompose.
+/// `None` when the op does not apply (a device or dtype where [`super::applies`] says no,
+/// shapes that are not a depthwise conv) and callers decompose.
 ///
 /// Backward: `dx[n, c, t + j dilation - pads.0] += w[c, 0, j] * dy[n, c, t]`;
 /// `dw[c, 0, j] = sum_{n, t} dy[n, c, t] * x[n, c, t + j dilation - pads.0]`.
@@ -55,13 +55,11 @@ pub fn depthwise_conv1d(
     pads: (usize, usize),
     dilation: usize,
 ) -> Result<Option<Tensor>> {
-    let float = matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
     let (&[n, c, t], &[wc, 1, k]) = (x.dims(), w.dims()) else {
         return Ok(None);
     };
     let span = dilation * (k.max(1) - 1);
-    if !x.device().is_cpu()
-        || !float
+    if !super::applies(x.device(), x.dtype(), t)
         || w.dtype() != x.dtype()
         || wc != c
         || t + pads.0 + pads.1 <= span
@@ -103,7 +101,8 @@ cpu_op!(
     forward,
     (x, w),
     |g, l| Shape::from((g.rows / g.c, g.c, g.t_out)),
-    bwd = backward
+    bwd = backward,
+    cuda = cuda
 );
 
 impl Depthwise {
@@ -137,9 +136,14 @@ fn grad_x<T: Float>(dy: &[T], w: &[T], g: Geometry) -> Vec<T> {
     dx
 }
 
-cpu_op!(GradX, "depthwise-conv1d-grad-x", grad_x, (d, w), |g, l| {
-    Shape::from((g.rows / g.c, g.c, g.t))
-});
+cpu_op!(
+    GradX,
+    "depthwise-conv1d-grad-x",
+    grad_x,
+    (d, w),
+    |g, l| Shape::from((g.rows / g.c, g.c, g.t)),
+    cuda = cuda
+);
 
 /// `dw` `[C, 1, K]` from `(x, dy)`.
 struct GradW(Geometry);
@@ -154,6 +158,67 @@ fn grad_w<T: Float>(x: &[T], dy: &[T], g: Geometry) -> Vec<T> {
     dw
 }
 
-cpu_op!(GradW, "depthwise-conv1d-grad-w", grad_w, (x, d), |g, l| {
-    Shape::from((g.c, 1, g.k))
-});
+cpu_op!(
+    GradW,
+    "depthwise-conv1d-grad-w",
+    grad_w,
+    (x, d),
+    |g, l| Shape::from((g.c, 1, g.k)),
+    cuda = cuda
+);
+
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::super::cuda::{self, view, DepthwiseArgs};
+    use super::Geometry;
+    use candle_core::{CudaStorage, Layout, Result, Shape};
+
+    fn args(g: Geometry) -> DepthwiseArgs {
+        [g.rows, g.c, g.t, g.k, g.dilation, g.pad, g.t_out].map(|v| v as i64)
+    }
+
+    impl super::Depthwise {
+        pub(super) fn cuda(
+            &self,
+            x: &CudaStorage,
+            lx: &Layout,
+            w: &CudaStorage,
+            lw: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let (xv, wv) = (view(x, lx, "depthwise")?, view(w, lw, "depthwise")?);
+            let y = cuda::depthwise(&x.device, &xv, &wv, args(self.0))?;
+            let g = self.0;
+            Ok((y, Shape::from((g.rows / g.c, g.c, g.t_out))))
+        }
+    }
+
+    impl super::GradX {
+        pub(super) fn cuda(
+            &self,
+            dy: &CudaStorage,
+            ld: &Layout,
+            w: &CudaStorage,
+            lw: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let (dv, wv) = (view(dy, ld, "depthwise")?, view(w, lw, "depthwise")?);
+            let dx = cuda::depthwise_grad_x(&dy.device, &dv, &wv, args(self.0))?;
+            let g = self.0;
+            Ok((dx, Shape::from((g.rows / g.c, g.c, g.t))))
+        }
+    }
+
+    impl super::GradW {
+        pub(super) fn cuda(
+            &self,
+            x: &CudaStorage,
+            lx: &Layout,
+            dy: &CudaStorage,
+            ld: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let (xv, dv) = (view(x, lx, "depthwise")?, view(dy, ld, "depthwise")?);
+            let dw = cuda::depthwise_grad_w(&x.device, &xv, &dv, args(self.0))?;
+            let g = self.0;
+            Ok((dw, Shape::from((g.c, 1, g.k))))
+        }
+    }
+}

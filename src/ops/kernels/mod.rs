@@ -6,9 +6,14 @@
 //! written as `relu(x) + slope * (x - relu(x))` makes some sixteen passes over its input in a
 //! training step, a K-tap depthwise convolution some 6K. The kernels here make one pass
 //! forward and one per gradient. They run on the CPU in f32 and f64 (the gradient checks
-//! run in f64); op lowerings call them on CPU tensors and keep the decomposed form on other
-//! devices.
+//! run in f64) and, with the `cuda` feature, on CUDA GPUs in f32 ([`applies`]; the CUDA
+//! source is `kernels.cu`, launched by `cuda.rs`); op lowerings keep the decomposed form
+//! where they do not apply. On a GPU the decomposed form costs about three kernel launches
+//! per elementary op, and at batch 1 the launches, not the arithmetic, set a training
+//! step's time.
 mod affine;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 mod depthwise;
 mod normalize;
 mod prelu;
@@ -18,12 +23,32 @@ pub use depthwise::depthwise_conv1d;
 pub use normalize::{normalize, normalize_affine};
 pub use prelu::prelu;
 
-use candle_core::{Layout, Result, Tensor};
+use candle_core::{DType, Device, Layout, Result, Tensor};
 
+/// The shortest per-channel run (entries of one channel contiguous in memory) a CUDA kernel
+/// takes: a gradient reduces each run in its own thread blocks, which shorter runs leave
+/// idle (a channel-last LayerNorm's runs hold one entry); the decomposed form serves them.
+pub const MIN_CUDA_RUN: usize = 32;
+
+/// Whether the fused kernels run on `device` in `dtype` for per-channel runs of `run`
+/// entries (`usize::MAX` for a kernel without channels): the CPU in f32 or f64; a CUDA GPU
+/// (with the `cuda` feature) in f32 for runs of at least [`MIN_CUDA_RUN`] entries.
+pub fn applies(device: &Device, dtype: DType, run: usize) -> bool {
+    match device {
+        Device::Cpu => matches!(dtype, DType::F32 | DType::F64),
+        Device::Cuda(_) => cfg!(feature = "cuda") && dtype == DType::F32 && run >= MIN_CUDA_RUN,
+        _ => false,
+    }
+}
+
+/// [`applies`] to `x` with runs along its axis `axis` (the product of the later dims).
+fn applies_along(x: &Tensor, axis: usize) -> bool {
+    applies(x.device(), x.dtype(), x.dims()[axis + 1..].iter().product())
+}
 /// A tensor viewed as `[outer, C, inner]`: runs of `inner` contiguous entries that share a
 /// channel (a PReLU slope, an affine scale).
 #[derive(Clone, Copy, Debug)]
-struct Runs {
+pub(crate) struct Runs {
     outer: usize,
     c: usize,
     inner: usize,
@@ -51,20 +76,19 @@ impl Runs {
 }
 
 /// The parameters of a per-channel map along `x`'s axis `axis`: `C`, then `scale` and
-/// `bias` (zeros when absent) made contiguous; `None` when the kernels do not apply (not on
-/// the CPU, not f32/f64, parameters without `C` entries or of another dtype).
+/// `bias` (zeros when absent) made contiguous; `None` when the kernels do not apply
+/// ([`applies`] to runs along `axis`, parameters without `C` entries or of another dtype).
 fn channel_params(
     x: &Tensor,
     axis: usize,
     scale: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Option<(usize, Tensor, Tensor)>> {
-    let float = matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
     let Some(&c) = x.dims().get(axis) else {
         return Ok(None);
     };
     let fits = |t: &Tensor| t.elem_count() == c && t.dtype() == x.dtype();
-    if !x.device().is_cpu() || !float || !fits(scale) || !bias.is_none_or(fits) {
+    if !applies_along(x, axis) || !fits(scale) || !bias.is_none_or(fits) {
         return Ok(None);
     }
     let bias = match bias {
@@ -160,9 +184,11 @@ pub(crate) use float_dispatch;
 /// `$f(&[T].., Geometry) -> Vec<T>` on the inputs' contiguous f32/f64 slices, with output
 /// shape `$shape` (from the geometry `$g` and the first input's layout `$l`), and, with
 /// `bwd = method`, the backward `self.method(inputs.., y, dy)`; gradient kernels have none.
+/// With `cuda = method`, the CUDA forward `self.method(storages and layouts..)` (built with
+/// the `cuda` feature).
 macro_rules! cpu_op {
     ($ty:ident, $name:literal, $f:ident, ($a:ident, $b:ident), |$g:ident, $l:ident| $shape:expr
-     $(, bwd = $bwd:ident)?) => {
+     $(, bwd = $bwd:ident)? $(, cuda = $cuda:ident)?) => {
         impl candle_core::CustomOp2 for $ty {
             fn name(&self) -> &'static str {
                 $name
@@ -187,6 +213,18 @@ macro_rules! cpu_op {
             }
 
             $(
+            #[cfg(feature = "cuda")]
+            fn cuda_fwd(
+                &self,
+                s1: &candle_core::CudaStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CudaStorage,
+                l2: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                self.$cuda(s1, l1, s2, l2)
+            }
+            )?
+            $(
             fn bwd(
                 &self,
                 a: &candle_core::Tensor,
@@ -200,7 +238,7 @@ macro_rules! cpu_op {
         }
     };
     ($ty:ident, $name:literal, $f:ident, ($a:ident, $b:ident, $c:ident), |$g:ident, $l:ident| $shape:expr
-     $(, bwd = $bwd:ident)?) => {
+     $(, bwd = $bwd:ident)? $(, cuda = $cuda:ident)?) => {
         impl candle_core::CustomOp3 for $ty {
             fn name(&self) -> &'static str {
                 $name
@@ -228,6 +266,20 @@ macro_rules! cpu_op {
                 Ok((out, $shape))
             }
 
+            $(
+            #[cfg(feature = "cuda")]
+            fn cuda_fwd(
+                &self,
+                s1: &candle_core::CudaStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CudaStorage,
+                l2: &candle_core::Layout,
+                s3: &candle_core::CudaStorage,
+                l3: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                self.$cuda(s1, l1, s2, l2, s3, l3)
+            }
+            )?
             $(
             #[allow(clippy::type_complexity)]
             fn bwd(

@@ -14,14 +14,13 @@ struct Geometry {
 }
 
 /// `x` normalised over its axes `from..` (each sample's statistics over those axes, kept
-/// in f64). `None` when the op does not apply (not on the CPU, not f32/f64, `from` not in
-/// `1..rank`) and callers decompose.
+/// in f64). `None` when the op does not apply (a device or dtype where [`super::applies`]
+/// says no, `from` not in `1..rank`) and callers decompose.
 ///
 /// Backward (per row of `n` entries, `r = sqrt(var + eps)`):
 /// `dx = (dy - mean(dy) - y * mean(dy * y)) / r`.
 pub fn normalize(x: &Tensor, from: usize, eps: f64) -> Result<Option<Tensor>> {
-    let float = matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
-    if !x.device().is_cpu() || !float || from == 0 || from >= x.rank() {
+    if !super::applies(x.device(), x.dtype(), usize::MAX) || from == 0 || from >= x.rank() {
         return Ok(None);
     }
     let len: usize = x.dims()[from..].iter().product();
@@ -82,6 +81,17 @@ impl CustomOp1 for Normalize {
         Ok((y, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let xv = super::cuda::view(x, l, "normalize")?;
+        let y = super::cuda::normalize(&x.device, &xv, self.0.len, self.0.eps, None)?;
+        Ok((y, l.shape().clone()))
+    }
+
     fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let dy = dy.contiguous()?;
         Ok(Some(x.apply_op3_no_bwd(y, &dy, &GradX(self.0))?))
@@ -109,9 +119,14 @@ fn grad_x<T: Float>(x: &[T], y: &[T], dy: &[T], g: Geometry) -> Vec<T> {
     dx
 }
 
-cpu_op!(GradX, "normalize-grad-x", grad_x, (x, y, d), |g, l| l
-    .shape()
-    .clone());
+cpu_op!(
+    GradX,
+    "normalize-grad-x",
+    grad_x,
+    (x, y, d),
+    |g, l| l.shape().clone(),
+    cuda = cuda
+);
 
 /// Where a per-channel affine map sits in each normalised row: the row viewed as
 /// `[mid, C, inner]` runs.
@@ -179,7 +194,8 @@ cpu_op!(
     affine_forward,
     (x, s, b),
     |g, l| l.shape().clone(),
-    bwd = backward
+    bwd = backward,
+    cuda = cuda
 );
 
 impl NormalizeAffine {
@@ -241,5 +257,69 @@ cpu_op!(
     "normalize-affine-grad",
     affine_grad,
     (x, d, s),
-    |g, l| Shape::from(l.shape().elem_count() + 2 * g.row.c)
+    |g, l| Shape::from(l.shape().elem_count() + 2 * g.row.c),
+    cuda = cuda
 );
+
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::super::cuda::{self, view};
+    use candle_core::{CudaStorage, Layout, Result, Shape};
+
+    impl super::GradX {
+        pub(super) fn cuda(
+            &self,
+            x: &CudaStorage,
+            lx: &Layout,
+            y: &CudaStorage,
+            ly: &Layout,
+            dy: &CudaStorage,
+            ld: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let n = "normalize-grad-x";
+            let (xv, yv, dv) = (view(x, lx, n)?, view(y, ly, n)?, view(dy, ld, n)?);
+            let g = self.0;
+            let dx = cuda::normalize_grad(&x.device, &xv, &yv, &dv, g.len, g.eps)?;
+            Ok((dx, lx.shape().clone()))
+        }
+    }
+
+    impl super::NormalizeAffine {
+        pub(super) fn cuda(
+            &self,
+            x: &CudaStorage,
+            lx: &Layout,
+            s: &CudaStorage,
+            ls: &Layout,
+            b: &CudaStorage,
+            lb: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let n = "normalize-affine";
+            let (xv, sv, bv) = (view(x, lx, n)?, view(s, ls, n)?, view(b, lb, n)?);
+            let g = self.0;
+            let affine = Some((&sv, &bv, g.row));
+            let y = cuda::normalize(&x.device, &xv, g.norm.len, g.norm.eps, affine)?;
+            Ok((y, lx.shape().clone()))
+        }
+    }
+
+    impl super::AffineGrad {
+        pub(super) fn cuda(
+            &self,
+            x: &CudaStorage,
+            lx: &Layout,
+            dy: &CudaStorage,
+            ld: &Layout,
+            s: &CudaStorage,
+            ls: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let n = "normalize-affine-grad";
+            let (xv, dv, sv) = (view(x, lx, n)?, view(dy, ld, n)?, view(s, ls, n)?);
+            let g = self.0;
+            let out = cuda::normalize_affine_grad(
+                &x.device, &xv, &dv, &sv, g.norm.len, g.norm.eps, g.row,
+            )?;
+            Ok((out, Shape::from(xv.len() + 2 * g.row.c)))
+        }
+    }
+}

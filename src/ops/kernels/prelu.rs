@@ -23,17 +23,16 @@ fn geometry(x: &[usize], slope: &[usize]) -> Option<Geometry> {
 }
 
 /// PReLU of `x` (any shape) with `slope` broadcastable to it; `None` when the op does not
-/// apply (a device other than the CPU, a dtype other than f32/f64, or a slope that varies
-/// along more than one axis), and callers decompose.
+/// apply (a device or dtype where [`super::applies`] says no, or a slope that varies along
+/// more than one axis), and callers decompose.
 ///
 /// Backward: `dx = dy` where `x > 0`, else `slope * dy`; `dslope[c] = sum(dy * x)` over the
 /// entries of channel `c` where `x <= 0`.
 pub fn prelu(x: &Tensor, slope: &Tensor) -> Result<Option<Tensor>> {
-    let float = matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
     let Some(g) = geometry(x.dims(), slope.dims()) else {
         return Ok(None);
     };
-    if !x.device().is_cpu() || !float || slope.dtype() != x.dtype() {
+    if !super::applies(x.device(), x.dtype(), g.inner) || slope.dtype() != x.dtype() {
         return Ok(None);
     }
     let slope_c = slope.contiguous()?;
@@ -58,7 +57,8 @@ cpu_op!(
     forward,
     (x, s),
     |g, l| l.shape().clone(),
-    bwd = backward
+    bwd = backward,
+    cuda = cuda
 );
 
 impl PRelu {
@@ -97,6 +97,48 @@ fn grad<T: Float>(x: &[T], s: &[T], dy: &[T], g: Geometry) -> Vec<T> {
     out
 }
 
-cpu_op!(Grad, "prelu-grad", grad, (x, s, d), |g, l| Shape::from(
-    l.shape().elem_count() + g.c
-));
+cpu_op!(
+    Grad,
+    "prelu-grad",
+    grad,
+    (x, s, d),
+    |g, l| Shape::from(l.shape().elem_count() + g.c),
+    cuda = cuda
+);
+
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::super::cuda::{channel_map, channel_map_grad, view};
+    use candle_core::{CudaStorage, Layout, Result, Shape};
+
+    impl super::PRelu {
+        pub(super) fn cuda(
+            &self,
+            x: &CudaStorage,
+            lx: &Layout,
+            s: &CudaStorage,
+            ls: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let (xv, sv) = (view(x, lx, "prelu")?, view(s, ls, "prelu")?);
+            let y = channel_map(&x.device, &xv, &sv, &sv, self.0, 0)?;
+            Ok((y, lx.shape().clone()))
+        }
+    }
+
+    impl super::Grad {
+        pub(super) fn cuda(
+            &self,
+            x: &CudaStorage,
+            lx: &Layout,
+            s: &CudaStorage,
+            ls: &Layout,
+            dy: &CudaStorage,
+            ld: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let n = "prelu-grad";
+            let (xv, sv, dv) = (view(x, lx, n)?, view(s, ls, n)?, view(dy, ld, n)?);
+            let out = channel_map_grad(&x.device, &xv, &dv, &sv, self.0, 0)?;
+            Ok((out, Shape::from(xv.len() + self.0.c)))
+        }
+    }
+}
