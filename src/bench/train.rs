@@ -2,8 +2,9 @@
 //! how long `learn` and `finetune` take. Two steps per model and audio length, on a test
 //! signal (its target: the signal scaled by 0.8):
 //! - **finetune**: forward, SI-SDR loss, backward and AdamW on every weight
-//!   ([`crate::learn::finetune::Trainer`]), with its phases timed apart (the device
-//!   synchronised at each boundary, in separate runs from the timed steps);
+//!   ([`crate::learn::finetune::Trainer`]), at each batch size (copies of the signal),
+//!   with its phases timed apart (the device synchronised at each boundary, in separate
+//!   runs from the timed steps);
 //! - **learn**: a Gumbel-Softmax mask-learner step on the gate graph at a 50% channel
 //!   budget (forward and backward through the gates, weights fixed; [`crate::learn::gumbel`]).
 //!
@@ -24,6 +25,8 @@ pub struct TrainRow {
     /// `finetune` or `learn`.
     pub step: String,
     pub seconds: f64,
+    /// Items per step (finetune; the mask learner runs at batch 1).
+    pub batch: usize,
     pub median_ms: f64,
     pub p10_ms: f64,
     pub p90_ms: f64,
@@ -65,7 +68,8 @@ fn quantiles(ms: &mut [f64]) -> [f64; 3] {
     [at(0.5), at(0.1), at(0.9)]
 }
 
-/// Times the training steps of `model` at each of `seconds` (16 kHz) on `device`.
+/// Times the training steps of `model` at each of `seconds` (16 kHz) on `device`, the
+/// fine-tuning step at each batch size of `batches`.
 ///
 /// Errors: a model that cannot be lowered or trained (no learnable parameters, an op
 /// without a Candle lowering), or a failed step.
@@ -73,6 +77,7 @@ pub fn bench_train(
     name: &str,
     model: &ModelProto,
     seconds: &[f64],
+    batches: &[usize],
     device: &candle_core::Device,
     warmup: usize,
     runs: usize,
@@ -91,21 +96,31 @@ pub fn bench_train(
             device: dev_name.into(),
             step: step.into(),
             seconds: s,
+            batch: 1,
             median_ms: q[0],
             p10_ms: q[1],
             p90_ms: q[2],
             phases_ms: phases,
         };
-        let mut t = Trainer::new(model, n, 1e-5, 5.0, Loss::SiSdr, device)?;
-        let q = time(device, warmup, runs, || t.step(&item).map(|_| ()))?;
-        let mut phases = vec![];
-        for _ in 0..runs.max(1) {
-            phases.push(t.step_timed(&item)?.1);
+        for &b in batches {
+            let mut t = Trainer::batched(model, n, b, 1e-5, 5.0, Loss::SiSdr, device)?;
+            let items: Vec<Item> = (0..b)
+                .map(|_| Item {
+                    input: item.input.clone(),
+                    targets: item.targets.clone(),
+                })
+                .collect();
+            let q = time(device, warmup, runs, || t.step_batch(&items).map(|_| ()))?;
+            let mut phases = vec![];
+            for _ in 0..runs.max(1) {
+                phases.push(t.step_timed(&items)?.1);
+            }
+            let median =
+                |k: usize| quantiles(&mut phases.iter().map(|p| p[k] * 1e3).collect::<Vec<_>>())[0];
+            let mut r = row("finetune", q, Some([median(0), median(1), median(2)]));
+            r.batch = b;
+            rows.push(r);
         }
-        let median =
-            |k: usize| quantiles(&mut phases.iter().map(|p| p[k] * 1e3).collect::<Vec<_>>())[0];
-        rows.push(row("finetune", q, Some([median(0), median(1), median(2)])));
-        drop(t);
         let (graph, cands) =
             crate::learn::run::gated_graph(model, n, &crate::prune::Budget::new(0.5), device)?;
         let cands: Vec<_> = cands.iter().collect();
@@ -123,15 +138,15 @@ pub fn bench_train(
 /// The rows as a Markdown table.
 pub fn markdown(rows: &[TrainRow]) -> String {
     let mut s = String::from(
-        "| model | device | step | audio | median ms | p10 | p90 | forward / backward / update ms |\n|---|---|---|---|---|---|---|---|\n",
+        "| model | device | step | audio | batch | median ms | p10 | p90 | forward / backward / update ms |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let phases = r.phases_ms.map_or(String::new(), |p| {
             format!("{:.1} / {:.1} / {:.1}", p[0], p[1], p[2])
         });
         s += &format!(
-            "| {} | {} | {} | {:.1} s | {:.1} | {:.1} | {:.1} | {} |\n",
-            r.model, r.device, r.step, r.seconds, r.median_ms, r.p10_ms, r.p90_ms, phases
+            "| {} | {} | {} | {:.1} s | {} | {:.1} | {:.1} | {:.1} | {} |\n",
+            r.model, r.device, r.step, r.seconds, r.batch, r.median_ms, r.p10_ms, r.p90_ms, phases
         );
     }
     s

@@ -28,7 +28,7 @@ pub struct Args {
     pub json: bool,
     /// Time Candle training steps instead of inference (fine-tuning: forward, backward,
     /// AdamW; mask learning: a Gumbel-Softmax step), on the CPU (all cores) or with `--cuda`
-    /// on the GPU. `--runtime`, `--batch`, `--threads` do not apply.
+    /// on the GPU, fine-tuning at each `--batch`. `--runtime` and `--threads` do not apply.
     #[arg(long)]
     pub train: bool,
     /// With `--train`: on the first CUDA GPU (a build with `--features cuda`).
@@ -61,7 +61,7 @@ pub fn run(a: Args) -> Result<()> {
         let mut rows = vec![];
         for (name, m) in &ms {
             rows.extend(train::bench_train(
-                name, m, &seconds, &device, warmup, runs,
+                name, m, &seconds, &batch, &device, warmup, runs,
             )?);
         }
         if json {

@@ -93,6 +93,11 @@ pub struct Args {
     /// per step (e.g. 0.998), not the last weights.
     #[arg(long)]
     pub ema: Option<f64>,
+    /// Items per step. Above 1, the model is rewritten for that batch (a batch-1 export's
+    /// literal batch in Reshape targets follows the input) and refused if it then computes
+    /// an item differently from alone; `--hints` need 1.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Allow OUT to be the input file.
     #[arg(long)]
     pub force: bool,
@@ -128,6 +133,7 @@ pub fn run(a: Args) -> Result<()> {
         patience,
         schedule,
         ema,
+        batch,
         force,
         cuda,
         json,
@@ -163,6 +169,7 @@ pub fn run(a: Args) -> Result<()> {
         patience,
         schedule,
         ema,
+        batch,
     };
     let r = finetune(&m, &data, &o).with_context(|| format!("fine-tuning {}", model.display()))?;
     onnx::save(&r.model, &output, Some(&model), force)?;

@@ -83,6 +83,10 @@ pub struct FinetuneOptions {
     /// Validate and keep an exponential moving average of the weights with this decay per
     /// step (Polyak averaging), not the last weights.
     pub ema: Option<f64>,
+    /// Items per step (crops of the training set or dynamic mixtures); a step counts once
+    /// whatever its batch. Above 1 the model must keep batch items apart
+    /// ([`super::batch::check`]).
+    pub batch: usize,
 }
 
 /// How the learning rate moves during a run.
@@ -126,6 +130,7 @@ impl Default for FinetuneOptions {
             hints: None,
             hint_weight: 1.0,
             ema: None,
+            batch: 1,
         }
     }
 }
@@ -250,6 +255,8 @@ pub fn keep_zeros(
 /// a time (forward, backward, clipped gradient, update).
 pub struct Trainer {
     graph: CandleGraph,
+    /// Items per step (the graph's batch axis, [`super::batch`]).
+    batch: usize,
     vars: Vec<(String, Var)>,
     /// Where each parameter is exactly zero ([`zero_masks`]): kept at zero.
     zeros: Vec<Option<CTensor>>,
@@ -278,7 +285,28 @@ impl Trainer {
         loss: Loss,
         device: &Device,
     ) -> Result<Trainer> {
-        let ir = Ir::new(model.clone(), samples)?;
+        Trainer::batched(model, samples, 1, lr, clip, loss, device)
+    }
+
+    /// [`Trainer::new`] for steps of `batch` items: the model widened to `batch` items
+    /// ([`super::batch::widen`]) after a check that it keeps them apart.
+    ///
+    /// Errors: as [`Trainer::new`]; a model that mixes batch items ([`super::batch::check`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn batched(
+        model: &ModelProto,
+        samples: usize,
+        batch: usize,
+        lr: f64,
+        clip: f64,
+        loss: Loss,
+        device: &Device,
+    ) -> Result<Trainer> {
+        let batch = batch.max(1);
+        if batch > 1 {
+            super::batch::check(model, samples)?;
+        }
+        let ir = Ir::new(super::batch::widen(model, batch)?, samples)?;
         let names = learnable(&ir);
         if names.is_empty() {
             return Err(Error::Graph(
@@ -302,6 +330,7 @@ impl Trainer {
         .map_err(ce)?;
         Ok(Trainer {
             graph,
+            batch,
             zeros: zero_masks(&vars)?,
             vars,
             opt,
@@ -323,6 +352,11 @@ impl Trainer {
         masks: &crate::prune::Masks,
         weight: f64,
     ) -> Result<usize> {
+        if self.batch > 1 {
+            return Err(Error::Graph(
+                "finetune: hints train at batch 1 (--batch 1)".into(),
+            ));
+        }
         let h = Hints::new(
             teacher,
             masks,
@@ -385,7 +419,20 @@ impl Trainer {
     ///
     /// Errors: the forward pass, or a non-finite loss.
     pub fn step(&mut self, item: &Item) -> Result<f64> {
-        self.step_phases(item, None)
+        self.step_phases(std::slice::from_ref(item), None)
+    }
+
+    /// Items per step.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// One step on [`Trainer::batch`] items (their mean loss); returns that loss (dB)
+    /// before the update.
+    ///
+    /// Errors: another number of items; as [`Trainer::step`].
+    pub fn step_batch(&mut self, items: &[Item]) -> Result<f64> {
+        self.step_phases(items, None)
     }
 
     /// [`Trainer::step`] that also times its phases: wall seconds of the forward pass and
@@ -394,13 +441,52 @@ impl Trainer {
     /// some overlap of host and device work).
     ///
     /// Errors: as [`Trainer::step`].
-    pub fn step_timed(&mut self, item: &Item) -> Result<(f64, [f64; 3])> {
+    pub fn step_timed(&mut self, items: &[Item]) -> Result<(f64, [f64; 3])> {
         let mut t = [0.0; 3];
-        let lv = self.step_phases(item, Some(&mut t))?;
+        let lv = self.step_phases(items, Some(&mut t))?;
         Ok((lv, t))
     }
 
-    fn step_phases(&mut self, item: &Item, mut timed: Option<&mut [f64; 3]>) -> Result<f64> {
+    /// The mean loss over `items` of the graph's output `y` (batch axis first).
+    fn batch_loss(&self, y: &CTensor, items: &[Item]) -> Result<CTensor> {
+        if items.len() == 1 {
+            return on_targets(y, &items[0].targets, self.loss);
+        }
+        let mut total: Option<CTensor> = None;
+        for (i, it) in items.iter().enumerate() {
+            let l = on_targets(&y.narrow(0, i, 1).map_err(ce)?, &it.targets, self.loss)?;
+            total = Some(match total {
+                Some(t) => (t + l).map_err(ce)?,
+                None => l,
+            });
+        }
+        let total = total.ok_or_else(|| Error::Data("finetune: no items".into()))?;
+        (total / items.len() as f64).map_err(ce)
+    }
+
+    /// The graph input holding `items` (their inputs one after the other).
+    ///
+    /// Errors: not [`Trainer::batch`] items.
+    fn batch_input(&self, items: &[Item]) -> Result<CTensor> {
+        if items.len() != self.batch {
+            return Err(Error::Data(format!(
+                "finetune: a step of {} items on a graph of batch {}",
+                items.len(),
+                self.batch
+            )));
+        }
+        match items {
+            [one] => self.graph.input(&one.input),
+            _ => self.graph.input(
+                &items
+                    .iter()
+                    .flat_map(|i| i.input.iter().copied())
+                    .collect::<Vec<_>>(),
+            ),
+        }
+    }
+
+    fn step_phases(&mut self, items: &[Item], mut timed: Option<&mut [f64; 3]>) -> Result<f64> {
         let mut clock = std::time::Instant::now();
         let device = self.graph.device().clone();
         let mut lap = |k: usize, timed: &mut Option<&mut [f64; 3]>| -> Result<()> {
@@ -411,14 +497,14 @@ impl Trainer {
             }
             Ok(())
         };
-        let x = self.graph.input(&item.input)?;
+        let x = self.batch_input(items)?;
         let (y, acts) = match &self.hints {
             Some((h, _)) => self
                 .graph
                 .forward_keeping(&x, &self.overrides(), h.names())?,
             None => (self.graph.forward(&x, &self.overrides())?, HashMap::new()),
         };
-        let mut loss = on_targets(&y, &item.targets, self.loss)?;
+        let mut loss = self.batch_loss(&y, items)?;
         let lv = scalar(&loss)?;
         if !lv.is_finite() {
             return Err(Error::Data(format!(
@@ -456,12 +542,22 @@ impl Trainer {
     pub fn validate(&self, items: &[Item]) -> Result<f64> {
         let ov = self.evaluated();
         let mut l = vec![];
-        for it in items {
-            let y = self
-                .graph
-                .forward(&self.graph.input(&it.input)?, &ov)?
-                .detach();
-            l.push(scalar(&on_targets(&y, &it.targets, self.loss)?)?);
+        for chunk in items.chunks(self.batch) {
+            // a last, short chunk is filled up with copies of its last item
+            let mut full: Vec<&Item> = chunk.iter().collect();
+            while full.len() < self.batch {
+                full.push(&chunk[chunk.len() - 1]);
+            }
+            let flat: Vec<f32> = full.iter().flat_map(|i| i.input.iter().copied()).collect();
+            let y = self.graph.forward(&self.graph.input(&flat)?, &ov)?.detach();
+            for (i, it) in chunk.iter().enumerate() {
+                let yi = if self.batch == 1 {
+                    y.clone()
+                } else {
+                    y.narrow(0, i, 1).map_err(ce)?
+                };
+                l.push(scalar(&on_targets(&yi, &it.targets, self.loss)?)?);
+            }
         }
         Ok(mean(&l))
     }
@@ -514,7 +610,7 @@ pub fn to_initializers<'a>(
 /// an op without a Candle lowering, a non-finite loss.
 pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<Finetuned> {
     let t0 = Instant::now();
-    let mut trainer = Trainer::new(model, o.samples, o.lr, o.clip, o.loss, &o.device)?;
+    let mut trainer = Trainer::batched(model, o.samples, o.batch, o.lr, o.clip, o.loss, &o.device)?;
     if let Some(decay) = o.ema {
         if !(0.0..1.0).contains(&decay) {
             return Err(Error::Option {
@@ -661,20 +757,43 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
     let mut best = (first.clone(), trainer.snapshot()?);
     let mut history = vec![first];
     let val_every = o.val_every.unwrap_or(train.len()).max(1);
-    let total = o.steps.unwrap_or(usize::MAX).min(o.epochs * train.len());
+    let batch = trainer.batch();
+    let total = o
+        .steps
+        .unwrap_or(usize::MAX)
+        .min((o.epochs * train.len() / batch).max(1));
     let bar = super::progress_bar(total, o.progress);
     let (mut step, mut since, mut stale, mut lr) = (0usize, vec![], 0usize, o.lr);
+    // items drawn so far (the place in the epoch order), and those waiting for a step
+    let (mut drawn, mut pending) = (0usize, Vec::with_capacity(batch));
     let out_of_time = |t: &Instant| {
         o.minutes
             .is_some_and(|m| t.elapsed().as_secs_f64() >= 60.0 * m)
     };
     'train: while step < total {
-        let order = epoch_order(train.len(), o.seed, step / train.len());
-        for &i in order.iter().skip(step % train.len()) {
-            let lv = match mixer.as_mut() {
-                Some(m) if o.teacher.is_some() => trainer.step(&m.distilled()?)?,
-                Some(m) => trainer.step(&m.item())?,
-                None => trainer.step(&train[i])?,
+        let order = epoch_order(train.len(), o.seed, drawn / train.len());
+        for &i in order.iter().skip(drawn % train.len()) {
+            drawn += 1;
+            let lv = match (mixer.as_mut(), batch) {
+                (Some(m), 1) if o.teacher.is_some() => trainer.step(&m.distilled()?)?,
+                (Some(m), 1) => trainer.step(&m.item())?,
+                (None, 1) => trainer.step(&train[i])?,
+                (m, _) => {
+                    pending.push(match m {
+                        Some(m) if o.teacher.is_some() => m.distilled()?,
+                        Some(m) => m.item(),
+                        None => Item {
+                            input: train[i].input.clone(),
+                            targets: train[i].targets.clone(),
+                        },
+                    });
+                    if pending.len() < batch {
+                        continue;
+                    }
+                    let lv = trainer.step_batch(&pending)?;
+                    pending.clear();
+                    lv
+                }
             };
             step += 1;
             since.push(lv);

@@ -127,6 +127,16 @@ impl CandleGraph {
         self.dtype
     }
 
+    /// The first graph input's inferred shape (e.g. `[1, 1, T]`).
+    pub fn input_shape(&self) -> Vec<usize> {
+        self.ir
+            .graph_inputs()
+            .first()
+            .and_then(|i| self.ir.fact(i))
+            .map(|f| f.shape.clone())
+            .unwrap_or_default()
+    }
+
     /// A flat signal as the graph input, in the input's inferred shape (e.g. `[1, 1, T]`).
     ///
     /// Errors: a length that does not fit the shape.

@@ -6,6 +6,7 @@
 //! optionally on dynamically mixed examples, [`augment`]).
 pub mod adam;
 pub mod augment;
+pub mod batch;
 pub mod data;
 pub mod distill;
 pub mod finetune;

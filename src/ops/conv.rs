@@ -324,12 +324,16 @@ impl OpRule for Conv {
                     let w2 = w.reshape((wsh[0], wsh[1])).map_err(&e)?;
                     w2.broadcast_matmul(&xp).map_err(&e)?
                 }
-                1 => xp
-                    .conv1d(w, 0, g.strides[0], g.dilations[0], g.group)
-                    .map_err(&e)?,
-                2 if g.strides[0] == g.strides[1] && g.dilations[0] == g.dilations[1] => xp
-                    .conv2d(w, 0, g.strides[0], g.dilations[0], g.group)
-                    .map_err(&e)?,
+                1 => per_item(&xp, |x| {
+                    x.conv1d(w, 0, g.strides[0], g.dilations[0], g.group)
+                })
+                .map_err(&e)?,
+                2 if g.strides[0] == g.strides[1] && g.dilations[0] == g.dilations[1] => {
+                    per_item(&xp, |x| {
+                        x.conv2d(w, 0, g.strides[0], g.dilations[0], g.group)
+                    })
+                    .map_err(&e)?
+                }
                 _ => return Err(Error::node(
                     node,
                     "Candle lowering covers 1-D convs and 2-D convs with equal strides/dilations",
@@ -348,6 +352,24 @@ impl OpRule for Conv {
         }
         Ok(vec![])
     }
+}
+
+/// `f` on each item of the batch `x` (axis 0) on its own, the results concatenated: candle
+/// 0.11's gradient of a convolution's kernel is wrong for batches of more than one item (it
+/// convolves the batch-transposed input, measured off by the gradient's own size on a
+/// strided encoder), right for one. A batch of one runs `f` as it is.
+fn per_item(
+    x: &CTensor,
+    f: impl Fn(&CTensor) -> candle_core::Result<CTensor>,
+) -> candle_core::Result<CTensor> {
+    let n = x.dim(0)?;
+    if n == 1 {
+        return f(x);
+    }
+    let ys = (0..n)
+        .map(|i| f(&x.narrow(0, i, 1)?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    CTensor::cat(&ys, 0)
 }
 
 impl OpRule for ConvTranspose {

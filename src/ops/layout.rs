@@ -85,6 +85,20 @@ fn resolve_target(node: &NodeProto, x: &[usize], target: &[i64]) -> Result<Vec<u
     Ok(out)
 }
 
+/// For a Reshape of a batch-1 export, its constant `target` with the batch axis made to
+/// follow the input: a literal `1` at axis 0 becomes `0` (ONNX: copy the input's axis 0),
+/// so that the node keeps batch items apart at any batch size. `None` when there is nothing
+/// to change (axis 0 is not a literal 1) or `0` cannot copy (`allowzero = 1`). Whether the
+/// input's axis 0 is the batch axis is for the caller to check, by running the graph.
+pub fn batch_following_target(node: &NodeProto, target: &[i64]) -> Option<Vec<i64>> {
+    let allowzero = attr_i(node, "allowzero").unwrap_or(0) != 0;
+    (!allowzero && target.first() == Some(&1)).then(|| {
+        let mut t = target.to_vec();
+        t[0] = 0;
+        t
+    })
+}
+
 /// How a reshape maps the non-unit axes of its input to those of its output: runs of
 /// axes whose products match, in order.
 #[derive(Debug, Default, PartialEq)]

@@ -8,6 +8,7 @@ mod einsum;
 mod elementwise;
 mod infer;
 pub mod kernels;
+pub use layout::batch_following_target;
 mod layout;
 pub(crate) use layout::perm_of as transpose_perm;
 mod matmul;

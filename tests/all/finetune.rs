@@ -729,3 +729,115 @@ fn training_keeps_exact_zeros_at_zero_and_moves_the_rest() {
         "only {moved} of {nonzero} non-zero entries moved"
     );
 }
+
+/// Noise of `n` samples from `seed` and its target (the noise scaled by 0.5).
+fn noise_item(n: usize, seed: u64) -> sepprune::learn::gumbel::Item {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let x: Vec<f32> = (0..n).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+    sepprune::learn::gumbel::Item {
+        targets: vec![x.iter().map(|v| 0.5 * v).collect()],
+        input: x,
+    }
+}
+
+#[test]
+fn batched_training_computes_each_item_as_alone() {
+    use sepprune::learn::finetune::Trainer;
+    use sepprune::learn::loss::Loss;
+    let (model, n, cpu) = (common::tiny_tasnet(), 400, candle_core::Device::Cpu);
+    let items: Vec<_> = (0..3).map(|s| noise_item(n, s)).collect();
+    let one = Trainer::new(&model, n, 1e-2, 5.0, Loss::SiSdr, &cpu).unwrap();
+    let mut two = Trainer::batched(&model, n, 2, 1e-2, 5.0, Loss::SiSdr, &cpu).unwrap();
+    assert_eq!(two.batch(), 2);
+    // validation of 3 items (the last batch filled up) scores each item as alone
+    let (v1, v2) = (one.validate(&items).unwrap(), two.validate(&items).unwrap());
+    assert!(
+        (v1 - v2).abs() < 1e-4,
+        "validation {v1} alone, {v2} in batches of 2"
+    );
+    // a step's loss is the mean of its items' losses
+    let pair = one.validate(&items[..2]).unwrap();
+    let l = two.step_batch(&items[..2]).unwrap();
+    assert!((l - pair).abs() < 1e-4, "step loss {l}, items alone {pair}");
+    assert!(
+        two.step_batch(&items[..1]).is_err(),
+        "one item on a graph of batch 2"
+    );
+    // the same item twice: the mean gradient is that item's, so is the update
+    let flat = |t: &Trainer| -> Vec<f32> {
+        t.snapshot()
+            .unwrap()
+            .iter()
+            .flat_map(|w| w.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    };
+    let mut a = Trainer::new(&model, n, 1e-2, 5.0, Loss::SiSdr, &cpu).unwrap();
+    let mut b = Trainer::batched(&model, n, 2, 1e-2, 5.0, Loss::SiSdr, &cpu).unwrap();
+    let w0 = flat(&a);
+    a.step(&items[0]).unwrap();
+    let twice = [noise_item(n, 0), noise_item(n, 0)];
+    b.step_batch(&twice).unwrap();
+    let (wa, wb) = (flat(&a), flat(&b));
+    let moved = wa.iter().zip(&w0).filter(|(x, y)| x != y).count();
+    assert!(
+        moved > wa.len() / 2,
+        "only {moved} of {} weights moved",
+        wa.len()
+    );
+    for (i, (x, y)) in wa.iter().zip(&wb).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+            "weight {i}: {x} alone, {y} batched"
+        );
+    }
+}
+
+#[test]
+fn a_model_that_mixes_batch_items_is_refused_for_batches() {
+    use sepprune::learn::finetune::Trainer;
+    use sepprune::learn::loss::Loss;
+    use sepprune::onnx::{int_attr, ints_attr};
+    // y = conv(c + mean of c over the batch axis): at batch 1 that is conv(2 c)
+    let mut g = common::G::new(&[1, 1, -1]);
+    let c = g.conv("x", 1, 4, 3, 1, 1);
+    let m = g.node(
+        "ReduceMean",
+        &[&c],
+        vec![ints_attr("axes", &[0]), int_attr("keepdims", 1)],
+    );
+    let a = g.node("Add", &[&c, &m], vec![]);
+    let y = g.conv(&a, 4, 1, 1, 1, 0);
+    let model = g.output(&y, &[1, 1, -1]);
+    let cpu = candle_core::Device::Cpu;
+    assert!(Trainer::new(&model, 200, 1e-2, 5.0, Loss::SiSdr, &cpu).is_ok());
+    let err = Trainer::batched(&model, 200, 2, 1e-2, 5.0, Loss::SiSdr, &cpu)
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("mixes batch items"), "{msg}");
+}
+
+#[test]
+fn finetuning_in_batches_counts_steps_and_writes_the_batch_one_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_set(dir.path(), 4);
+    let model = slim_tiny();
+    let o = FinetuneOptions {
+        batch: 2,
+        steps: Some(6),
+        val_every: Some(3),
+        ..opts()
+    };
+    let r = finetune(&model, dir.path(), &o).unwrap();
+    let steps: Vec<usize> = r.history.iter().map(|e| e.step).collect();
+    assert_eq!(steps, vec![0, 3, 6], "evaluations at optimiser steps");
+    assert!(r.best.val_loss < r.history[0].val_loss, "{:?}", r.history);
+    let (a, b) = (
+        model.graph.as_ref().unwrap(),
+        r.model.graph.as_ref().unwrap(),
+    );
+    assert_eq!(a.node, b.node, "the written model is the batch-1 graph");
+    assert_eq!(a.input, b.input);
+    assert_eq!(a.initializer.len(), b.initializer.len());
+}

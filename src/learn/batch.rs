@@ -1,0 +1,162 @@
+//! Batched training of models exported for batch 1: the model rewritten so that its first
+//! input takes `B` items, then checked by running it.
+//!
+//! An export made at batch 1 often computes with that 1: a Reshape to `[1, 1, 512, -1]`
+//! (the real Conv-TasNet's mask) merges whatever comes in into one item. [`widen`]
+//! declares axis 0 of the first input as `B` and lets each such Reshape copy axis 0 from
+//! its input ([`crate::ops::batch_following_target`]). Whether every node now keeps the
+//! items apart is not read from the graph but measured: [`check`] runs the rewritten graph
+//! on two different items and compares each with the original graph's output for that
+//! item alone. A graph that mixes items (a norm over the batch axis, a Reshape that folds
+//! it into another axis) fails the check and is refused.
+use super::CandleGraph;
+use crate::error::{Error, Result};
+use crate::ir::Ir;
+use crate::onnx::{ModelProto, Tensor};
+use candle_core::{DType, Device};
+use std::collections::HashMap;
+
+/// `model` rewritten for `batch` items along axis 0 of its first input (see the module
+/// docs); unchecked ([`check`]). Batch 1 returns the model as it is.
+///
+/// Errors: a model without a graph or input, or a first input whose axis 0 is declared
+/// with another fixed size than 1 or `batch`.
+pub fn widen(model: &ModelProto, batch: usize) -> Result<ModelProto> {
+    use crate::onnx::pb::tensor_shape_proto::dimension::Value;
+    if batch <= 1 {
+        return Ok(model.clone());
+    }
+    let mut m = model.clone();
+    let g = m
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::Graph("model has no graph".into()))?;
+    let input = g
+        .input
+        .first_mut()
+        .ok_or_else(|| Error::Graph("model has no input".into()))?;
+    let name = input.name().to_string();
+    let dims = input
+        .r#type
+        .as_mut()
+        .and_then(|t| t.value.as_mut())
+        .and_then(|t| match t {
+            crate::onnx::pb::type_proto::Value::TensorType(t) => t.shape.as_mut(),
+            _ => None,
+        })
+        .map(|s| &mut s.dim)
+        .and_then(|d| d.first_mut())
+        .ok_or_else(|| Error::Graph(format!("input '{name}' has no declared axis 0")))?;
+    match dims.value {
+        Some(Value::DimValue(n)) if n != 1 && n != batch as i64 => {
+            return Err(Error::Graph(format!(
+                "input '{name}' is declared with batch {n}: cannot train at batch {batch}"
+            )))
+        }
+        _ => dims.value = Some(Value::DimValue(batch as i64)),
+    }
+    // Reshape targets that hold the batch of 1 as a literal
+    let inits: HashMap<String, usize> = g
+        .initializer
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name().to_string(), i))
+        .collect();
+    let mut added: HashMap<String, String> = HashMap::new();
+    let mut new_inits = vec![];
+    for node in g.node.iter_mut().filter(|n| n.op_type() == "Reshape") {
+        let Some(&k) = node.input.get(1).and_then(|t| inits.get(t)) else {
+            continue;
+        };
+        let Tensor::I64(t) = crate::onnx::tensor_from_proto(&g.initializer[k])? else {
+            continue;
+        };
+        let target: Vec<i64> = t.iter().copied().collect();
+        let Some(new) = crate::ops::batch_following_target(node, &target) else {
+            continue;
+        };
+        let old = node.input[1].clone();
+        let renamed = added.entry(old.clone()).or_insert_with(|| {
+            let name = format!("{old}.batch");
+            new_inits.push(crate::onnx::i64_initializer(&name, new));
+            name
+        });
+        node.input[1] = renamed.clone();
+    }
+    g.initializer.extend(new_inits);
+    // the outputs' and intermediate values' declared shapes were for batch 1
+    for o in g.output.iter_mut() {
+        if let Some(crate::onnx::pb::type_proto::Value::TensorType(t)) =
+            o.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            t.shape = None;
+        }
+    }
+    g.value_info.clear();
+    Ok(m)
+}
+
+/// Checks that `widened` (from [`widen`] at batch 2 or more; checked at batch 2) computes
+/// each item as `model` computes it alone, at `samples` input samples, on the CPU in f32.
+/// Returns the relative error.
+///
+/// Errors: the rewritten graph does not infer or run, or mixes items (relative error above
+/// 1e-4), named as such.
+pub fn check(model: &ModelProto, samples: usize) -> Result<f64> {
+    let cpu = Device::Cpu;
+    let one = CandleGraph::new(Ir::new(model.clone(), samples)?, &cpu, DType::F32, &[])?;
+    let n: usize = one.input_shape().iter().product();
+    let items: Vec<Vec<f32>> = (0..2u64).map(|s| noise(n, s)).collect();
+    let none = HashMap::new();
+    let e = Error::candle("batch check");
+    let flat: Vec<f32> = items.concat();
+    let y2 = widen(model, 2)
+        .and_then(|w| Ir::new(w, samples))
+        .and_then(|ir| CandleGraph::new(ir, &cpu, DType::F32, &[]))
+        .and_then(|two| two.forward(&two.input(&flat)?, &none))
+        .map_err(|err| {
+            Error::Graph(format!(
+                "batch: the model does not run at batch 2 ({err}): it computes with its \
+                 batch of 1; train at batch 1"
+            ))
+        })?;
+    let mut worst = 0f64;
+    for (i, x) in items.iter().enumerate() {
+        let y1 = one.forward(&one.input(x)?, &none)?;
+        let a: Vec<f32> = y1.flatten_all().and_then(|t| t.to_vec1()).map_err(&e)?;
+        let b: Vec<f32> = y2
+            .narrow(0, i, 1)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .map_err(&e)?;
+        if a.len() != b.len() {
+            return Err(Error::Graph(format!(
+                "batch: item {i} has {} output values in a batch of 2, {} alone: the graph \
+                 does not keep batch items apart; train at batch 1",
+                b.len(),
+                a.len()
+            )));
+        }
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let err = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale;
+        worst = worst.max(err as f64);
+    }
+    if worst > 1e-4 {
+        return Err(Error::Graph(format!(
+            "batch: the model computes an item differently in a batch of 2 (relative error \
+             {worst:.2e}): it mixes batch items; train at batch 1"
+        )));
+    }
+    Ok(worst)
+}
+
+/// `n` deterministic noise samples in [-0.5, 0.5) from `seed`.
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-0.5f32..0.5)).collect()
+}
