@@ -324,6 +324,9 @@ impl OpRule for Conv {
                     let w2 = w.reshape((wsh[0], wsh[1])).map_err(&e)?;
                     w2.broadcast_matmul(&xp).map_err(&e)?
                 }
+                1 if g.group == 1 && g.dilations[0] == 1 && framed(wsh[2], g.strides[0]) => {
+                    strided_conv1d(&xp, w, g.strides[0]).map_err(&e)?
+                }
                 1 => per_item(&xp, |x| {
                     x.conv1d(w, 0, g.strides[0], g.dilations[0], g.group)
                 })
@@ -352,6 +355,65 @@ impl OpRule for Conv {
         }
         Ok(vec![])
     }
+}
+
+/// Whether a 1-D (transposed) convolution with `k` taps and stride `s` runs on frames of
+/// `s` samples ([`strided_conv1d`], [`strided_conv_transpose1d`]): a stride above 1 that
+/// divides the kernel (a speech model's learned filterbank: 2 s taps at stride s).
+fn framed(k: usize, s: usize) -> bool {
+    s > 1 && k % s == 0
+}
+
+/// A strided 1-D convolution `x [N, C, T]` (padded), `w [O, C, m s]`, stride `s` ->
+/// `[N, O, L]`, `L = (T - m s) / s + 1`, as one matrix product over frames: `x` cut into
+/// frames of `s` samples, `m` consecutive frames side by side make each output's input
+/// window (`[N, L, C m s]`), times `w` as `[O, C m s]`. Candle's conv1d runs the strided
+/// case as im2col per call and its kernel gradient is wrong above batch 1; this form is a
+/// few copies and one GEMM forward, two backward.
+fn strided_conv1d(x: &CTensor, w: &CTensor, s: usize) -> candle_core::Result<CTensor> {
+    let (n, c, t) = x.dims3()?;
+    let (o, _, k) = w.dims3()?;
+    let m = k / s;
+    let l = (t - k) / s + 1;
+    let frames = x
+        .narrow(2, 0, (l + m - 1) * s)?
+        .reshape((n, c, l + m - 1, s))?;
+    // [N, C, L, m s]: window l holds frames l..l+m, tap q s + r at frame q, sample r
+    let windows = (0..m)
+        .map(|q| frames.narrow(2, q, l))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let windows = CTensor::cat(&windows, 3)?;
+    let cols = windows.permute((0, 2, 1, 3))?.reshape((n, l, c * k))?; // [N, L, C K]
+    let y = cols.broadcast_matmul(&w.reshape((o, c * k))?.t()?)?; // [N, L, O]
+    y.transpose(1, 2)?.contiguous()
+}
+
+/// The transposed convolution `x [N, C, J]`, `w [C, O, m s]`, stride `s` -> the full
+/// output `[N, O, (J + m - 1) s]` (before pads), as one matrix product and an overlap-add
+/// of frames: `z = w^T x` holds, for input frame `j`, the `m s` output samples it writes;
+/// tap `q s + r` lands at frame `j + q`, sample `r`. Candle's conv_transpose runs one
+/// thread per output sample over every input channel and tap.
+fn strided_conv_transpose1d(x: &CTensor, w: &CTensor, s: usize) -> candle_core::Result<CTensor> {
+    let (n, c, j) = x.dims3()?;
+    let (_, o, k) = w.dims3()?;
+    let m = k / s;
+    let z = w.reshape((c, o * k))?.t()?.broadcast_matmul(x)?; // [N, O K, J]
+    let z = z.reshape((n, o, m, s, j))?;
+    let mut acc: Option<CTensor> = None;
+    for q in 0..m {
+        // [N, O, J, s] placed at frames q..q+J of J + m - 1
+        let part = z
+            .narrow(2, q, 1)?
+            .squeeze(2)?
+            .transpose(2, 3)?
+            .pad_with_zeros(2, q, m - 1 - q)?;
+        acc = Some(match acc {
+            Some(a) => (a + part)?,
+            None => part,
+        });
+    }
+    let full = acc.expect("m >= 1");
+    full.reshape((n, o, (j + m - 1) * s))
 }
 
 /// `f` on each item of the batch `x` (axis 0) on its own, the results concatenated: candle
@@ -497,15 +559,19 @@ impl OpRule for ConvTranspose {
             .map(|v| v[0] as usize)
             .unwrap_or(0);
         let per = wsh[0] / g.group; // input channels per group
-        let parts = (0..g.group)
-            .map(|k| {
-                let xk = xs.narrow(1, k * per, per)?.unsqueeze(2)?;
-                let wk = w.narrow(0, k * per, per)?.unsqueeze(2)?;
-                xk.conv_transpose2d(&wk, 0, 0, g.strides[0], g.dilations[0])?
-                    .squeeze(2)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()
-            .map_err(&e)?;
+        let (st, dil) = (g.strides[0], g.dilations[0]);
+        let parts = if g.group == 1 && dil == 1 && framed(wsh[2], st) {
+            vec![strided_conv_transpose1d(xs, w, st).map_err(&e)?]
+        } else {
+            (0..g.group)
+                .map(|k| {
+                    let xk = xs.narrow(1, k * per, per)?.unsqueeze(2)?;
+                    let wk = w.narrow(0, k * per, per)?.unsqueeze(2)?;
+                    xk.conv_transpose2d(&wk, 0, 0, st, dil)?.squeeze(2)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()
+                .map_err(&e)?
+        };
         let full = CTensor::cat(&parts, 1).map_err(&e)?;
         // output_padding extends the full output at the end; the pads crop both ends
         let full = full.pad_with_zeros(2, 0, out_pad).map_err(&e)?;
