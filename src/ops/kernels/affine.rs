@@ -135,15 +135,58 @@ impl Bias {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = self.0;
-        // [outer, C, inner] -> sum over the runs, then over `outer`
+        // [outer, C, inner] -> the sum over each channel's runs, in one pass
         let db = dy
             .contiguous()?
-            .reshape((g.outer, g.c, g.inner))?
-            .sum(2)?
-            .sum(0)?
+            .apply_op1_no_bwd(&BiasGrad(self.0))?
             .reshape(bias.shape())?;
         Ok((Some(dy.clone()), Some(db)))
+    }
+}
+
+/// `dbias [C]` from `dy`: the sum of each channel's entries.
+struct BiasGrad(Geometry);
+
+fn bias_grad<T: Float>(dy: &[T], g: Geometry) -> Vec<T> {
+    let mut db = vec![T::default(); g.c];
+    g.each(|c, r| {
+        let d = &dy[r];
+        db[c] += sum(d.len(), |i| d[i]);
+    });
+    db
+}
+
+impl candle_core::CustomOp1 for BiasGrad {
+    fn name(&self) -> &'static str {
+        "channel-bias-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        use candle_core::CpuStorage;
+        let n = self.name();
+        let db = match s {
+            CpuStorage::F32(d) => CpuStorage::F32(bias_grad(super::slice(d, l, n)?, self.0)),
+            CpuStorage::F64(d) => CpuStorage::F64(bias_grad(super::slice(d, l, n)?, self.0)),
+            _ => candle_core::bail!("{n}: f32 or f64 input"),
+        };
+        Ok((db, Shape::from(self.0.c)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = super::cuda::view(s, l, self.name())?;
+        Ok((
+            super::cuda::channel_sums(&s.device, &d, self.0)?,
+            Shape::from(self.0.c),
+        ))
     }
 }
 

@@ -241,11 +241,13 @@ pub fn depthwise_grad_w(
     Ok(wrap(dev, out))
 }
 
-/// Per row of `len` entries: the sums of `x` and `x^2` (f64, `[2 rows]`).
-fn moments(dev: &CudaDevice, x: &CudaView<f32>, len: usize) -> Result<CudaSlice<f64>> {
+/// Per row of `len` entries: its mean and `1 / sqrt(var + eps)` (f64, `[2 rows]`).
+fn row_stats(dev: &CudaDevice, x: &CudaView<f32>, len: usize, eps: f64) -> Result<CudaSlice<f64>> {
     let rows = x.len() / len;
+    let (r, l) = (rows as i64, len as i64);
     let acc = dev.alloc_zeros::<f64>(2 * rows)?;
-    launch!(dev, "row_moments", runs(rows, len), x, &acc, &(len as i64));
+    launch!(dev, "row_moments", runs(rows, len), x, &acc, &l);
+    launch!(dev, "row_stats_of", flat(rows), &acc, &r, &l, &eps);
     Ok(acc)
 }
 
@@ -259,24 +261,23 @@ pub fn normalize(
     affine: Option<(&CudaView<f32>, &CudaView<f32>, Runs)>,
 ) -> Result<CudaStorage> {
     let n = x.len();
-    let m = moments(dev, x, len)?;
+    let st = row_stats(dev, x, len, eps)?;
     let mut y = output(dev, n)?;
-    let (n, len_) = (n as i64, len as i64);
+    let (nn, l) = (n as i64, len as i64);
     match affine {
         Some((s, b, g)) => {
             let (c, inner) = (g.c as i64, g.inner as i64);
             launch!(
                 dev,
                 "normalize_fwd",
-                flat(n as usize),
+                flat(n),
                 x,
-                &m,
+                &st,
                 s,
                 b,
                 &mut y,
-                &n,
-                &len_,
-                &eps,
+                &nn,
+                &l,
                 &c,
                 &inner,
                 &1i32
@@ -286,15 +287,14 @@ pub fn normalize(
             launch!(
                 dev,
                 "normalize_fwd",
-                flat(n as usize),
+                flat(n),
                 x,
-                &m,
+                &st,
                 x,
                 x,
                 &mut y,
-                &n,
-                &len_,
-                &eps,
+                &nn,
+                &l,
                 &1i64,
                 &1i64,
                 &0i32
@@ -315,6 +315,7 @@ pub fn normalize_grad(
 ) -> Result<CudaStorage> {
     let n = x.len();
     let rows = n / len;
+    let (r, l) = (rows as i64, len as i64);
     let acc = dev.alloc_zeros::<f64>(4 * rows)?;
     launch!(
         dev,
@@ -324,8 +325,9 @@ pub fn normalize_grad(
         y,
         dy,
         &acc,
-        &(len as i64)
+        &l
     );
+    launch!(dev, "normalize_grad_coef", flat(rows), &acc, &r, &l, &eps);
     let mut dx = output(dev, n)?;
     launch!(
         dev,
@@ -336,8 +338,7 @@ pub fn normalize_grad(
         &acc,
         &mut dx,
         &(n as i64),
-        &(len as i64),
-        &eps
+        &l
     );
     Ok(wrap(dev, dx))
 }
@@ -357,7 +358,7 @@ pub fn normalize_affine_grad(
     let rows = n / len;
     let row = dev.alloc_zeros::<f64>(2 * rows)?;
     let rc = dev.alloc_zeros::<f64>(2 * rows * g.c)?;
-    let (len_, c, inner) = (len as i64, g.c as i64, g.inner as i64);
+    let (l, c, inner, r) = (len as i64, g.c as i64, g.inner as i64, rows as i64);
     launch!(
         dev,
         "norm_affine_sums",
@@ -366,24 +367,39 @@ pub fn normalize_affine_grad(
         dy,
         &row,
         &rc,
-        &len_,
+        &l,
         &c,
         &inner
     );
+    let s12 = dev.alloc_zeros::<f64>(2 * rows)?;
+    let grid = LaunchConfig {
+        grid_dim: (rows as u32, g.c.div_ceil(BLOCK as usize) as u32, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch!(
+        dev,
+        "norm_affine_s12",
+        grid,
+        &row,
+        &rc,
+        s,
+        &s12,
+        &l,
+        &c,
+        &eps
+    );
     // SAFETY: written in full by norm_affine_coef
     let coef = unsafe { dev.alloc::<f64>(4 * rows)? };
-    let r = rows as i64;
     launch!(
         dev,
         "norm_affine_coef",
         flat(rows),
         &row,
-        &rc,
-        s,
+        &s12,
         &coef,
         &r,
-        &len_,
-        &c,
+        &l,
         &eps
     );
     let mut out = output(dev, n + 2 * g.c)?;
@@ -412,11 +428,30 @@ pub fn normalize_affine_grad(
             &coef,
             &mut dx,
             &(n as i64),
-            &len_,
+            &l,
             &c,
             &inner
         );
     }
+    Ok(wrap(dev, out))
+}
+
+/// `[sum of channel c's entries]` (`[C]`, f32) of `dy` laid out in runs `g`: a bias
+/// gradient.
+pub fn channel_sums(dev: &CudaDevice, dy: &CudaView<f32>, g: Runs) -> Result<CudaStorage> {
+    let acc = dev.alloc_zeros::<f64>(g.c)?;
+    let (c, inner) = (g.c as i64, g.inner as i64);
+    launch!(
+        dev,
+        "channel_sums",
+        runs(g.outer * g.c, g.inner),
+        dy,
+        &acc,
+        &c,
+        &inner
+    );
+    let mut out = output(dev, g.c)?;
+    finish(dev, &acc, &mut out, 0)?;
     Ok(wrap(dev, out))
 }
 

@@ -93,6 +93,16 @@ extern "C" __global__ void channel_map_grad(const float *x, const float *dy, con
   }
 }
 
+// acc[c] += sum of the entries of channel c (a bias gradient), on the (run, chunk) grid.
+extern "C" __global__ void channel_sums(const float *dy, double *acc, long C, long inner) {
+  const long r = blockIdx.x, c = r % C;
+  long lo, hi;
+  chunk(inner, &lo, &hi);
+  double v[1] = {0.0};
+  for (long j = lo + threadIdx.x; j < hi; j += blockDim.x) v[0] += dy[r * inner + j];
+  block_add<1>(v, acc + c);
+}
+
 // ---- depthwise 1-D convolution (depthwise.rs) ----
 // y[row, t] = sum_j w[c, j] x[row, t + j dil - pad], zero outside x; row = n C + c.
 extern "C" __global__ void depthwise_fwd(const float *x, const float *w, float *y, long rows,
@@ -167,19 +177,30 @@ __device__ void row_stats(const double *m, long len, double eps, double *mean, d
   *inv = 1.0 / sqrt(var + eps);
 }
 
-// y = (x - mean) inv, then * s[c] + b[c] when `affine` (c = (i / inner) % C).
-extern "C" __global__ void normalize_fwd(const float *x, const double *moments, const float *s,
-                                         const float *b, float *y, long n, long len, double eps,
+// In place, one thread per row: moments[2 r ..] (sums of x and x^2) become (mean, inv).
+extern "C" __global__ void row_stats_of(double *moments, long rows, long len, double eps) {
+  const long r = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  double mean, inv;
+  row_stats(moments + 2 * r, len, eps, &mean, &inv);
+  moments[2 * r] = mean;
+  moments[2 * r + 1] = inv;
+}
+
+// y = (x - mean) inv, then * s[c] + b[c] when `affine` (c = (i / inner) % C), in f32 with
+// the row's (mean, inv) from row_stats_of (as the CPU kernel rounds them).
+extern "C" __global__ void normalize_fwd(const float *x, const double *stats, const float *s,
+                                         const float *b, float *y, long n, long len,
                                          long C, long inner, int affine) {
   GRID_STRIDE(i, n) {
-    double mean, inv;
-    row_stats(moments + 2 * (i / len), len, eps, &mean, &inv);
-    double v = ((double)x[i] - mean) * inv;
+    const double *st = stats + 2 * (i / len);
+    const float m = (float)(-st[0]);
     if (affine) {
       const long c = (i / inner) % C;
-      v = v * s[c] + b[c];
+      y[i] = (x[i] + m) * (float)(st[1] * s[c]) + b[c];
+    } else {
+      y[i] = (x[i] + m) * (float)st[1];
     }
-    y[i] = (float)v;
   }
 }
 
@@ -201,15 +222,27 @@ extern "C" __global__ void normalize_grad_sums(const float *x, const float *y, c
   block_add<4>(v, acc + 4 * r);
 }
 
-// dx = (dy - mean(dy) - y mean(dy y)) inv.
+// In place, one thread per row: acc[4 r ..] (sums of x, x^2, dy, dy y) become the
+// coefficients of dx = (dy + a + b y) s: a = -mean(dy), b = -mean(dy y), s = inv.
+extern "C" __global__ void normalize_grad_coef(double *acc, long rows, long len, double eps) {
+  const long r = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  double *a = acc + 4 * r;
+  double mean, inv;
+  row_stats(a, len, eps, &mean, &inv);
+  const double n = (double)len;
+  const double sd = a[2], sdy = a[3];
+  a[0] = -sd / n;
+  a[1] = -sdy / n;
+  a[2] = inv;
+}
+
+// dx = (dy + a + b y) s, in f32 (as the CPU kernel).
 extern "C" __global__ void normalize_grad_x(const float *y, const float *dy, const double *acc,
-                                            float *dx, long n, long len, double eps) {
+                                            float *dx, long n, long len) {
   GRID_STRIDE(i, n) {
-    const double *a = acc + 4 * (i / len);
-    double mean, inv;
-    row_stats(a, len, eps, &mean, &inv);
-    const double nn = (double)len;
-    dx[i] = (float)(((double)dy[i] - a[2] / nn - (double)y[i] * a[3] / nn) * inv);
+    const double *k = acc + 4 * (i / len);
+    dx[i] = (dy[i] + (float)k[0] + (float)k[1] * y[i]) * (float)k[2];
   }
 }
 
@@ -234,26 +267,34 @@ extern "C" __global__ void norm_affine_sums(const float *x, const float *dy, dou
   block_add<2>(w, rc + 2 * (rw * C + c));
 }
 
-// Step 2, one thread per row: coef[4 row ..] = mean, inv, b = -S2 / n inv^2, o = -S1 / n inv
-// with S1 = sum_c s[c] sum(dy), S2 = sum_c s[c] sdn_c, sdn_c = (sum(dy x) - mean sum(dy)) inv.
-extern "C" __global__ void norm_affine_coef(const double *row, const double *rc, const float *s,
-                                            double *coef, long rows, long len, long C,
-                                            double eps) {
+// Step 2, on a (row, channel block) grid: s12[2 row ..] += S1 = sum_c s[c] sum(dy),
+// S2 = sum_c s[c] sdn_c with sdn_c = (sum(dy x) - mean sum(dy)) inv.
+extern "C" __global__ void norm_affine_s12(const double *row, const double *rc, const float *s,
+                                           double *s12, long len, long C, double eps) {
+  const long r = blockIdx.x, c = (long)blockIdx.y * blockDim.x + threadIdx.x;
+  double mean, inv;
+  row_stats(row + 2 * r, len, eps, &mean, &inv);
+  double v[2] = {0.0, 0.0};
+  if (c < C) {
+    const double sd = rc[2 * (r * C + c)], sdx = rc[2 * (r * C + c) + 1];
+    v[0] = s[c] * sd;
+    v[1] = s[c] * (sdx - mean * sd) * inv;
+  }
+  block_add<2>(v, s12 + 2 * r);
+}
+
+// Step 2b, one thread per row: coef[4 row ..] = mean, inv, b = -S2 / n inv^2, o = -S1 / n inv.
+extern "C" __global__ void norm_affine_coef(const double *row, const double *s12, double *coef,
+                                            long rows, long len, double eps) {
   const long r = (long)blockIdx.x * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   double mean, inv;
   row_stats(row + 2 * r, len, eps, &mean, &inv);
-  double s1 = 0.0, s2 = 0.0;
-  for (long c = 0; c < C; c++) {
-    const double sd = rc[2 * (r * C + c)], sdx = rc[2 * (r * C + c) + 1];
-    s1 += s[c] * sd;
-    s2 += s[c] * (sdx - mean * sd) * inv;
-  }
   const double n = (double)len;
   coef[4 * r] = mean;
   coef[4 * r + 1] = inv;
-  coef[4 * r + 2] = -s2 / n * inv * inv;
-  coef[4 * r + 3] = -s1 / n * inv;
+  coef[4 * r + 2] = -s12[2 * r + 1] / n * inv * inv;
+  coef[4 * r + 3] = -s12[2 * r] / n * inv;
 }
 
 // Step 3, one thread per channel: ds[c] = sum_rows sdn_c, db[c] = sum_rows sum(dy)
@@ -272,14 +313,14 @@ extern "C" __global__ void norm_affine_params(const double *rc, const double *co
   out[C + c] = (float)db;
 }
 
-// Step 4: dx = dy s[c] inv + (x - mean) b + o.
+// Step 4: dx = dy (s[c] inv) + (x - mean) b + o, in f32 (as the CPU kernel).
 extern "C" __global__ void norm_affine_dx(const float *x, const float *dy, const float *s,
                                           const double *coef, float *dx, long n, long len,
                                           long C, long inner) {
   GRID_STRIDE(i, n) {
     const double *k = coef + 4 * (i / len);
     const long c = (i / inner) % C;
-    dx[i] = (float)((double)dy[i] * s[c] * k[1] + ((double)x[i] - k[0]) * k[2] + k[3]);
+    dx[i] = dy[i] * (float)(s[c] * k[1]) + (x[i] + (float)(-k[0])) * (float)k[2] + (float)k[3];
   }
 }
 
