@@ -67,7 +67,7 @@ pub fn node_macs_as(ir: &Ir, shape: ops::ShapeOf, ptflops: ops::Ptflops) -> Vec<
 pub fn node_param_names(ir: &Ir) -> Vec<Vec<&str>> {
     let learnable = |n: &crate::onnx::NodeProto| -> Vec<usize> {
         match ops::rule(n) {
-            Some(r) => r.params(n, ir),
+            Some(r) => r.counted_params(n, ir),
             // an op without a rule (opaque: an Einsum, a grouped linear) learns every
             // float initializer it reads
             None => (0..n.input.len()).collect(),

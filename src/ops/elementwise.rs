@@ -210,6 +210,24 @@ impl OpRule for Broadcast {
         }
     }
 
+    /// Less a Mul or Div operand of all ones (the unit scale an exporter writes for a norm
+    /// without an affine map, once the norm is decomposed): it leaves the other operand as
+    /// it is. An untrained model's unit scales are left out the same way.
+    fn counted_params(&self, node: &NodeProto, ir: &Ir) -> Vec<usize> {
+        let ones = |name: &str| {
+            let t = ir
+                .initializer(name)
+                .ok()
+                .or_else(|| ir.fact(name).and_then(|f| f.value.clone()));
+            matches!(t, Some(Tensor::F32(a)) if a.iter().all(|&x| x == 1.0))
+        };
+        let scaling = matches!(node.op_type(), "Mul" | "Div");
+        self.params(node, ir)
+            .into_iter()
+            .filter(|&i| !(scaling && ones(&node.input[i])))
+            .collect()
+    }
+
     fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let present: Vec<&Fact> = inputs.iter().flatten().copied().collect();
         if present.is_empty() {

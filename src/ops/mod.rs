@@ -226,6 +226,13 @@ pub trait OpRule: Sync {
         vec![]
     }
 
+    /// The parameter inputs that count in the model's params (PyTorch's count): [`Self::params`]
+    /// less the constants an exporter makes where the module has no parameter (a unit scale
+    /// for a LayerNorm without an affine map). Training still reaches every [`Self::params`].
+    fn counted_params(&self, node: &NodeProto, ir: &Ir) -> Vec<usize> {
+        self.params(node, ir)
+    }
+
     /// Inputs that hold state, not parameters, even when they are initializers (an RNN's
     /// initial hidden state): not counted as params.
     fn state_inputs(&self, _node: &NodeProto) -> Vec<usize> {

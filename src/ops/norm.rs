@@ -12,7 +12,7 @@
 use super::{ce, cin, in_shape, need, norm_axis, Links, OpRule, Ptflops, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
-use crate::onnx::{attr_f, attr_i, NodeProto};
+use crate::onnx::{attr_f, attr_i, NodeProto, Tensor};
 use candle_core::{Tensor as CTensor, D};
 
 pub struct BatchNorm;
@@ -197,6 +197,23 @@ impl OpRule for LayerNorm {
     }
     fn params(&self, _node: &NodeProto, _ir: &Ir) -> Vec<usize> {
         vec![1, 2]
+    }
+    /// Scale and bias; none where they are the identity an exporter writes for a LayerNorm
+    /// without an affine map (PyTorch's `elementwise_affine=False`: the op needs a scale,
+    /// so a constant of ones goes in, with no bias or zeros).
+    fn counted_params(&self, node: &NodeProto, ir: &Ir) -> Vec<usize> {
+        let all = |i: usize, v: f32| -> Option<bool> {
+            let name = node.input.get(i).filter(|n| !n.is_empty())?;
+            let t = ir
+                .initializer(name)
+                .ok()
+                .or_else(|| ir.fact(name).and_then(|f| f.value.clone()));
+            Some(matches!(t, Some(Tensor::F32(a)) if a.iter().all(|&x| x == v)))
+        };
+        match (all(1, 1.0), all(2, 0.0)) {
+            (Some(true), None | Some(true)) => vec![],
+            _ => vec![1, 2],
+        }
     }
 }
 
