@@ -19,6 +19,12 @@ pub struct Args {
     /// Share of the separator's MACs to keep.
     #[arg(long, default_value_t = 0.5)]
     pub target_macs: f64,
+    /// A latency to meet instead of a MACs share: ms for 1 s of input at batch 1 on the
+    /// first --runtime. Candidates cut without data (channels, and with --structure auto
+    /// also whole blocks) are measured there, a latency model is fitted per structure, and
+    /// the share (and structure) that meets the target while keeping the most MACs is used.
+    #[arg(long, value_name = "MS")]
+    pub target_latency: Option<f64>,
     /// Remove channels, whole residual blocks (depth), or choose by the first
     /// --runtime (depth for ort-cuda, where batch-1 latency follows the node count).
     #[arg(long, value_enum, default_value_t = sepprune::pipeline::Structure::Auto)]
@@ -77,6 +83,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let o = sepprune::pipeline::Options {
         target_macs: a.target_macs,
+        target_latency: a.target_latency,
         structure: a.structure,
         method: a.method,
         iters: a.iters,

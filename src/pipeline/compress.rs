@@ -51,9 +51,14 @@ pub enum Structure {
     Auto,
 }
 
+#[derive(Clone)]
 pub struct Options {
     /// Share of separator MACs to keep.
     pub target_macs: f64,
+    /// A latency to meet instead (ms, 1 s of input, batch 1, on the first runtime): the
+    /// MACs share and, with [`Structure::Auto`], the structure come from a latency model
+    /// fitted on measured candidates ([`super::latency`]).
+    pub target_latency: Option<f64>,
     pub structure: Structure,
     pub method: Method,
     /// Learner iterations.
@@ -344,12 +349,31 @@ pub fn compress(
     let model = onnx::load(model_path)?;
     let ir = Ir::new(model.clone(), 16000)?;
     let device = crate::learn::device(o.cuda)?;
+    let mut timings = Timings::default();
+    let latency = match o.target_latency {
+        Some(ms) => Some(timings.time("latency target: candidates measured", || {
+            let rt = o.runtimes.first().copied().unwrap_or(Runtime::preferred());
+            super::latency::plan(&model, &ir, ms, o.structure, rt, o.bench_runs)
+        })?),
+        None => None,
+    };
+    let planned;
+    let o = match &latency {
+        Some(p) => {
+            planned = Options {
+                target_macs: p.target_macs,
+                structure: p.structure,
+                ..o.clone()
+            };
+            &planned
+        }
+        None => o,
+    };
     let structure = match o.structure {
         Structure::Auto if o.runtimes.first() == Some(&Runtime::OrtCuda) => Structure::Depth,
         Structure::Auto => Structure::Channels,
         s => s,
     };
-    let mut timings = Timings::default();
     let pruned = match structure {
         Structure::Depth => timings.time("depth: ablation, removal, verification", || {
             prune_depth(&ir, &sets.train, o)
@@ -478,6 +502,7 @@ pub fn compress(
         "plots": pngs,
         "timings": timings,
         "quality_gate": { "fail_below": o.fail_below, "max_drop": o.max_drop, "rejected": rejected },
+        "latency_target": latency,
     });
     let what = match &pruned.removed {
         Removed::Channels(_) => format!(
@@ -538,6 +563,22 @@ pub fn compress(
             .join(", "),
         bench::markdown(&rows)
     );
+    // the latency reached: the final bench's first runtime at 1 s
+    let reached = latency.as_ref().and_then(|p| {
+        rows.iter()
+            .find(|r| r.model != "original" && r.runtime == p.runtime && r.seconds == 1.0)
+            .map(|r| (p, r.median_ms))
+    });
+    if let Some(p) = &latency {
+        md += &p.markdown();
+        if let Some((_, ms)) = reached {
+            md += &format!(
+                "
+Measured after compression (the benchmark above): {ms:.2} ms.
+"
+            );
+        }
+    }
     md += &timings.markdown();
     if let Some(r) = &rejected {
         md += &format!(
@@ -580,6 +621,15 @@ pub fn compress(
             r.runtime.name(),
             r.seconds,
             r.speedup
+        );
+    }
+    if let Some((p, ms)) = reached {
+        summary += &format!(
+            "\n  latency target {:.2} ms on {}: {ms:.2} ms measured ({:.2} predicted, {:.2} before)",
+            p.target_ms,
+            p.runtime.name(),
+            p.predicted_ms,
+            p.original_ms
         );
     }
     summary += &format!(

@@ -1,5 +1,6 @@
 //! Commands that chain several passes: `compress` (structure selection, pruning,
 //! verification, recovery, evaluation, benchmark and a report with plots).
 pub mod compress;
+pub mod latency;
 
 pub use compress::{compress, Compressed, Method, Options, Structure};

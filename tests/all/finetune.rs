@@ -594,6 +594,7 @@ fn hints_train_with_the_teacher_and_need_one() {
 fn compress_opts(structure: sepprune::pipeline::Structure) -> sepprune::pipeline::Options {
     sepprune::pipeline::Options {
         target_macs: 0.6,
+        target_latency: None,
         structure,
         method: sepprune::pipeline::Method::L1,
         iters: 0,
@@ -840,4 +841,36 @@ fn finetuning_in_batches_counts_steps_and_writes_the_batch_one_graph() {
     assert_eq!(a.node, b.node, "the written model is the batch-1 graph");
     assert_eq!(a.input, b.input);
     assert_eq!(a.initializer.len(), b.initializer.len());
+}
+
+/// `compress --target-latency`: both structures' candidates are measured on the runtime;
+/// a target the original meets and one no candidate approaches are refused with the
+/// measurements, and nothing is written.
+#[test]
+fn a_latency_target_measures_candidates_and_refuses_what_it_cannot_plan() {
+    use sepprune::pipeline::latency::plan;
+    use sepprune::pipeline::{compress, Structure};
+    use sepprune::runtime::Runtime;
+    let model = common::tiny_tasnet();
+    let ir = Ir::new(model.clone(), 16000).unwrap();
+    let e = plan(&model, &ir, 1e9, Structure::Auto, Runtime::Tract, 2).unwrap_err();
+    assert!(e.to_string().contains("already runs in"), "{e}");
+    let e = plan(&model, &ir, 1e-9, Structure::Auto, Runtime::Tract, 2).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("out of reach on tract") && msg.contains("fastest candidate"),
+        "{msg}"
+    );
+    // through compress: the error, and no output
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_set(&dir.path().join("set"), 2);
+    let path = dir.path().join("tiny.onnx");
+    sepprune::onnx::save(&model, &path, None, false).unwrap();
+    let out = dir.path().join("out.onnx");
+    let o = sepprune::pipeline::Options {
+        target_latency: Some(1e-9),
+        ..compress_opts(Structure::Auto)
+    };
+    assert!(compress(&path, &dir.path().join("set"), None, &out, &o).is_err());
+    assert!(!out.exists());
 }
