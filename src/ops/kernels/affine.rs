@@ -192,54 +192,42 @@ impl candle_core::CustomOp1 for BiasGrad {
 
 #[cfg(feature = "cuda")]
 mod on_cuda {
-    use super::super::cuda::{channel_map, channel_map_grad, view};
-    use candle_core::{CudaStorage, Layout, Result, Shape};
+    use super::super::cuda::{channel_map, channel_map_grad};
+    use candle_core::cuda_backend::cudarc::driver::CudaView;
+    use candle_core::{CudaDevice, CudaStorage, Result};
 
     impl super::Affine {
         pub(super) fn cuda(
             &self,
-            x: &CudaStorage,
-            lx: &Layout,
-            s: &CudaStorage,
-            ls: &Layout,
-            b: &CudaStorage,
-            lb: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let n = "channel-affine";
-            let (xv, sv, bv) = (view(x, lx, n)?, view(s, ls, n)?, view(b, lb, n)?);
-            let y = channel_map(&x.device, &xv, &sv, &bv, self.0, 1)?;
-            Ok((y, lx.shape().clone()))
+            d: &CudaDevice,
+            x: &CudaView<f32>,
+            s: &CudaView<f32>,
+            b: &CudaView<f32>,
+        ) -> Result<CudaStorage> {
+            channel_map(d, x, s, b, self.0, 1)
         }
     }
 
     impl super::Grad {
         pub(super) fn cuda(
             &self,
-            x: &CudaStorage,
-            lx: &Layout,
-            dy: &CudaStorage,
-            ld: &Layout,
-            s: &CudaStorage,
-            ls: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let n = "channel-affine-grad";
-            let (xv, dv, sv) = (view(x, lx, n)?, view(dy, ld, n)?, view(s, ls, n)?);
-            let out = channel_map_grad(&x.device, &xv, &dv, &sv, self.0, 1)?;
-            Ok((out, Shape::from(xv.len() + 2 * self.0.c)))
+            d: &CudaDevice,
+            x: &CudaView<f32>,
+            dy: &CudaView<f32>,
+            s: &CudaView<f32>,
+        ) -> Result<CudaStorage> {
+            channel_map_grad(d, x, dy, s, self.0, 1)
         }
     }
 
     impl super::Bias {
         pub(super) fn cuda(
             &self,
-            x: &CudaStorage,
-            lx: &Layout,
-            b: &CudaStorage,
-            lb: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let (xv, bv) = (view(x, lx, "channel-bias")?, view(b, lb, "channel-bias")?);
-            let y = channel_map(&x.device, &xv, &bv, &bv, self.0, 2)?;
-            Ok((y, lx.shape().clone()))
+            d: &CudaDevice,
+            x: &CudaView<f32>,
+            b: &CudaView<f32>,
+        ) -> Result<CudaStorage> {
+            channel_map(d, x, b, b, self.0, 2)
         }
     }
 }

@@ -169,9 +169,10 @@ cpu_op!(
 
 #[cfg(feature = "cuda")]
 mod on_cuda {
-    use super::super::cuda::{self, view, DepthwiseArgs};
+    use super::super::cuda::{self, DepthwiseArgs};
     use super::Geometry;
-    use candle_core::{CudaStorage, Layout, Result, Shape};
+    use candle_core::cuda_backend::cudarc::driver::CudaView;
+    use candle_core::{CudaDevice, CudaStorage, Result};
 
     fn args(g: Geometry) -> DepthwiseArgs {
         [g.rows, g.c, g.t, g.k, g.dilation, g.pad, g.t_out].map(|v| v as i64)
@@ -180,45 +181,33 @@ mod on_cuda {
     impl super::Depthwise {
         pub(super) fn cuda(
             &self,
-            x: &CudaStorage,
-            lx: &Layout,
-            w: &CudaStorage,
-            lw: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let (xv, wv) = (view(x, lx, "depthwise")?, view(w, lw, "depthwise")?);
-            let y = cuda::depthwise(&x.device, &xv, &wv, args(self.0))?;
-            let g = self.0;
-            Ok((y, Shape::from((g.rows / g.c, g.c, g.t_out))))
+            d: &CudaDevice,
+            x: &CudaView<f32>,
+            w: &CudaView<f32>,
+        ) -> Result<CudaStorage> {
+            cuda::depthwise(d, x, w, args(self.0))
         }
     }
 
     impl super::GradX {
         pub(super) fn cuda(
             &self,
-            dy: &CudaStorage,
-            ld: &Layout,
-            w: &CudaStorage,
-            lw: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let (dv, wv) = (view(dy, ld, "depthwise")?, view(w, lw, "depthwise")?);
-            let dx = cuda::depthwise_grad_x(&dy.device, &dv, &wv, args(self.0))?;
-            let g = self.0;
-            Ok((dx, Shape::from((g.rows / g.c, g.c, g.t))))
+            d: &CudaDevice,
+            dy: &CudaView<f32>,
+            w: &CudaView<f32>,
+        ) -> Result<CudaStorage> {
+            cuda::depthwise_grad_x(d, dy, w, args(self.0))
         }
     }
 
     impl super::GradW {
         pub(super) fn cuda(
             &self,
-            x: &CudaStorage,
-            lx: &Layout,
-            dy: &CudaStorage,
-            ld: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let (xv, dv) = (view(x, lx, "depthwise")?, view(dy, ld, "depthwise")?);
-            let dw = cuda::depthwise_grad_w(&x.device, &xv, &dv, args(self.0))?;
-            let g = self.0;
-            Ok((dw, Shape::from((g.c, 1, g.k))))
+            d: &CudaDevice,
+            x: &CudaView<f32>,
+            dy: &CudaView<f32>,
+        ) -> Result<CudaStorage> {
+            cuda::depthwise_grad_w(d, x, dy, args(self.0))
         }
     }
 }

@@ -184,8 +184,8 @@ pub(crate) use float_dispatch;
 /// `$f(&[T].., Geometry) -> Vec<T>` on the inputs' contiguous f32/f64 slices, with output
 /// shape `$shape` (from the geometry `$g` and the first input's layout `$l`), and, with
 /// `bwd = method`, the backward `self.method(inputs.., y, dy)`; gradient kernels have none.
-/// With `cuda = method`, the CUDA forward `self.method(storages and layouts..)` (built with
-/// the `cuda` feature).
+/// With `cuda = method`, the CUDA forward `self.method(device, inputs..)` on the inputs'
+/// contiguous f32 views, with the same output shape (built with the `cuda` feature).
 macro_rules! cpu_op {
     ($ty:ident, $name:literal, $f:ident, ($a:ident, $b:ident), |$g:ident, $l:ident| $shape:expr
      $(, bwd = $bwd:ident)? $(, cuda = $cuda:ident)?) => {
@@ -221,7 +221,11 @@ macro_rules! cpu_op {
                 s2: &candle_core::CudaStorage,
                 l2: &candle_core::Layout,
             ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-                self.$cuda(s1, l1, s2, l2)
+                use $crate::ops::kernels::cuda::view;
+                let y = self.$cuda(&s1.device, &view(s1, l1, $name)?, &view(s2, l2, $name)?)?;
+                #[allow(unused_variables)]
+                let ($g, $l) = (self.0, l1);
+                Ok((y, $shape))
             }
             )?
             $(
@@ -277,7 +281,12 @@ macro_rules! cpu_op {
                 s3: &candle_core::CudaStorage,
                 l3: &candle_core::Layout,
             ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-                self.$cuda(s1, l1, s2, l2, s3, l3)
+                use $crate::ops::kernels::cuda::view;
+                let (v1, v2, v3) = (view(s1, l1, $name)?, view(s2, l2, $name)?, view(s3, l3, $name)?);
+                let y = self.$cuda(&s1.device, &v1, &v2, &v3)?;
+                #[allow(unused_variables)]
+                let ($g, $l) = (self.0, l1);
+                Ok((y, $shape))
             }
             )?
             $(

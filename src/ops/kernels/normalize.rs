@@ -263,63 +263,45 @@ cpu_op!(
 
 #[cfg(feature = "cuda")]
 mod on_cuda {
-    use super::super::cuda::{self, view};
-    use candle_core::{CudaStorage, Layout, Result, Shape};
+    use super::super::cuda;
+    use candle_core::cuda_backend::cudarc::driver::CudaView;
+    use candle_core::{CudaDevice, CudaStorage, Result};
 
     impl super::GradX {
         pub(super) fn cuda(
             &self,
-            x: &CudaStorage,
-            lx: &Layout,
-            y: &CudaStorage,
-            ly: &Layout,
-            dy: &CudaStorage,
-            ld: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let n = "normalize-grad-x";
-            let (xv, yv, dv) = (view(x, lx, n)?, view(y, ly, n)?, view(dy, ld, n)?);
-            let g = self.0;
-            let dx = cuda::normalize_grad(&x.device, &xv, &yv, &dv, g.len, g.eps)?;
-            Ok((dx, lx.shape().clone()))
+            d: &CudaDevice,
+            x: &CudaView<f32>,
+            y: &CudaView<f32>,
+            dy: &CudaView<f32>,
+        ) -> Result<CudaStorage> {
+            cuda::normalize_grad(d, x, y, dy, self.0.len, self.0.eps)
         }
     }
 
     impl super::NormalizeAffine {
         pub(super) fn cuda(
             &self,
-            x: &CudaStorage,
-            lx: &Layout,
-            s: &CudaStorage,
-            ls: &Layout,
-            b: &CudaStorage,
-            lb: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let n = "normalize-affine";
-            let (xv, sv, bv) = (view(x, lx, n)?, view(s, ls, n)?, view(b, lb, n)?);
+            d: &CudaDevice,
+            x: &CudaView<f32>,
+            s: &CudaView<f32>,
+            b: &CudaView<f32>,
+        ) -> Result<CudaStorage> {
             let g = self.0;
-            let affine = Some((&sv, &bv, g.row));
-            let y = cuda::normalize(&x.device, &xv, g.norm.len, g.norm.eps, affine)?;
-            Ok((y, lx.shape().clone()))
+            cuda::normalize(d, x, g.norm.len, g.norm.eps, Some((s, b, g.row)))
         }
     }
 
     impl super::AffineGrad {
         pub(super) fn cuda(
             &self,
-            x: &CudaStorage,
-            lx: &Layout,
-            dy: &CudaStorage,
-            ld: &Layout,
-            s: &CudaStorage,
-            ls: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let n = "normalize-affine-grad";
-            let (xv, dv, sv) = (view(x, lx, n)?, view(dy, ld, n)?, view(s, ls, n)?);
+            d: &CudaDevice,
+            x: &CudaView<f32>,
+            dy: &CudaView<f32>,
+            s: &CudaView<f32>,
+        ) -> Result<CudaStorage> {
             let g = self.0;
-            let out = cuda::normalize_affine_grad(
-                &x.device, &xv, &dv, &sv, g.norm.len, g.norm.eps, g.row,
-            )?;
-            Ok((out, Shape::from(xv.len() + 2 * g.row.c)))
+            cuda::normalize_affine_grad(d, x, dy, s, g.norm.len, g.norm.eps, g.row)
         }
     }
 }

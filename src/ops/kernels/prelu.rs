@@ -108,37 +108,30 @@ cpu_op!(
 
 #[cfg(feature = "cuda")]
 mod on_cuda {
-    use super::super::cuda::{channel_map, channel_map_grad, view};
-    use candle_core::{CudaStorage, Layout, Result, Shape};
+    use super::super::cuda::{channel_map, channel_map_grad};
+    use candle_core::cuda_backend::cudarc::driver::CudaView;
+    use candle_core::{CudaDevice, CudaStorage, Result};
 
     impl super::PRelu {
         pub(super) fn cuda(
             &self,
-            x: &CudaStorage,
-            lx: &Layout,
-            s: &CudaStorage,
-            ls: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let (xv, sv) = (view(x, lx, "prelu")?, view(s, ls, "prelu")?);
-            let y = channel_map(&x.device, &xv, &sv, &sv, self.0, 0)?;
-            Ok((y, lx.shape().clone()))
+            d: &CudaDevice,
+            x: &CudaView<f32>,
+            s: &CudaView<f32>,
+        ) -> Result<CudaStorage> {
+            channel_map(d, x, s, s, self.0, 0)
         }
     }
 
     impl super::Grad {
         pub(super) fn cuda(
             &self,
-            x: &CudaStorage,
-            lx: &Layout,
-            s: &CudaStorage,
-            ls: &Layout,
-            dy: &CudaStorage,
-            ld: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let n = "prelu-grad";
-            let (xv, sv, dv) = (view(x, lx, n)?, view(s, ls, n)?, view(dy, ld, n)?);
-            let out = channel_map_grad(&x.device, &xv, &dv, &sv, self.0, 0)?;
-            Ok((out, Shape::from(xv.len() + self.0.c)))
+            d: &CudaDevice,
+            x: &CudaView<f32>,
+            s: &CudaView<f32>,
+            dy: &CudaView<f32>,
+        ) -> Result<CudaStorage> {
+            channel_map_grad(d, x, dy, s, self.0, 0)
         }
     }
 }
