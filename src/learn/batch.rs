@@ -36,15 +36,7 @@ pub fn widen(model: &ModelProto, batch: usize) -> Result<ModelProto> {
         .first_mut()
         .ok_or_else(|| Error::Graph("model has no input".into()))?;
     let name = input.name().to_string();
-    let dims = input
-        .r#type
-        .as_mut()
-        .and_then(|t| t.value.as_mut())
-        .and_then(|t| match t {
-            crate::onnx::pb::type_proto::Value::TensorType(t) => t.shape.as_mut(),
-            _ => None,
-        })
-        .map(|s| &mut s.dim)
+    let dims = crate::onnx::dims_mut(input)
         .and_then(|d| d.first_mut())
         .ok_or_else(|| Error::Graph(format!("input '{name}' has no declared axis 0")))?;
     match dims.value {

@@ -273,6 +273,18 @@ pub fn int_attr(name: &str, value: i64) -> AttributeProto {
 /// A float32 initializer named `name` of shape `dims` holding `values` (row-major).
 ///
 /// Panics when `values` does not fill `dims` (a caller bug, never user input).
+/// The declared dims of a tensor value (`None` for another type or no shape).
+pub fn dims_mut(v: &mut ValueInfoProto) -> Option<&mut Vec<pb::tensor_shape_proto::Dimension>> {
+    v.r#type
+        .as_mut()
+        .and_then(|t| t.value.as_mut())
+        .and_then(|t| match t {
+            pb::type_proto::Value::TensorType(t) => t.shape.as_mut(),
+            _ => None,
+        })
+        .map(|s| &mut s.dim)
+}
+
 pub fn f32_initializer(name: &str, dims: &[usize], values: Vec<f32>) -> TensorProto {
     let a =
         ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(dims), values).expect("values fill dims");

@@ -151,19 +151,8 @@ impl Runner {
 /// intermediate `value_info` is dropped. Graphs that compute with a literal batch of 1 still
 /// fail in the runtime, with its message.
 pub fn with_input_shape(model: &ModelProto, shape: &[usize], pin: bool) -> ModelProto {
+    use crate::onnx::dims_mut as dims;
     use crate::onnx::pb::tensor_shape_proto::dimension::Value;
-    fn dims(
-        v: &mut crate::onnx::ValueInfoProto,
-    ) -> Option<&mut Vec<crate::onnx::pb::tensor_shape_proto::Dimension>> {
-        v.r#type
-            .as_mut()
-            .and_then(|t| t.value.as_mut())
-            .and_then(|t| match t {
-                crate::onnx::pb::type_proto::Value::TensorType(t) => t.shape.as_mut(),
-                _ => None,
-            })
-            .map(|s| &mut s.dim)
-    }
     let mut m = model.clone();
     let Some(g) = m.graph.as_mut() else { return m };
     let mut changed = false;
