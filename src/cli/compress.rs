@@ -78,6 +78,8 @@ pub struct Args {
     /// Print report.json instead of the summary.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub decl: super::InputArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -101,6 +103,8 @@ pub fn run(a: Args) -> Result<()> {
         refit_remix: a.refit_remix,
         fail_below: a.fail_below,
         max_drop: a.max_drop,
+        inputs: a.decl.inputs.clone(),
+        frame_rate: a.decl.frame_rate,
     };
     let c = sepprune::pipeline::compress(&a.model, &a.data, a.train.as_deref(), &a.output, &o)?;
     if a.json {

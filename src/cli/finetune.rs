@@ -103,6 +103,8 @@ pub struct Args {
     pub force: bool,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub decl: super::InputArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -137,9 +139,12 @@ pub fn run(a: Args) -> Result<()> {
         force,
         cuda,
         json,
+        decl,
     } = a;
     use sepprune::learn::finetune::{finetune, FinetuneOptions};
-    let m = onnx::load(&model)?;
+    let mut m = onnx::load(&model)?;
+    sepprune::ir::declare_inputs(&mut m, &decl.inputs, decl.frame_rate)
+        .with_context(|| format!("{}: input declaration", model.display()))?;
     let o = FinetuneOptions {
         samples: (seconds * 16000.0).round().max(1.0) as usize,
         crops_per_file,

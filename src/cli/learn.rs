@@ -135,6 +135,8 @@ pub struct Args {
     pub cuda: bool,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub decl: super::InputArgs,
 }
 
 /// The downstream tasks of `learn --task`.
@@ -194,10 +196,13 @@ pub fn run(a: Args) -> Result<()> {
         prune_residual,
         cuda,
         json,
+        decl,
     } = a;
     use sepprune::learn::{gumbel::GumbelConfig, run};
     let t0 = std::time::Instant::now();
-    let m = onnx::load(&model)?;
+    let mut m = onnx::load(&model)?;
+    sepprune::ir::declare_inputs(&mut m, &decl.inputs, decl.frame_rate)
+        .with_context(|| format!("{}: input declaration", model.display()))?;
     for t in [target_macs, target_params].into_iter().flatten() {
         anyhow::ensure!(t > 0.0 && t <= 1.0, "a target ({t}) must be in (0, 1]");
     }

@@ -92,6 +92,10 @@ pub struct Options {
     /// Quality gate: the compressed model may lose at most this much SI-SDRi (dB) against
     /// the original on the test set.
     pub max_drop: Option<f64>,
+    /// Input declarations (`NAME=1,T,80`) and the time axis' frame rate where the defaults
+    /// do not fit ([`crate::ir::declare_inputs`]).
+    pub inputs: Vec<String>,
+    pub frame_rate: Option<f64>,
 }
 
 /// Wall-clock seconds per stage, for the report (the budget of `compress` is stated in
@@ -346,7 +350,8 @@ pub fn compress(
 ) -> Result<Compressed> {
     ratio_ok(o.target_macs)?;
     let sets = Sets::of(data, train);
-    let model = onnx::load(model_path)?;
+    let mut model = onnx::load(model_path)?;
+    crate::ir::declare_inputs(&mut model, &o.inputs, o.frame_rate)?;
     let ir = Ir::new(model.clone(), 16000)?;
     let device = crate::learn::device(o.cuda)?;
     let mut timings = Timings::default();

@@ -276,3 +276,61 @@ fn self_pinching_writes_the_slim_trained_model_in_one_pass() {
     assert_eq!(v["slim"]["params"].as_u64(), Some(p(&slim)));
     assert_eq!(p(&trained), p(&model));
 }
+
+/// `--input` declares a model's inputs for learn, finetune and compress as for inspect and
+/// prune: a declaration that fits is used, one naming no input is an error naming the file
+/// and the input, and nothing is written.
+#[test]
+fn learn_finetune_and_compress_take_input_declarations() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("set");
+    common::tiny_set(&data, 2);
+    let model = dir.path().join("tiny.onnx");
+    sepprune::onnx::save(&common::tiny_tasnet(), &model, None, false).unwrap();
+    let masks = dir.path().join("masks.json");
+    let learn = |decl: &str| {
+        sepprune()
+            .arg("learn")
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .args(["--target-macs", "0.6", "--iters", "2", "--seconds", "0.025"])
+            .args(["--input", decl, "-o"])
+            .arg(&masks)
+            .output()
+            .unwrap()
+    };
+    let ok = learn("x=1,1,T");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(masks.exists());
+    std::fs::remove_file(&masks).unwrap();
+    let bad = learn("feats=1,T,80");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("tiny.onnx") && err.contains("'feats'"),
+        "{err}"
+    );
+    assert!(!masks.exists());
+    for cmd in ["finetune", "compress"] {
+        let out_model = dir.path().join(format!("{cmd}.onnx"));
+        let out = sepprune()
+            .arg(cmd)
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .args(["--input", "feats=1,T,80", "-o"])
+            .arg(&out_model)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("'feats'"),
+            "{cmd}: {err}"
+        );
+        assert!(!out_model.exists(), "{cmd} wrote its output");
+    }
+}

@@ -612,6 +612,8 @@ fn compress_opts(structure: sepprune::pipeline::Structure) -> sepprune::pipeline
         refit_remix: 0,
         fail_below: None,
         max_drop: None,
+        inputs: vec![],
+        frame_rate: None,
     }
 }
 
