@@ -136,6 +136,9 @@ pub fn bench(models: &[(String, ModelProto)], o: &BenchOptions) -> Result<Vec<Ro
                     .iter()
                     .map(|(name, m)| -> Result<Runner> {
                         let prepared = || -> Result<Runner> {
+                            if batch > 1 {
+                                keeps_items_apart(rt, m, &shape, &one, settings)?;
+                            }
                             let m = crate::runtime::with_input_shape(m, &shape, false);
                             let mut r = Runner::with_settings(rt, &m, &shape, settings)?;
                             r.stage(&x)?;
@@ -175,6 +178,41 @@ pub fn bench(models: &[(String, ModelProto)], o: &BenchOptions) -> Result<Vec<Ro
         }
     }
     Ok(rows)
+}
+
+/// Checks that `m` at batch `shape[0]` computes its first and last items as it computes
+/// each alone (items: `one` scaled by 1, 1.1, ...), so that a batch latency is the latency
+/// of that many independent items.
+///
+/// Errors: a model that mixes batch items, or that does not run at that batch.
+fn keeps_items_apart(
+    rt: Runtime,
+    m: &ModelProto,
+    shape: &[usize],
+    one: &[f32],
+    settings: Settings,
+) -> Result<()> {
+    let b = shape[0];
+    let items: Vec<Vec<f32>> = (0..b)
+        .map(|i| one.iter().map(|v| v * (1.0 + 0.1 * i as f32)).collect())
+        .collect();
+    let wide = crate::runtime::with_input_shape(m, shape, false);
+    let y = Runner::with_settings(rt, &wide, shape, settings)?.run(&items.concat())?;
+    let mut single = shape.to_vec();
+    single[0] = 1;
+    let mut alone = Runner::with_settings(rt, m, &single, settings)?;
+    let per = y.len() / b;
+    for i in [0, b - 1] {
+        let want = alone.run(&items[i])?;
+        let err = crate::runtime::rel_err(&want, &y[i * per..(i + 1) * per]);
+        if want.len() != per || err > 1e-4 {
+            return Err(Error::Runtime(format!(
+                "item {i} of a batch of {b} differs from the item alone (relative error \
+                 {err:.1e}): the model mixes batch items"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Markdown table of bench rows.

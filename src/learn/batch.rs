@@ -12,80 +12,16 @@
 use super::CandleGraph;
 use crate::error::{Error, Result};
 use crate::ir::Ir;
-use crate::onnx::{ModelProto, Tensor};
+use crate::onnx::ModelProto;
 use candle_core::{DType, Device};
 use std::collections::HashMap;
 
-/// `model` rewritten for `batch` items along axis 0 of its first input (see the module
-/// docs); unchecked ([`check`]). Batch 1 returns the model as it is.
+/// `model` rewritten for `batch` items along axis 0 of its first input
+/// ([`crate::ops::widen_batch`]); unchecked ([`check`]).
 ///
-/// Errors: a model without a graph or input, or a first input whose axis 0 is declared
-/// with another fixed size than 1 or `batch`.
+/// Errors: as [`crate::ops::widen_batch`].
 pub fn widen(model: &ModelProto, batch: usize) -> Result<ModelProto> {
-    use crate::onnx::pb::tensor_shape_proto::dimension::Value;
-    if batch <= 1 {
-        return Ok(model.clone());
-    }
-    let mut m = model.clone();
-    let g = m
-        .graph
-        .as_mut()
-        .ok_or_else(|| Error::Graph("model has no graph".into()))?;
-    let input = g
-        .input
-        .first_mut()
-        .ok_or_else(|| Error::Graph("model has no input".into()))?;
-    let name = input.name().to_string();
-    let dims = crate::onnx::dims_mut(input)
-        .and_then(|d| d.first_mut())
-        .ok_or_else(|| Error::Graph(format!("input '{name}' has no declared axis 0")))?;
-    match dims.value {
-        Some(Value::DimValue(n)) if n != 1 && n != batch as i64 => {
-            return Err(Error::Graph(format!(
-                "input '{name}' is declared with batch {n}: cannot train at batch {batch}"
-            )))
-        }
-        _ => dims.value = Some(Value::DimValue(batch as i64)),
-    }
-    // Reshape targets that hold the batch of 1 as a literal
-    let inits: HashMap<String, usize> = g
-        .initializer
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name().to_string(), i))
-        .collect();
-    let mut added: HashMap<String, String> = HashMap::new();
-    let mut new_inits = vec![];
-    for node in g.node.iter_mut().filter(|n| n.op_type() == "Reshape") {
-        let Some(&k) = node.input.get(1).and_then(|t| inits.get(t)) else {
-            continue;
-        };
-        let Tensor::I64(t) = crate::onnx::tensor_from_proto(&g.initializer[k])? else {
-            continue;
-        };
-        let target: Vec<i64> = t.iter().copied().collect();
-        let Some(new) = crate::ops::batch_following_target(node, &target) else {
-            continue;
-        };
-        let old = node.input[1].clone();
-        let renamed = added.entry(old.clone()).or_insert_with(|| {
-            let name = format!("{old}.batch");
-            new_inits.push(crate::onnx::i64_initializer(&name, new));
-            name
-        });
-        node.input[1] = renamed.clone();
-    }
-    g.initializer.extend(new_inits);
-    // the outputs' and intermediate values' declared shapes were for batch 1
-    for o in g.output.iter_mut() {
-        if let Some(crate::onnx::pb::type_proto::Value::TensorType(t)) =
-            o.r#type.as_mut().and_then(|t| t.value.as_mut())
-        {
-            t.shape = None;
-        }
-    }
-    g.value_info.clear();
-    Ok(m)
+    crate::ops::widen_batch(model, batch)
 }
 
 /// Checks that `widened` (from [`widen`] at batch 2 or more; checked at batch 2) computes

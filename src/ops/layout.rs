@@ -14,7 +14,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
-use crate::onnx::{attr_i, attr_ints, NodeProto, Tensor};
+use crate::onnx::{attr_i, attr_ints, ModelProto, NodeProto, Tensor};
 use candle_core::Tensor as CTensor;
 use ndarray::{Axis, IxDyn};
 
@@ -97,6 +97,81 @@ pub fn batch_following_target(node: &NodeProto, target: &[i64]) -> Option<Vec<i6
         t[0] = 0;
         t
     })
+}
+
+/// `model` rewritten for `batch` items along axis 0 of its first input: axis 0 declared
+/// `batch`, and each Reshape whose constant target holds the batch of 1 as a literal made
+/// to copy axis 0 ([`batch_following_target`]); intermediate and output shapes dropped.
+/// Whether the result keeps items apart is for callers to check by running it
+/// ([`crate::learn::batch::check`], `bench`). Batch 1 returns the model as it is.
+///
+/// Errors: a model without a graph or input, or a first input whose axis 0 is declared
+/// with another fixed size than 1 or `batch`.
+pub fn widen_batch(model: &ModelProto, batch: usize) -> Result<ModelProto> {
+    use crate::onnx::pb::tensor_shape_proto::dimension::Value;
+    if batch <= 1 {
+        return Ok(model.clone());
+    }
+    let mut m = model.clone();
+    let g = m
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::Graph("model has no graph".into()))?;
+    let input = g
+        .input
+        .first_mut()
+        .ok_or_else(|| Error::Graph("model has no input".into()))?;
+    let name = input.name().to_string();
+    let dims = crate::onnx::dims_mut(input)
+        .and_then(|d| d.first_mut())
+        .ok_or_else(|| Error::Graph(format!("input '{name}' has no declared axis 0")))?;
+    match dims.value {
+        Some(Value::DimValue(n)) if n != 1 && n != batch as i64 => {
+            return Err(Error::Graph(format!(
+                "input '{name}' is declared with batch {n}: cannot train at batch {batch}"
+            )))
+        }
+        _ => dims.value = Some(Value::DimValue(batch as i64)),
+    }
+    // Reshape targets that hold the batch of 1 as a literal
+    let inits: std::collections::HashMap<String, usize> = g
+        .initializer
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name().to_string(), i))
+        .collect();
+    let mut added: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut new_inits = vec![];
+    for node in g.node.iter_mut().filter(|n| n.op_type() == "Reshape") {
+        let Some(&k) = node.input.get(1).and_then(|t| inits.get(t)) else {
+            continue;
+        };
+        let Tensor::I64(t) = crate::onnx::tensor_from_proto(&g.initializer[k])? else {
+            continue;
+        };
+        let target: Vec<i64> = t.iter().copied().collect();
+        let Some(new) = batch_following_target(node, &target) else {
+            continue;
+        };
+        let old = node.input[1].clone();
+        let renamed = added.entry(old.clone()).or_insert_with(|| {
+            let name = format!("{old}.batch");
+            new_inits.push(crate::onnx::i64_initializer(&name, new));
+            name
+        });
+        node.input[1] = renamed.clone();
+    }
+    g.initializer.extend(new_inits);
+    // the outputs' and intermediate values' declared shapes were for batch 1
+    for o in g.output.iter_mut() {
+        if let Some(crate::onnx::pb::type_proto::Value::TensorType(t)) =
+            o.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            t.shape = None;
+        }
+    }
+    g.value_info.clear();
+    Ok(m)
 }
 
 /// How a reshape maps the non-unit axes of its input to those of its output: runs of

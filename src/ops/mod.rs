@@ -8,7 +8,7 @@ mod einsum;
 mod elementwise;
 mod infer;
 pub mod kernels;
-pub use layout::batch_following_target;
+pub use layout::{batch_following_target, widen_batch};
 mod layout;
 pub(crate) use layout::perm_of as transpose_perm;
 mod matmul;

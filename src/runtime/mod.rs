@@ -148,12 +148,18 @@ impl Runner {
 /// declared 1 takes `shape[0]`, so that a model exported for batch 1 can run larger
 /// batches; with `pin`, every symbolic axis takes its length too (static shapes let ORT fold
 /// shape computations, which CUDA graphs need). Outputs' axes become symbolic and
-/// intermediate `value_info` is dropped. Graphs that compute with a literal batch of 1 still
-/// fail in the runtime, with its message.
+/// intermediate `value_info` is dropped. A Reshape that holds the batch of 1 as a literal
+/// follows the new batch ([`crate::ops::widen_batch`]); whether the graph then keeps items
+/// apart is checked by running it (`bench` does, per model).
 pub fn with_input_shape(model: &ModelProto, shape: &[usize], pin: bool) -> ModelProto {
     use crate::onnx::dims_mut as dims;
     use crate::onnx::pb::tensor_shape_proto::dimension::Value;
-    let mut m = model.clone();
+    let batch = shape.first().copied().unwrap_or(1);
+    let mut m = match batch {
+        1 => model.clone(),
+        // a model that declares another fixed batch is left as it is (the runtime says no)
+        b => crate::ops::widen_batch(model, b).unwrap_or_else(|_| model.clone()),
+    };
     let Some(g) = m.graph.as_mut() else { return m };
     let mut changed = false;
     if let Some(d) = g.input.first_mut().and_then(dims) {

@@ -800,18 +800,7 @@ fn batched_training_computes_each_item_as_alone() {
 fn a_model_that_mixes_batch_items_is_refused_for_batches() {
     use sepprune::learn::finetune::Trainer;
     use sepprune::learn::loss::Loss;
-    use sepprune::onnx::{int_attr, ints_attr};
-    // y = conv(c + mean of c over the batch axis): at batch 1 that is conv(2 c)
-    let mut g = common::G::new(&[1, 1, -1]);
-    let c = g.conv("x", 1, 4, 3, 1, 1);
-    let m = g.node(
-        "ReduceMean",
-        &[&c],
-        vec![ints_attr("axes", &[0]), int_attr("keepdims", 1)],
-    );
-    let a = g.node("Add", &[&c, &m], vec![]);
-    let y = g.conv(&a, 4, 1, 1, 1, 0);
-    let model = g.output(&y, &[1, 1, -1]);
+    let model = common::batch_mixer();
     let cpu = candle_core::Device::Cpu;
     assert!(Trainer::new(&model, 200, 1e-2, 5.0, Loss::SiSdr, &cpu).is_ok());
     let err = Trainer::batched(&model, 200, 2, 1e-2, 5.0, Loss::SiSdr, &cpu)

@@ -274,3 +274,24 @@ fn report_plots_are_written_as_png() {
         }
     }
 }
+
+/// `bench --batch`: a batch-1 export whose Reshape holds the literal batch of 1 runs at
+/// batch 2 (the Reshape follows the input); a model that mixes batch items is refused, as a
+/// latency of such a batch would not be that of independent items.
+#[test]
+fn bench_batches_a_batch_one_export_and_refuses_a_model_that_mixes_items() {
+    let o = BenchOptions {
+        seconds: vec![0.05],
+        batches: vec![2],
+        runtimes: vec![Runtime::Tract, Runtime::Ort],
+        warmup: 1,
+        runs: 2,
+        ..BenchOptions::default()
+    };
+    let tasnet = vec![("tiny".to_string(), crate::common::tiny_tasnet())];
+    let rows = bench(&tasnet, &o).unwrap();
+    assert!(rows.iter().all(|r| r.batch == 2 && r.median_ms > 0.0));
+    let mixer = vec![("mixer".to_string(), crate::common::batch_mixer())];
+    let err = bench(&mixer, &o).unwrap_err().to_string();
+    assert!(err.contains("mixes batch items"), "{err}");
+}

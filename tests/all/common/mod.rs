@@ -264,6 +264,22 @@ pub fn tiny_tasnet() -> ModelProto {
     g.output(&y, &[1, 1, -1])
 }
 
+/// `y = conv(c + mean of c over the batch axis)`, `c = conv(x)`: at batch 1 `conv(2 c)`, at
+/// a larger batch every item reads the others (a model that mixes batch items).
+pub fn batch_mixer() -> ModelProto {
+    use sepprune::onnx::{int_attr, ints_attr};
+    let mut g = G::new(&[1, 1, -1]);
+    let c = g.conv("x", 1, 4, 3, 1, 1);
+    let m = g.node(
+        "ReduceMean",
+        &[&c],
+        vec![ints_attr("axes", &[0]), int_attr("keepdims", 1)],
+    );
+    let a = g.node("Add", &[&c, &m], vec![]);
+    let y = g.conv(&a, 4, 1, 1, 1, 0);
+    g.output(&y, &[1, 1, -1])
+}
+
 /// x `[1, 4, T]` -> Transpose -> bidirectional LSTM (hidden 6: W `[2, 24, 4]`, R
 /// `[2, 24, 6]`, B `[2, 48]`) -> both directions merged by Reshape `[T, 1, 12]` -> MatMul P
 /// `[12, 3]` -> `[1, 3, T]`.
