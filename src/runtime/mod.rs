@@ -155,11 +155,18 @@ pub fn with_input_shape(model: &ModelProto, shape: &[usize], pin: bool) -> Model
     use crate::onnx::dims_mut as dims;
     use crate::onnx::pb::tensor_shape_proto::dimension::Value;
     let batch = shape.first().copied().unwrap_or(1);
-    let mut m = match batch {
-        1 => model.clone(),
-        // a model that declares another fixed batch is left as it is (the runtime says no)
-        b => crate::ops::widen_batch(model, b).unwrap_or_else(|_| model.clone()),
-    };
+    let mut m = model.clone();
+    let declared_one = m
+        .graph
+        .as_mut()
+        .and_then(|g| g.input.first_mut())
+        .and_then(dims)
+        .and_then(|d| d.first().map(|d| d.value == Some(Value::DimValue(1))))
+        .unwrap_or(false);
+    if batch > 1 && declared_one {
+        // (a model that declares another fixed batch is left as it is: the runtime says no)
+        m = crate::ops::widen_batch(model, batch).unwrap_or(m);
+    }
     let Some(g) = m.graph.as_mut() else { return m };
     let mut changed = false;
     if let Some(d) = g.input.first_mut().and_then(dims) {
