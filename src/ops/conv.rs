@@ -361,7 +361,7 @@ impl OpRule for Conv {
 /// `s` samples ([`strided_conv1d`], [`strided_conv_transpose1d`]): a stride above 1 that
 /// divides the kernel (a speech model's learned filterbank: 2 s taps at stride s).
 fn framed(k: usize, s: usize) -> bool {
-    s > 1 && k.is_multiple_of(s)
+    s > 1 && k >= s && k.is_multiple_of(s)
 }
 
 /// A strided 1-D convolution `x [N, C, T]` (padded), `w [O, C, m s]`, stride `s` ->
