@@ -48,6 +48,13 @@ pub fn check(model: &ModelProto, samples: usize) -> Result<f64> {
                  batch of 1; train at batch 1"
             ))
         })?;
+    if y2.dims().first() != Some(&2) {
+        return Err(Error::Graph(format!(
+            "batch: the output at batch 2 has shape {:?}, no batch axis of 2: the model merges \
+             batch items; train at batch 1",
+            y2.dims()
+        )));
+    }
     let mut worst = 0f64;
     for (i, x) in items.iter().enumerate() {
         let y1 = one.forward(&one.input(x)?, &none)?;
