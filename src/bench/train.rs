@@ -104,12 +104,7 @@ pub fn bench_train(
         };
         for &b in batches {
             let mut t = Trainer::batched(model, n, b, 1e-5, 5.0, Loss::SiSdr, device)?;
-            let items: Vec<Item> = (0..b)
-                .map(|_| Item {
-                    input: item.input.clone(),
-                    targets: item.targets.clone(),
-                })
-                .collect();
+            let items = vec![item.clone(); b];
             let q = time(device, warmup, runs, || t.step_batch(&items).map(|_| ()))?;
             let mut phases = vec![];
             for _ in 0..runs.max(1) {

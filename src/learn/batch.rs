@@ -2,7 +2,8 @@
 //! input takes `B` items, then checked by running it.
 //!
 //! An export made at batch 1 often computes with that 1: a Reshape to `[1, 1, 512, -1]`
-//! (the real Conv-TasNet's mask) merges whatever comes in into one item. [`widen`]
+//! (the real Conv-TasNet's mask) merges whatever comes in into one item.
+//! [`crate::ops::widen_batch`]
 //! declares axis 0 of the first input as `B` and lets each such Reshape copy axis 0 from
 //! its input ([`crate::ops::batch_following_target`]). Whether every node now keeps the
 //! items apart is not read from the graph but measured: [`check`] runs the rewritten graph
@@ -16,15 +17,7 @@ use crate::onnx::ModelProto;
 use candle_core::{DType, Device};
 use std::collections::HashMap;
 
-/// `model` rewritten for `batch` items along axis 0 of its first input
-/// ([`crate::ops::widen_batch`]); unchecked ([`check`]).
-///
-/// Errors: as [`crate::ops::widen_batch`].
-pub fn widen(model: &ModelProto, batch: usize) -> Result<ModelProto> {
-    crate::ops::widen_batch(model, batch)
-}
-
-/// Checks that `widened` (from [`widen`] at batch 2 or more; checked at batch 2) computes
+/// Checks that `model` widened ([`crate::ops::widen_batch`], checked at batch 2) computes
 /// each item as `model` computes it alone, at `samples` input samples, on the CPU in f32.
 /// Returns the relative error.
 ///
@@ -38,7 +31,7 @@ pub fn check(model: &ModelProto, samples: usize) -> Result<f64> {
     let none = HashMap::new();
     let e = Error::candle("batch check");
     let flat: Vec<f32> = items.concat();
-    let y2 = widen(model, 2)
+    let y2 = crate::ops::widen_batch(model, 2)
         .and_then(|w| Ir::new(w, samples))
         .and_then(|ir| CandleGraph::new(ir, &cpu, DType::F32, &[]))
         .and_then(|two| two.forward(&two.input(&flat)?, &none))

@@ -289,7 +289,7 @@ impl Trainer {
     }
 
     /// [`Trainer::new`] for steps of `batch` items: the model widened to `batch` items
-    /// ([`super::batch::widen`]) after a check that it keeps them apart.
+    /// ([`crate::ops::widen_batch`]) after a check that it keeps them apart.
     ///
     /// Errors: as [`Trainer::new`]; a model that mixes batch items ([`super::batch::check`]).
     #[allow(clippy::too_many_arguments)]
@@ -306,7 +306,7 @@ impl Trainer {
         if batch > 1 {
             super::batch::check(model, samples)?;
         }
-        let ir = Ir::new(super::batch::widen(model, batch)?, samples)?;
+        let ir = Ir::new(crate::ops::widen_batch(model, batch)?, samples)?;
         let names = learnable(&ir);
         if names.is_empty() {
             return Err(Error::Graph(
@@ -782,10 +782,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
                     pending.push(match m {
                         Some(m) if o.teacher.is_some() => m.distilled()?,
                         Some(m) => m.item(),
-                        None => Item {
-                            input: train[i].input.clone(),
-                            targets: train[i].targets.clone(),
-                        },
+                        None => train[i].clone(),
                     });
                     if pending.len() < batch {
                         continue;

@@ -168,6 +168,7 @@ pub(crate) fn gate_grad(
 }
 
 /// One training example: the model input `[1, 1, T]` (flattened) and targets `[S, T]`.
+#[derive(Clone)]
 pub struct Item {
     pub input: Vec<f32>,
     pub targets: Vec<Vec<f32>>,

@@ -214,17 +214,10 @@ impl OpRule for Broadcast {
     /// without an affine map, once the norm is decomposed): it leaves the other operand as
     /// it is. An untrained model's unit scales are left out the same way.
     fn counted_params(&self, node: &NodeProto, ir: &Ir) -> Vec<usize> {
-        let ones = |name: &str| {
-            let t = ir
-                .initializer(name)
-                .ok()
-                .or_else(|| ir.fact(name).and_then(|f| f.value.clone()));
-            matches!(t, Some(Tensor::F32(a)) if a.iter().all(|&x| x == 1.0))
-        };
         let scaling = matches!(node.op_type(), "Mul" | "Div");
         self.params(node, ir)
             .into_iter()
-            .filter(|&i| !(scaling && ones(&node.input[i])))
+            .filter(|&i| !(scaling && super::filled_with(ir, &node.input[i], 1.0)))
             .collect()
     }
 

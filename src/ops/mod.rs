@@ -9,6 +9,16 @@ mod elementwise;
 mod infer;
 pub mod kernels;
 pub use layout::{batch_following_target, widen_batch};
+
+/// Whether the constant `name` (an initializer or a folded value) is an f32 tensor with
+/// every entry equal to `v` (a unit scale, a zero bias).
+pub(crate) fn filled_with(ir: &Ir, name: &str, v: f32) -> bool {
+    let t = ir
+        .initializer(name)
+        .ok()
+        .or_else(|| ir.fact(name).and_then(|f| f.value.clone()));
+    matches!(t, Some(crate::onnx::Tensor::F32(a)) if a.iter().all(|&x| x == v))
+}
 mod layout;
 pub(crate) use layout::perm_of as transpose_perm;
 mod matmul;

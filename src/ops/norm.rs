@@ -12,7 +12,7 @@
 use super::{ce, cin, in_shape, need, norm_axis, Links, OpRule, Ptflops, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
-use crate::onnx::{attr_f, attr_i, NodeProto, Tensor};
+use crate::onnx::{attr_f, attr_i, NodeProto};
 use candle_core::{Tensor as CTensor, D};
 
 pub struct BatchNorm;
@@ -204,11 +204,7 @@ impl OpRule for LayerNorm {
     fn counted_params(&self, node: &NodeProto, ir: &Ir) -> Vec<usize> {
         let all = |i: usize, v: f32| -> Option<bool> {
             let name = node.input.get(i).filter(|n| !n.is_empty())?;
-            let t = ir
-                .initializer(name)
-                .ok()
-                .or_else(|| ir.fact(name).and_then(|f| f.value.clone()));
-            Some(matches!(t, Some(Tensor::F32(a)) if a.iter().all(|&x| x == v)))
+            Some(super::filled_with(ir, name, v))
         };
         match (all(1, 1.0), all(2, 0.0)) {
             (Some(true), None | Some(true)) => vec![],

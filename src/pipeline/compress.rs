@@ -276,24 +276,8 @@ fn prune_depth(ir: &Ir, train: &Path, o: &Options) -> Result<Pruned> {
         crate::runtime::run_each(rt, m, &crops)
     })?;
     let sep = profile(ir).regions[&Region::Separator].macs as f64;
-    let mut removed = vec![];
-    let mut cut = 0.0;
-    for &(b, _) in &ranking {
-        // stop once removing the next block would overshoot the target by more than it
-        // closes the gap: the kept share ends as near the target as whole blocks allow
-        let gap = (1.0 - o.target_macs) * sep - cut;
-        if gap <= blocks[b].macs as f64 / 2.0 {
-            break;
-        }
-        let mut with = removed.clone();
-        with.push(b);
-        // a set whose removal leaves a layer nothing to read is skipped
-        if depth::drop_blocks(ir, &blocks, &with).is_ok() {
-            removed = with;
-            cut += blocks[b].macs as f64;
-        }
-    }
-    removed.sort_unstable();
+    let target = (1.0 - o.target_macs) * sep;
+    let removed = depth::blocks_to_cut(ir, &blocks, ranking.iter().map(|r| r.0), target);
     let dropped = depth::drop_blocks(ir, &blocks, &removed)?;
     let x = verify::test_signal(ir.samples, 16000.0);
     let check = verify::check_depth(ir, &blocks, &removed, &dropped, &x, rt)?;

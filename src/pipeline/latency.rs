@@ -159,18 +159,7 @@ fn depth_candidates(ir: &Ir, sep: f64) -> Result<Vec<(f64, ModelProto)>> {
     let blocks = find_blocks(ir);
     let mut out = vec![];
     for &keep in &SHARES {
-        let (mut removed, mut cut) = (vec![], 0.0);
-        for (b, block) in blocks.iter().enumerate() {
-            if (1.0 - keep) * sep - cut <= block.macs as f64 / 2.0 {
-                break;
-            }
-            let mut with = removed.clone();
-            with.push(b);
-            if depth::drop_blocks(ir, &blocks, &with).is_ok() {
-                removed = with;
-                cut += block.macs as f64;
-            }
-        }
+        let removed = depth::blocks_to_cut(ir, &blocks, 0..blocks.len(), (1.0 - keep) * sep);
         if removed.is_empty() {
             continue;
         }

@@ -149,6 +149,32 @@ pub fn block_gate_graph(ir: &Ir, blocks: &[Block], gates: &[f32]) -> Result<Mode
     Ok(ir.exported(&model))
 }
 
+/// The blocks to remove, taken in `order`, to cut `target` MACs: removal stops once the
+/// next block would overshoot the target by more than it closes the gap (the cut ends as
+/// near the target as whole blocks allow); a set whose removal leaves a layer nothing to
+/// read is skipped. Sorted.
+pub fn blocks_to_cut(
+    ir: &Ir,
+    blocks: &[Block],
+    order: impl IntoIterator<Item = usize>,
+    target: f64,
+) -> Vec<usize> {
+    let (mut removed, mut cut) = (vec![], 0.0);
+    for b in order {
+        if target - cut <= blocks[b].macs as f64 / 2.0 {
+            break;
+        }
+        let mut with = removed.clone();
+        with.push(b);
+        if drop_blocks(ir, blocks, &with).is_ok() {
+            removed = with;
+            cut += blocks[b].macs as f64;
+        }
+    }
+    removed.sort_unstable();
+    removed
+}
+
 /// Blocks ranked by how little removing each one alone changes the model's output:
 /// `||f_-b(x) - f(x)||^2 / ||f(x)||^2` summed over the inputs `run_all` feeds (label-free:
 /// the original model's own outputs are the reference), smallest first, as
