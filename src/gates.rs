@@ -11,7 +11,9 @@
 //! every mixing read is. For a binary `g`, the gate graph computes the same function as
 //! the slimmed model with the same mask. A concatenation of groups (a channel Concat) is
 //! gated with the Concat of its parts' gates (ones for parts that are not pruned); a group
-//! of whole norm groups ([`Part::Expand`]) with its gate repeated over each unit's run.
+//! of whole norm groups ([`Part::Expand`]) with its gate repeated over each unit's run; a
+//! concatenation of whole blocks ([`crate::analysis::groups::Concatenated::outer`],
+//! attention heads) with its parts' gates times the outer group's gate of each block.
 use crate::analysis::Masks;
 use crate::analysis::{groups::Part, Groups};
 use crate::error::Result;
@@ -137,12 +139,14 @@ fn part_gate(
             if made.contains(&name) {
                 return Some(name);
             }
-            let parts = &groups.concatenated[c].parts;
+            let cat = &groups.concatenated[c];
+            let parts = &cat.parts;
             let gates: Vec<Option<String>> = parts
                 .iter()
                 .map(|&p| part_gate(groups, p, nodes, inits, made))
                 .collect();
-            if gates.iter().all(Option::is_none) {
+            let outer = cat.outer.filter(|&h| groups.groups[h].frozen.is_none());
+            if gates.iter().all(Option::is_none) && outer.is_none() {
                 return None;
             }
             let inputs = parts
@@ -160,12 +164,60 @@ fn part_gate(
                 })
                 .collect();
             made.insert(name.clone());
+            let Some(h) = outer else {
+                nodes.push(node(
+                    "Concat",
+                    format!("{name}.concat"),
+                    inputs,
+                    name.clone(),
+                    vec![int_attr("axis", 0)],
+                ));
+                return Some(name);
+            };
+            // whole blocks: concat [H d] -> [H, d] * g_outer [H, 1] -> [H d]
+            let blocks = format!("{name}.blocks");
             nodes.push(node(
                 "Concat",
-                format!("{name}.concat"),
+                format!("{blocks}.concat"),
                 inputs,
-                name.clone(),
+                blocks.clone(),
                 vec![int_attr("axis", 0)],
+            ));
+            let n = parts.len() as i64;
+            let shapes = [
+                (format!("{name}.shape_blocks"), vec![n, -1]),
+                (format!("{name}.shape_outer"), vec![n, 1]),
+                (format!("{name}.shape_out"), vec![cat.size as i64]),
+            ];
+            for (sn, v) in &shapes {
+                inits.push(onnx::i64_initializer(sn, v.clone()));
+            }
+            let reshaped = |what: &str, input: String, shape: &str, nodes: &mut Vec<NodeProto>| {
+                let out = format!("{name}.{what}");
+                nodes.push(node(
+                    "Reshape",
+                    format!("{out}.node"),
+                    vec![input, shape.to_string()],
+                    out.clone(),
+                    vec![],
+                ));
+                out
+            };
+            let grid = reshaped("grid", blocks, &shapes[0].0, nodes);
+            let column = reshaped("outer", gate_name(h), &shapes[1].0, nodes);
+            nodes.push(node(
+                "Mul",
+                format!("{name}.heads"),
+                vec![grid, column],
+                format!("{name}.gated"),
+                vec![],
+            ));
+            nodes.push(node(
+                "Reshape",
+                format!("{name}.node"),
+                vec![format!("{name}.gated"), shapes[2].0.clone()],
+                name.clone(),
+                vec![],
             ));
             Some(name)
         }

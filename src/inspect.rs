@@ -20,7 +20,8 @@ pub struct GroupReport {
     pub residual: bool,
     /// What the channels are, from the op that defines them: `channels` (a Conv),
     /// `features` (a MatMul, Gemm or Einsum: FFN neurons, projections), `hidden units`
-    /// (an RNN), `head dims` (a Reshape into attention heads or other blocks).
+    /// (an RNN), `head dims` (a Reshape into attention heads or other blocks), `heads`
+    /// (whole blocks of such a layout: attention heads).
     pub kind: &'static str,
 }
 
@@ -121,12 +122,16 @@ pub fn inspect_as(ir: &Ir, ptflops: crate::ops::Ptflops) -> Result<(Report, Grou
                 regions,
                 frozen: g.frozen.clone(),
                 residual: g.residual,
-                kind: kind_of(
-                    g.node_index
-                        .first()
-                        .map(|&i| ir.nodes()[i].op_type())
-                        .unwrap_or(""),
-                ),
+                kind: if g.heads {
+                    "heads"
+                } else {
+                    kind_of(
+                        g.node_index
+                            .first()
+                            .map(|&i| ir.nodes()[i].op_type())
+                            .unwrap_or(""),
+                    )
+                },
             }
         })
         .collect();
@@ -140,7 +145,8 @@ pub fn inspect_as(ir: &Ir, ptflops: crate::ops::Ptflops) -> Result<(Report, Grou
         _ => false,
     };
     for c in groups.concatenated.iter().filter(|c| c.frozen.is_none()) {
-        if !c.parts.iter().any(live) {
+        let outer_live = c.outer.is_some_and(|h| groups.groups[h].frozen.is_none());
+        if !c.parts.iter().any(live) && !outer_live {
             continue;
         }
         for (v, _) in &c.members {

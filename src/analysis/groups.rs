@@ -39,6 +39,9 @@ pub struct Group {
     /// default, as in channel pruning of residual networks (He et al. 2017, ThiNet): they
     /// feed every block, so pruning them costs much quality and little latency.
     pub residual: bool,
+    /// The units are whole blocks of a layout (attention heads): the outer axis of
+    /// [`Concatenated::outer`].
+    pub heads: bool,
 }
 
 /// Where the channels of one stretch of a [`Concatenated`] axis come from.
@@ -66,6 +69,9 @@ pub struct Concatenated {
     /// Number of channels (the sum of the parts').
     pub size: usize,
     pub parts: Vec<Part>,
+    /// A group whose unit `i` is part `i` (attention heads over `[H, d]` copies of a head
+    /// dim): removing a unit removes its whole part. The parts are then copies of one.
+    pub outer: Option<usize>,
     pub members: Vec<Slot>,
     /// The initializer members: sliced along their axis when parts lose channels.
     pub params: Vec<Slot>,
@@ -111,11 +117,15 @@ impl Groups {
         match part {
             Part::Group(g) => kept(g).unwrap_or(self.groups[g].size),
             Part::Expand { group, width } => kept(group).unwrap_or(self.groups[group].size) * width,
-            Part::Concatenated(c) => self.concatenated[c]
-                .parts
-                .iter()
-                .map(|&p| self.part_count(p, kept))
-                .sum(),
+            Part::Concatenated(c) => {
+                let cat = &self.concatenated[c];
+                match cat.outer {
+                    Some(h) => {
+                        kept(h).unwrap_or(self.groups[h].size) * self.part_count(cat.parts[0], kept)
+                    }
+                    None => cat.parts.iter().map(|&p| self.part_count(p, kept)).sum(),
+                }
+            }
             Part::Fixed(n) => n,
         }
     }
@@ -130,10 +140,14 @@ impl Groups {
                 .flat_map(|u| u * width..(u + 1) * width)
                 .collect(),
             Part::Concatenated(c) => {
+                let cat = &self.concatenated[c];
+                let units = cat.outer.and_then(keep);
                 let mut out = vec![];
                 let mut offset = 0;
-                for &p in &self.concatenated[c].parts {
-                    out.extend(self.part_keep(p, keep).into_iter().map(|i| i + offset));
+                for (i, &p) in cat.parts.iter().enumerate() {
+                    if units.as_ref().is_none_or(|u| u.contains(&i)) {
+                        out.extend(self.part_keep(p, keep).into_iter().map(|i| i + offset));
+                    }
                     offset += self.part_size(p);
                 }
                 out
@@ -148,6 +162,12 @@ impl Groups {
             Part::Group(h) if h == g => (0..self.groups[g].size).map(Some).collect(),
             Part::Expand { group, width } if group == g => (0..self.groups[g].size * width)
                 .map(|i| Some(i / width))
+                .collect(),
+            Part::Concatenated(c) if self.concatenated[c].outer == Some(g) => self.concatenated[c]
+                .parts
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &p)| vec![Some(i); self.part_size(p)])
                 .collect(),
             Part::Concatenated(c) => self.concatenated[c]
                 .parts
@@ -195,7 +215,15 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             slots.len() - 1
         })
     };
-    let size_of = |s: &Slot| ir.fact(&s.0).and_then(|f| f.shape.get(s.1)).copied();
+    // axes of no value that rules declare ([`Links::unit`]), with their sizes
+    let units: std::cell::RefCell<HashMap<Slot, usize>> = Default::default();
+    let size_of = |s: &Slot| {
+        units
+            .borrow()
+            .get(s)
+            .copied()
+            .or_else(|| ir.fact(&s.0).and_then(|f| f.shape.get(s.1)).copied())
+    };
     let mut pairs = vec![];
     let mut sources = vec![];
     let mut frozen: BTreeMap<usize, String> = BTreeMap::new();
@@ -203,6 +231,8 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
                                                  // (parts, whole, node, width): a Concat of parts (width 0), or a unit slot expanded
                                                  // `width` times (parts = [unit])
     let mut concats: Vec<(Vec<usize>, usize, String, usize)> = vec![];
+    // (whole, a part, outer, node) of block layouts
+    let mut outers: Vec<(usize, usize, usize, usize)> = vec![];
     for (ni, node) in ir.nodes().iter().enumerate() {
         // folded shape arithmetic carries no channels; a folded float tensor may (an RNN's
         // zero initial state sliced per layer from one ConstantOfShape)
@@ -225,6 +255,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             (Some(r), None) => r.couple(node, ir, &mut links),
             (None, None) => links.freeze_node(node, ir, "op has no rule"),
         }
+        units.borrow_mut().extend(links.units.iter().cloned());
         for (a, b) in &links.links {
             let (da, db) = (size_of(a), size_of(b));
             if da != db || da.is_none() {
@@ -251,6 +282,11 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             let ps: Vec<usize> = parts.iter().map(|p| intern(p, &mut slots)).collect();
             let w = intern(whole, &mut slots);
             touch.extend(ps.iter().chain([&w]).map(|&i| (i, ni)));
+            if let Some((o, _)) = links.outers.iter().find(|(_, wh)| wh == whole) {
+                let o = intern(o, &mut slots);
+                touch.push((o, ni));
+                outers.push((w, ps[0], o, ni));
+            }
             concats.push((
                 ps,
                 w,
@@ -425,7 +461,53 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             node_index: vec![],
             frozen: None,
             residual: false,
+            heads: false,
         });
+    }
+    // The outer axes of block layouts: when a layer's channels are laid out as copies of a
+    // block class along one outer axis (attention heads: q/k/v/out
+    // projections through `[E] <-> [H, d]`), the outer axis is a group of whole blocks.
+    // Any other outer axis (a time axis folded with channels, RNN directions) is frozen.
+    let frozen_roots: std::collections::HashSet<usize> =
+        frozen.keys().map(|&i| uf.find(i)).collect();
+    let mut outer_of: HashMap<usize, usize> = HashMap::new(); // whole root -> outer slot
+    for &(w, part, o, ni) in &outers {
+        let (wr, root) = (uf.find(w), uf.find(o));
+        // the blocks are a layer's channels: copies of a block class
+        let blocks = rep.contains_key(&block_of(uf.find(part)));
+        let size = size_of(&slots[o]).unwrap_or(0);
+        let heads = root_group.get(&root).is_some_and(|&g| groups[g].heads);
+        let fresh = !frozen_roots.contains(&root)
+            && !root_group.contains_key(&root)
+            && !whole_roots.contains_key(&root)
+            && !proxy.contains_key(&root)
+            && !source_roots.contains(&root);
+        if !blocks || size <= 1 || !(heads || fresh) {
+            let node = &ir.nodes()[ni];
+            frozen.entry(o).or_insert_with(|| {
+                format!(
+                    "node '{}' ({}): merges or splits this axis with an inner one",
+                    node.name(),
+                    node.op_type()
+                )
+            });
+            continue;
+        }
+        outer_of.entry(wr).or_insert(o);
+        if fresh {
+            root_group.insert(root, groups.len());
+            groups.push(Group {
+                id: groups.len(),
+                size,
+                members: vec![],
+                params: vec![],
+                nodes: vec![],
+                node_index: vec![],
+                frozen: None,
+                residual: false,
+                heads: true,
+            });
+        }
     }
     // Concatenations: classes of Concat outputs that no layer defines.
     let mut root_cat: HashMap<usize, usize> = HashMap::new();
@@ -468,10 +550,16 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
                 vec![Part::Fixed(size_of(&slots[*whole]).unwrap_or(0))]
             }
         };
+        // whole blocks along an outer axis, when the parts are copies of one
+        let outer = outer_of
+            .get(&root)
+            .and_then(|&o| root_group.get(&uf.find(o)).copied())
+            .filter(|&h| parts.len() == groups[h].size && parts.iter().all(|p| *p == parts[0]));
         concatenated.push(Concatenated {
             id: concatenated.len(),
             size: size_of(&slots[*whole]).unwrap_or(0),
             parts,
+            outer,
             members: vec![],
             params: vec![],
             frozen: None,
@@ -530,6 +618,12 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             let Some(why) = cat_frozen[c].clone() else {
                 continue;
             };
+            if let Some(h) = concatenated[c].outer {
+                if groups[h].frozen.is_none() {
+                    groups[h].frozen = Some(format!("its blocks are a frozen axis: {why}"));
+                    changed = true;
+                }
+            }
             for &p in &concatenated[c].parts {
                 let slot = match p {
                     Part::Group(g) | Part::Expand { group: g, .. } => &mut groups[g].frozen,

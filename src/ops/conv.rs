@@ -2,7 +2,8 @@
 //!
 //! Channels: Conv weight `[Cout, Cin/g, k...]`; ConvTranspose weight `[Cin, Cout/g, k...]`
 //! (the output channel axis is weight axis 1). Depthwise (`g == Cin == Cout`, one filter
-//! per channel) couples input and output channels; other grouped convs are frozen.
+//! per channel) couples input and output channels; other grouped convs are pruned by whole
+//! groups (their groups are one unit axis that their input and output channels expand).
 use super::{
     ce, cin, has_input, in_shape, need, ConstEdit, Linear, Links, OpRule, Ptflops, Read, ShapeOf,
     Sliced, WeightLayout,
@@ -126,6 +127,34 @@ fn couple_spatial(node: &NodeProto, ir: &Ir, links: &mut Links, kernel_in_w: usi
             links.freeze((y, a), &why);
         }
     }
+}
+
+/// The groups of a grouped (not depthwise) Conv or ConvTranspose as one unit axis,
+/// `("{weight}#groups", 0)` of size `group`: unit `u` spans input channels
+/// `u Cin/group .. (u + 1) Cin/group` and output channels `u per_out .. (u + 1) per_out`,
+/// so channels are pruned a whole group at a time (a group's filters read only its own
+/// input channels; dropping part of one would leave groups of unequal size).
+fn grouped_units(
+    node: &NodeProto,
+    ir: &Ir,
+    links: &mut Links,
+    w: &str,
+    group: usize,
+    (x, y): (&str, &str),
+    per_out: usize,
+) {
+    let cin = ir
+        .fact(x)
+        .and_then(|f| f.shape.get(1))
+        .copied()
+        .unwrap_or(0);
+    if cin % group != 0 || per_out == 0 {
+        return links.freeze_node(node, ir, "group does not divide the channels");
+    }
+    let unit = format!("{w}#groups");
+    links.unit((&unit, 0), group);
+    links.expand((&unit, 0), cin / group, (x, 1));
+    links.expand((&unit, 0), per_out, (y, 1));
 }
 
 /// True for a depthwise Conv: weight `[C, 1, k...]` with `group == C` (one filter per channel).
@@ -254,9 +283,10 @@ impl OpRule for Conv {
             // sum of depthwise branches of one layer is not a multi-layer stream).
             links.link((x, 1), (y, 1));
         } else {
-            let why = format!("grouped Conv (group={group}) is not depthwise");
-            links.freeze((x, 1), &why);
-            links.freeze((y, 1), &why);
+            // Whole groups: unit `u` is input channels `u Cin/g ..` and output channels
+            // `u Cout/g ..` (the `[Cin/g]` weight axis stays whole).
+            links.source((w, 0));
+            grouped_units(node, ir, links, w, group, (x, y), ws[0] / group);
         }
     }
 
@@ -494,11 +524,10 @@ impl OpRule for ConvTranspose {
             Ptflops::V075 => shape(&node.input[0]),
             Ptflops::V074 => shape(&node.output[0]),
         };
-        let group = attr_i(node, "group").unwrap_or(1).max(1) as usize;
         let positions: usize = x[0] * x[2..].iter().product::<usize>();
         let per: usize = w.iter().product();
         let bias = if has_input(node, 2) {
-            w[1] * group * positions
+            shape(&node.output[0])[1] * positions
         } else {
             0
         };
@@ -525,10 +554,23 @@ impl OpRule for ConvTranspose {
                 links.link((b, 0), (y, 1));
             }
         } else {
-            let why = format!("grouped ConvTranspose (group={group})");
-            links.freeze((x, 1), &why);
-            links.freeze((y, 1), &why);
+            if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
+                links.link((b, 0), (y, 1));
+            }
+            let ws = &ir.fact(w).expect("inferred").shape;
+            grouped_units(node, ir, links, w, group, (x, y), ws[1]);
         }
+    }
+
+    /// Grouped: `group` follows the number of groups kept.
+    fn patch(&self, node: &mut NodeProto, _ir: &Ir, new: &Sliced) -> Result<Vec<ConstEdit>> {
+        let y = new.of(&node.output[0]);
+        let w = new.of(&node.input[1]);
+        let group = attr_i(node, "group").unwrap_or(1);
+        if group > 1 && w[1] > 0 {
+            set_attr_i(node, "group", (y[1] / w[1]) as i64);
+        }
+        Ok(vec![])
     }
 
     fn read(&self, _node: &NodeProto, _ir: &Ir, input: usize, axis: usize) -> Read {

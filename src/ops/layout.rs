@@ -282,7 +282,8 @@ impl OpRule for Reshape {
             links.link((x, a), (y, b));
         }
         // Merging [.., D, C] into D*C: the merged axis holds D copies of C's channels (a
-        // bidirectional RNN's directions, attention heads); splitting is the inverse. The
+        // bidirectional RNN's directions, attention heads); splitting is the inverse. One
+        // outer axis D indexes the copies (whole heads are pruned along it); several
         // outer axes must stay whole.
         let mut blocks = |outer: &[usize],
                           dims: &[usize],
@@ -293,6 +294,9 @@ impl OpRule for Reshape {
             if n > MAX_BLOCKS {
                 links.freeze(inner, "Reshape folds this axis with many others");
                 links.freeze(whole, "Reshape folds this axis with many others");
+            } else if let [a] = outer {
+                // one outer axis (attention heads): its units are whole blocks
+                return links.blocks((v, *a), n, inner, whole);
             } else {
                 links.concat(&vec![inner; n], whole);
             }

@@ -75,6 +75,13 @@ pub struct Links {
     /// (i + 1) * width` of slot `whole` (GroupNorm's `[C] -> [G, C / G]` layout): removing a
     /// unit removes its whole run of channels.
     pub expands: Vec<(Slot, usize, Slot)>,
+    /// `(outer, whole)`: the outer axis of a block layout that [`Links::concats`] holds
+    /// for `whole` (attention heads: `[E] -> [H, d]`): unit `i` of `outer` is block `i`,
+    /// so removing a unit removes its whole block.
+    pub outers: Vec<(Slot, Slot)>,
+    /// Axes that belong to no value, with their sizes: a grouped Conv's groups
+    /// (`("{weight}#groups", 0)`), the units its input and output channels expand.
+    pub units: Vec<(Slot, usize)>,
 }
 
 impl Links {
@@ -97,6 +104,25 @@ impl Links {
             width,
             (whole.0.to_string(), whole.1),
         ));
+    }
+    /// `whole` is `n` copies of `inner` laid out along `outer` (`[n, inner] <-> [n inner]`):
+    /// the copies are pruned alike, and whole copies along `outer`.
+    pub fn blocks(
+        &mut self,
+        outer: (&str, usize),
+        n: usize,
+        inner: (&str, usize),
+        whole: (&str, usize),
+    ) {
+        self.concat(&vec![inner; n], whole);
+        self.outers.push((
+            (outer.0.to_string(), outer.1),
+            (whole.0.to_string(), whole.1),
+        ));
+    }
+    /// Declares the axis `s` that belongs to no value, with `size` entries.
+    pub fn unit(&mut self, s: (&str, usize), size: usize) {
+        self.units.push(((s.0.to_string(), s.1), size));
     }
     pub fn freeze(&mut self, s: (&str, usize), why: impl Into<String>) {
         self.frozen.push(((s.0.to_string(), s.1), why.into()));
@@ -185,11 +211,13 @@ pub enum Ptflops {
 /// Shape lookup after pruning: value name -> new shape.
 pub type ShapeOf<'a> = &'a dyn Fn(&str) -> Vec<usize>;
 
-/// What [`OpRule::patch`] knows once channels are removed: every value's new shape, and
-/// which axes carry channels (their sizes are static, unlike a time axis).
+/// What [`OpRule::patch`] knows once channels are removed: every value's new shape, which
+/// axes carry channels, and which axes are static (channels, and axes of the same size at
+/// another input length: a batch axis of 1, a head count), unlike a time axis.
 pub struct Sliced<'a> {
     pub shape: ShapeOf<'a>,
     pub is_channel: &'a dyn Fn(&str, usize) -> bool,
+    pub is_static: &'a dyn Fn(&str, usize) -> bool,
 }
 
 impl Sliced<'_> {

@@ -119,9 +119,11 @@ impl OpRule for Rnn {
         links.source(hidden);
         if let Some(y) = output(0) {
             links.link(hidden, (y, 3));
+            links.freeze((y, 1), "RNN direction axis");
         }
         for o in [1, 2].into_iter().filter_map(output) {
             links.link(hidden, (o, 2));
+            links.freeze((o, 0), "RNN direction axis");
         }
         // an initializer state (often one zeros tensor shared by several layers) is
         // re-made in `patch`, so that it does not couple the layers' hidden units

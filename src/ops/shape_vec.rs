@@ -9,7 +9,8 @@
 //! ([`dim_reads`]), and a piece that reads a pruned channel count is replaced by the literal
 //! that the consumer's new output shape needs. Channel counts are static, so the literal
 //! keeps the model valid at every input length; a piece that mixes a pruned channel count
-//! with other dims (`C * T`) cannot be written as a literal and is an error.
+//! with a dim that follows the length (`C * T`) cannot be written as a literal and is an
+//! error (a batch of 1 times the heads, `B * H`, can).
 use super::{layout::slice_params, ConstEdit, Sliced};
 use crate::error::{Error, Result};
 use crate::ir::Ir;
@@ -231,8 +232,8 @@ pub(crate) fn shape_vector_edits(
 /// computes the dims `want` asks for on its own: an element that reads no pruned dim keeps
 /// its old value, and a copy of a pruned dim gets that dim's new size. Otherwise (`C / heads`
 /// with `C` pruned, or `E / heads` of an unpruned `E` for pruned heads) the piece becomes a
-/// literal, which is valid at every input length only when each dim it reads is a channel
-/// axis (static).
+/// literal, which is valid at every input length only when each dim it reads is static
+/// (a channel axis, or one of the same size at another length).
 fn computed_piece(
     node: &NodeProto,
     ir: &Ir,
@@ -257,13 +258,13 @@ fn computed_piece(
     }
     let mut value = old.to_vec();
     for (i, r) in reads.iter().enumerate() {
-        if let Some(d) = r.dims.iter().find(|d| !(new.is_channel)(&d.0, d.1)) {
+        if let Some(d) = r.dims.iter().find(|d| !(new.is_static)(&d.0, d.1)) {
             return Err(Error::node(
                 node,
                 format!(
                     "shape piece '{piece}' must change with the removed channels but also reads \
-                     dim {} of '{}', which is not a channel axis; it cannot be written as a \
-                     literal",
+                     dim {} of '{}', which changes with the input length; it cannot be written \
+                     as a literal",
                     d.1, d.0
                 ),
             ));

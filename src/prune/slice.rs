@@ -41,9 +41,20 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
     let new_shape = |v: &str| pruned_shape(ir, groups, &keep_count, v);
     let is_channel =
         |v: &str, a: usize| groups.of(v, a).is_some() || groups.concatenated_of(v, a).is_some();
+    // the model at another input length: an axis of the same size there is static (a
+    // model that infers at no other length has a fixed length)
+    let other = Ir::canonical(ir.model.clone(), ir.samples * 3 / 2 + 1).ok();
+    let is_static = |v: &str, a: usize| {
+        is_channel(v, a)
+            || other.as_ref().is_none_or(|o| {
+                let dim = |ir: &Ir| ir.fact(v).and_then(|f| f.shape.get(a).copied());
+                dim(o).is_some() && dim(o) == dim(ir)
+            })
+    };
     let sliced = ops::Sliced {
         shape: &new_shape,
         is_channel: &is_channel,
+        is_static: &is_static,
     };
     let mut model = ir.model.clone();
     let graph = model.graph.as_mut().expect("ir has a graph");
@@ -109,7 +120,8 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
             if let Some(k) = e.via {
                 // A piece of the Concat assembling input `e.input`. A Concat that other
                 // nodes share (exporters reuse shape vectors) is cloned for this node first.
-                let v = graph.node[ni].input[e.input].clone();
+                // (a clone made for an earlier piece of this node takes the later ones too)
+                let v = ir.nodes()[ni].input[e.input].clone();
                 let Some(&p) = ir.producer.get(&v) else {
                     continue;
                 };
@@ -161,7 +173,6 @@ pub fn slim(ir: &Ir, groups: &Groups, masks: &Masks) -> Result<Ir> {
     // the gate graph computes with it, and slicing must not change the function. Only those
     // that are the same at another input length (a `1 / T` must follow the length), or all
     // of them in a model that infers at no other length.
-    let other = Ir::canonical(ir.model.clone(), ir.samples * 3 / 2 + 1).ok();
     for ni in 0..ir.nodes().len() {
         if ir.is_folded(&ir.nodes()[ni]) {
             continue;

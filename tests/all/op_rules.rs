@@ -89,19 +89,107 @@ fn conv_prelu_conv_forms_one_group_with_every_per_channel_tensor() {
 }
 
 #[test]
-fn depthwise_conv_couples_input_and_output_and_grouped_conv_freezes() {
+fn depthwise_conv_couples_input_and_output() {
     let mut g = G::new(&[1, 2, -1]);
     let a = g.conv("x", 2, 6, 1, 1, 0);
     let d = g.conv(&a, 6, 6, 3, 6, 1); // depthwise
-    let gr = g.conv(&d, 6, 6, 3, 2, 1); // grouped, not depthwise
-    let y = g.conv(&gr, 6, 2, 1, 1, 0);
+    let y = g.conv(&d, 6, 2, 1, 1, 0);
     let (_, gs) = groups_of(g.output(&y, &[1, 2, -1]), 40);
     let first = gs.of("w0", 0).unwrap();
     assert!(
         first.params.contains(&("w1".into(), 0)),
         "depthwise weight joins the group"
     );
-    assert!(first.frozen.as_deref().unwrap().contains("grouped Conv"));
+    assert!(first.frozen.is_none(), "{:?}", first.frozen);
+}
+
+/// conv 2 -> 6, grouped conv 6 -> 9 (3 groups), PReLU, grouped ConvTranspose 9 -> 6
+/// (3 groups, stride 2), conv 6 -> 2.
+fn grouped_conv_model() -> sepprune::onnx::ModelProto {
+    let mut g = G::new(&[1, 2, -1]);
+    let a = g.conv("x", 2, 6, 1, 1, 0);
+    let gc = g.conv(&a, 6, 9, 3, 3, 1);
+    let slope = g.weight("slope", &[9, 1]);
+    let p = g.node("PRelu", &[&gc, &slope], vec![]);
+    let wt = g.weight("wt", &[9, 2, 4]);
+    let bt = g.weight("bt", &[6]);
+    let t = g.node(
+        "ConvTranspose",
+        &[&p, &wt, &bt],
+        vec![
+            ints_attr("kernel_shape", &[4]),
+            ints_attr("strides", &[2]),
+            int_attr("group", 3),
+            ints_attr("pads", &[1, 1]),
+        ],
+    );
+    let y = g.conv(&t, 6, 2, 1, 1, 0);
+    g.output(&y, &[1, 2, -1])
+}
+
+#[test]
+fn grouped_convs_are_pruned_in_whole_groups() {
+    use sepprune::analysis::groups::Part;
+    let (ir, gs) = groups_of(grouped_conv_model(), 40);
+    // one group: the 3 conv groups, shared by both grouped convs (the PReLU links them)
+    let unit = gs.of("w1#groups", 0).expect("the conv groups form a group");
+    assert_eq!(unit.size, 3);
+    assert!(unit.frozen.is_none(), "{:?}", unit.frozen);
+    let expand = |width| {
+        vec![Part::Expand {
+            group: unit.id,
+            width,
+        }]
+    };
+    for (v, a, width) in [
+        ("w0", 0, 2),
+        ("b0", 0, 2),
+        ("w1", 0, 3),
+        ("b1", 0, 3),
+        ("slope", 0, 3),
+        ("wt", 0, 3),
+        ("bt", 0, 2),
+        ("w4", 1, 2),
+    ] {
+        let c = gs.concatenated_of(v, a).unwrap_or_else(|| panic!("{v}"));
+        assert_eq!(c.parts, expand(width), "{v}");
+    }
+    assert!(gs.concatenated_of("w1", 1).is_none(), "[Cin/g] stays whole");
+    // drop the middle group
+    let mut masks = sepprune::prune::Masks::new();
+    masks.insert(unit.id, 3, vec![0, 2]);
+    let slim = sepprune::prune::slim(&ir, &gs, &masks).unwrap();
+    let init = |ir: &Ir, n: &str| ir.initializer(n).unwrap();
+    assert_eq!(init(&slim, "w0"), init(&ir, "w0").select(0, &[0, 1, 4, 5]));
+    assert_eq!(
+        init(&slim, "w1"),
+        init(&ir, "w1").select(0, &[0, 1, 2, 6, 7, 8])
+    );
+    assert_eq!(
+        init(&slim, "wt"),
+        init(&ir, "wt").select(0, &[0, 1, 2, 6, 7, 8])
+    );
+    assert_eq!(init(&slim, "bt"), init(&ir, "bt").select(0, &[0, 1, 4, 5]));
+    for op in ["Conv", "ConvTranspose"] {
+        let groups: Vec<_> = slim
+            .nodes()
+            .iter()
+            .filter(|n| n.op_type() == op)
+            .filter_map(|n| sepprune::onnx::attr_i(n, "group"))
+            .filter(|&g| g > 1)
+            .collect();
+        assert_eq!(
+            groups,
+            vec![2],
+            "{op}: the group attribute follows the groups kept"
+        );
+    }
+    assert_slim_equals_gated(&ir, &gs, &masks, &slim, 2 * 40);
+    assert_candle_matches_tract(
+        &sepprune::gates::gate_graph(&ir, &gs, Some(&masks)).unwrap(),
+        2,
+        40,
+    );
 }
 
 #[test]
@@ -359,6 +447,108 @@ fn a_layer_split_into_heads_is_pruned_head_dim_wise() {
         sepprune::onnx::Tensor::vec_i64(vec![0, 0, 2, 2])
     );
     assert_slim_equals_gated(&ir, &gs, &masks, &slim, 4 * 11);
+}
+
+/// Self-attention as transformers exports it: `x [1, 4, T]` -> `[1, T, 4]`, q/k/v
+/// projections to `E = 3 heads x 4`, Reshape `[1, T, 3, 4]`, Transpose to `[1, 3, T, 4]`,
+/// `softmax(q k^T / 2) v`, back to `[1, T, 12]`, a per-head bias on the scores
+/// (`[3, 1, 1]`, like WavLM's relative-position bias), the output projection.
+fn attention_model() -> sepprune::onnx::ModelProto {
+    let mut g = G::new(&[1, 4, -1]);
+    let t = g.node("Transpose", &["x"], vec![ints_attr("perm", &[0, 2, 1])]);
+    let split = g.const_i("split", vec![0, 0, 3, 4]);
+    let mut heads = vec![];
+    for (w, perm) in [
+        ("Wq", [0, 2, 1, 3]),
+        ("Wk", [0, 2, 3, 1]),
+        ("Wv", [0, 2, 1, 3]),
+    ] {
+        let wt = g.weight(w, &[4, 12]);
+        let p = g.node("MatMul", &[&t, &wt], vec![]);
+        let r = g.node("Reshape", &[&p, &split], vec![]);
+        heads.push(g.node("Transpose", &[&r], vec![ints_attr("perm", &perm)]));
+    }
+    let scores = g.node("MatMul", &[&heads[0], &heads[1]], vec![]); // [1, 3, T, T]
+    let half = g.const_f("half", &[], vec![0.5]);
+    let scaled = g.node("Mul", &[&scores, &half], vec![]);
+    let bias = g.weight("head_bias", &[3, 1, 1]);
+    let biased = g.node("Add", &[&scaled, &bias], vec![]);
+    let probs = g.node("Softmax", &[&biased], vec![int_attr("axis", -1)]);
+    let ctx = g.node("MatMul", &[&probs, &heads[2]], vec![]); // [1, 3, T, 4]
+    let back = g.node("Transpose", &[&ctx], vec![ints_attr("perm", &[0, 2, 1, 3])]);
+    let merge = g.const_i("merge", vec![0, 0, 12]);
+    let m = g.node("Reshape", &[&back, &merge], vec![]);
+    let wo = g.weight("Wo", &[12, 4]);
+    let o = g.node("MatMul", &[&m, &wo], vec![]);
+    let y = g.node("Transpose", &[&o], vec![ints_attr("perm", &[0, 2, 1])]);
+    g.output(&y, &[1, 4, -1])
+}
+
+#[test]
+fn attention_heads_are_pruned_whole_and_head_dims_alike_in_every_head() {
+    use sepprune::analysis::groups::Part;
+    let (ir, gs) = groups_of(attention_model(), 9);
+    let heads = gs.of("head_bias", 0).expect("the heads form a group");
+    assert_eq!(heads.size, 3);
+    assert!(heads.heads && heads.frozen.is_none(), "{heads:?}");
+    let qk = gs.of(&ir.nodes()[2].output[0], 3).expect("q/k head dims");
+    let v = gs.of(&ir.nodes()[8].output[0], 3).expect("v head dims");
+    assert_ne!(qk.id, v.id, "q/k and v head dims are apart");
+    for (w, a, dims) in [
+        ("Wq", 1, qk.id),
+        ("Wk", 1, qk.id),
+        ("Wv", 1, v.id),
+        ("Wo", 0, v.id),
+    ] {
+        let c = gs.concatenated_of(w, a).unwrap();
+        assert_eq!(c.parts, vec![Part::Group(dims); 3], "{w}");
+        assert_eq!(c.outer, Some(heads.id), "{w}");
+    }
+    // keep heads 0 and 2, q/k dims 1 and 3, v dims 0, 1, 2
+    let mut masks = sepprune::prune::Masks::new();
+    masks.insert(heads.id, 3, vec![0, 2]);
+    masks.insert(qk.id, 4, vec![1, 3]);
+    masks.insert(v.id, 4, vec![0, 1, 2]);
+    let slim = sepprune::prune::slim(&ir, &gs, &masks).unwrap();
+    let init = |ir: &Ir, n: &str| ir.initializer(n).unwrap();
+    assert_eq!(init(&slim, "Wq"), init(&ir, "Wq").select(1, &[1, 3, 9, 11]));
+    assert_eq!(
+        init(&slim, "Wv"),
+        init(&ir, "Wv").select(1, &[0, 1, 2, 8, 9, 10])
+    );
+    assert_eq!(
+        init(&slim, "Wo"),
+        init(&ir, "Wo").select(0, &[0, 1, 2, 8, 9, 10])
+    );
+    assert_eq!(
+        init(&slim, "head_bias"),
+        init(&ir, "head_bias").select(0, &[0, 2])
+    );
+    let profile = |ir: &Ir| sepprune::analysis::cost::profile(ir).macs;
+    assert!(profile(&slim) < profile(&ir));
+    assert_slim_equals_gated(&ir, &gs, &masks, &slim, 4 * 9);
+    // the learner's Candle lowering of the gate graph (heads gate x head-dim gates) agrees
+    assert_candle_matches_tract(
+        &sepprune::gates::gate_graph(&ir, &gs, Some(&masks)).unwrap(),
+        4,
+        9,
+    );
+    // a budget may take whole heads: L1 with head 1's weights the smallest drops it first
+    let mut model = attention_model();
+    for t in &mut model.graph.as_mut().unwrap().initializer {
+        if ["Wq", "Wk", "Wv"].contains(&t.name()) {
+            for (i, v) in t.float_data.iter_mut().enumerate() {
+                if (4..8).contains(&(i % 12)) {
+                    *v *= 1e-3;
+                }
+            }
+        }
+    }
+    let (ir, gs) = groups_of(model, 9);
+    let heads = gs.of("head_bias", 0).unwrap();
+    let scores =
+        sepprune::prune::channel_scores(&ir, &gs, heads, sepprune::prune::Criterion::L1).unwrap();
+    assert!(scores[1] < scores[0] && scores[1] < scores[2], "{scores:?}");
 }
 
 #[test]
