@@ -25,12 +25,26 @@ pub struct GroupReport {
     pub kind: &'static str,
 }
 
-/// A group's [`GroupReport::kind`] from the op of its first node.
-fn kind_of(op: &str) -> &'static str {
-    match op {
-        "MatMul" | "Gemm" | "Einsum" => "features",
-        "LSTM" | "GRU" | "RNN" => "hidden units",
-        "Reshape" => "head dims",
+/// A group's [`GroupReport::kind`]: `heads` for whole blocks, `hidden units` when it
+/// slices an RNN's recurrent weight `R` on its hidden axis, else from the op of its first
+/// node.
+fn kind_of(ir: &Ir, g: &crate::analysis::Group) -> &'static str {
+    let recurrent = g.node_index.iter().any(|&i| {
+        let n = &ir.nodes()[i];
+        matches!(n.op_type(), "LSTM" | "GRU" | "RNN")
+            && n.input
+                .get(2)
+                .is_some_and(|r| g.params.contains(&(r.clone(), 2)))
+    });
+    if g.heads {
+        return "heads";
+    }
+    if recurrent {
+        return "hidden units";
+    }
+    match g.node_index.first().map(|&i| ir.nodes()[i].op_type()) {
+        Some("MatMul" | "Gemm" | "Einsum") => "features",
+        Some("Reshape") => "head dims",
         _ => "channels",
     }
 }
@@ -122,16 +136,7 @@ pub fn inspect_as(ir: &Ir, ptflops: crate::ops::Ptflops) -> Result<(Report, Grou
                 regions,
                 frozen: g.frozen.clone(),
                 residual: g.residual,
-                kind: if g.heads {
-                    "heads"
-                } else {
-                    kind_of(
-                        g.node_index
-                            .first()
-                            .map(|&i| ir.nodes()[i].op_type())
-                            .unwrap_or(""),
-                    )
-                },
+                kind: kind_of(ir, g),
             }
         })
         .collect();

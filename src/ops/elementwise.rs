@@ -5,7 +5,7 @@
 //! is coupled to the output axis it aligns with (numpy right alignment). A per-channel
 //! constant (a norm's gamma/beta, a PRelu slope vector) is therefore a group member and is
 //! sliced with it; broadcast axes (size 1) are not.
-use super::{broadcast, ce, cin, foldable, need, Links, OpRule, Ptflops, ShapeOf};
+use super::{broadcast, ce, cin, foldable, need, out_shape, Links, OpRule, Ptflops, ShapeOf};
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Ir};
 use crate::onnx::{attr_i, NodeProto, Tensor};
@@ -81,7 +81,20 @@ impl OpRule for Unary {
         let t = cin(node, x, 0)?;
         let y = match node.op_type() {
             "Identity" => Ok(t.clone()),
-            "Cast" if matches!(attr_i(node, "to"), Some(1 | 10 | 11 | 16)) => Ok(t.clone()),
+            // floats stay as they are (the graph runs in one float dtype); integers are i64,
+            // booleans u8 masks
+            "Cast" => match attr_i(node, "to") {
+                Some(1 | 10 | 11 | 16) if t.dtype().is_float() => Ok(t.clone()),
+                Some(1 | 10 | 11 | 16) => t.to_dtype(candle_core::DType::F32),
+                Some(2..=7 | 12 | 13) => t.to_dtype(candle_core::DType::I64),
+                Some(9) => t.ne(0u8).or_else(|_| t.ne(&t.zeros_like()?)),
+                to => {
+                    return Err(Error::node(
+                        node,
+                        format!("Cast to type {to:?} has no Candle lowering"),
+                    ))
+                }
+            },
             "Relu" => t.relu(),
             "Sigmoid" => candle_nn::ops::sigmoid(t),
             "Tanh" => t.tanh(),
@@ -94,6 +107,8 @@ impl OpRule for Unary {
             "Reciprocal" => t.recip(),
             "Sin" => t.sin(),
             "Cos" => t.cos(),
+            // NaN is the one value unequal to itself (a u8 mask, as candle's comparisons give)
+            "IsNaN" => t.ne(t),
             // log(1 + exp(x))
             "Softplus" => t.exp().and_then(|v| v + 1.0).and_then(|v| v.log()),
             "LeakyRelu" => {
@@ -296,6 +311,20 @@ impl OpRule for Broadcast {
             "Mul" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_mul(b)),
             "Div" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_div(b)),
             "Max" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_maximum(b)),
+            // comparisons give u8 masks, as candle's do
+            "Greater" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_gt(b)),
+            "Less" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_lt(b)),
+            "GreaterOrEqual" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_ge(b)),
+            "LessOrEqual" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_le(b)),
+            "Equal" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_eq(b)),
+            // the condition, then the two branches, broadcast to the output's shape
+            "Where" => {
+                let shape = out_shape(node, ir, 0)?;
+                let full = |i: usize| -> Result<CTensor> {
+                    cin(node, x, i)?.broadcast_as(shape.as_slice()).map_err(&e)
+                };
+                full(0)?.where_cond(&full(1)?, &full(2)?)
+            }
             "Min" => in_memory_order(a, cin(node, x, 1)?, |a, b| a.broadcast_minimum(b)),
             // fused on the CPU; elsewhere relu(x) + slope * (x - relu(x))
             "PRelu" => {

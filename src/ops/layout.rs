@@ -1,4 +1,4 @@
-//! Layout ops: Reshape, Transpose, Squeeze/Unsqueeze, Slice, Concat, Pad, Expand.
+//! Layout ops: Reshape, Transpose, Squeeze/Unsqueeze, Slice, Concat, Pad, Expand, Tile.
 //!
 //! Channel index maps: Transpose moves an axis; Squeeze/Unsqueeze shift it; Reshape keeps
 //! it when the axis survives as one dim of the same size (unit dims added or removed).
@@ -25,6 +25,7 @@ pub struct Slice;
 pub struct Concat;
 pub struct Pad;
 pub struct Expand;
+pub struct Tile;
 
 fn reshape_tensor(node: &NodeProto, t: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let e = |e: ndarray::ShapeError| Error::node(node, e.to_string());
@@ -956,5 +957,64 @@ impl OpRule for Expand {
             .and_then(|t| t.contiguous())
             .map_err(ce(node))?;
         Ok(vec![y])
+    }
+}
+
+/// `Tile(x, repeats)`: axis `a` of the output is `repeats[a]` copies of axis `a` of `x`.
+/// An axis repeated once passes its channels through; a repeated channel axis is the
+/// concatenation of its copies (pruned alike in each); a constant `x` folds.
+impl OpRule for Tile {
+    fn infer(&self, node: &NodeProto, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = need(node, inputs, 0)?;
+        let reps = need_const(node, inputs, 1)?.to_i64_vec();
+        if reps.len() != x.rank() || reps.iter().any(|&r| r < 0) {
+            return Err(Error::node(
+                node,
+                format!("repeats {reps:?} do not fit an input of rank {}", x.rank()),
+            ));
+        }
+        let shape: Vec<usize> = x
+            .shape
+            .iter()
+            .zip(&reps)
+            .map(|(&d, &r)| d * r as usize)
+            .collect();
+        let tile = |a: &ndarray::ArrayD<i64>| -> Option<ndarray::ArrayD<i64>> {
+            let mut t = a.clone();
+            for (ax, &r) in reps.iter().enumerate() {
+                let copies: Vec<_> = (0..r).map(|_| t.view()).collect();
+                t = ndarray::concatenate(Axis(ax), &copies).ok()?;
+            }
+            Some(t)
+        };
+        let value = match &x.value {
+            Some(Tensor::I64(a)) if shape.iter().product::<usize>() <= crate::ir::FOLD_LIMIT => {
+                tile(a).map(Tensor::I64)
+            }
+            _ => None,
+        };
+        Ok(vec![Fact { shape, value }])
+    }
+
+    fn couple(&self, node: &NodeProto, ir: &Ir, links: &mut Links) {
+        let (x, y) = (node.input[0].as_str(), node.output[0].as_str());
+        let (Some(xf), Some(yf)) = (ir.fact(x), ir.fact(y)) else {
+            return;
+        };
+        for a in 0..xf.rank() {
+            let r = yf.shape[a] / xf.shape[a].max(1);
+            match r {
+                1 => links.link((x, a), (y, a)),
+                r if r <= MAX_BLOCKS && xf.shape[a] > 1 => links.concat(&vec![(x, a); r], (y, a)),
+                _ => links.freeze((y, a), "Tile repeats this axis"),
+            }
+        }
+    }
+
+    fn lower(&self, node: &NodeProto, ir: &Ir, x: &[Option<CTensor>]) -> Result<Vec<CTensor>> {
+        let t = cin(node, x, 0)?;
+        let (xs, ys) = (in_shape(node, ir, 0)?, out_shape(node, ir, 0)?);
+        let reps: Vec<usize> = xs.iter().zip(&ys).map(|(&a, &b)| b / a.max(1)).collect();
+        Ok(vec![t.repeat(reps.as_slice()).map_err(ce(node))?])
     }
 }

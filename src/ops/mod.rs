@@ -314,9 +314,8 @@ pub fn rule(node: &NodeProto) -> Option<&'static dyn OpRule> {
         "ConvTranspose" => &conv::ConvTranspose,
         "Relu" | "Sigmoid" | "Tanh" | "Sqrt" | "Exp" | "Log" | "Neg" | "Abs" | "Erf"
         | "Reciprocal" | "Floor" | "Ceil" | "Identity" | "Cast" | "LeakyRelu" | "Elu"
-        | "Softplus" | "HardSigmoid" | "Not" | "Sign" | "Round" | "Sin" | "Cos" => {
-            &elementwise::Unary
-        }
+        | "Softplus" | "HardSigmoid" | "Not" | "Sign" | "Round" | "Sin" | "Cos" | "IsNaN"
+        | "IsInf" => &elementwise::Unary,
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Equal" | "Less" | "Greater"
         | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Where" | "PRelu" | "Clip" | "Mod" => {
             &elementwise::Broadcast
@@ -345,6 +344,7 @@ pub fn rule(node: &NodeProto) -> Option<&'static dyn OpRule> {
         "Split" => &split::Split,
         "Pad" => &layout::Pad,
         "Expand" => &layout::Expand,
+        "Tile" => &layout::Tile,
         "MatMul" => &matmul::MatMul,
         "Einsum" => &einsum::Einsum,
         "Gemm" => &matmul::Gemm,

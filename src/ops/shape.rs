@@ -175,15 +175,25 @@ impl OpRule for Gather {
         let data = super::cin(node, x, 0)?;
         let axis = norm_axis(node, attr_i(node, "axis").unwrap_or(0), data.rank())?;
         let n = data.dim(axis).map_err(&e)? as i64;
-        let idx: Vec<i64> = ir
-            .fact(&node.input[1])
-            .and_then(|f| f.value.as_ref())
-            .ok_or_else(|| Error::node(node, "Candle lowering needs constant indices"))?
-            .to_i64_vec()
-            .into_iter()
-            .map(|i| if i < 0 { i + n } else { i })
-            .collect();
-        let idx = CTensor::new(idx, data.device()).map_err(&e)?;
+        let idx = match ir.fact(&node.input[1]).and_then(|f| f.value.as_ref()) {
+            Some(v) => {
+                let idx: Vec<i64> = v
+                    .to_i64_vec()
+                    .into_iter()
+                    .map(|i| if i < 0 { i + n } else { i })
+                    .collect();
+                CTensor::new(idx, data.device()).map_err(&e)?
+            }
+            // computed indices (WavLM's relative-position buckets): i + n [i < 0]
+            None => super::cin(node, x, 1)?
+                .to_dtype(candle_core::DType::I64)
+                .and_then(|i| i.flatten_all())
+                .and_then(|i| {
+                    let wrap = (i.lt(0i64)?.to_dtype(candle_core::DType::I64)? * n as f64)?;
+                    i + wrap
+                })
+                .map_err(&e)?,
+        };
         let y = data
             .index_select(&idx, axis)
             .and_then(|y| {

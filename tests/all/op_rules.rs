@@ -1208,3 +1208,33 @@ fn params_count_folded_weights_embeddings_and_split_parameters_not_norm_constant
     assert_eq!(total, 12 + 4 + 4 + 4 + 24 + 8);
     assert_eq!(sepprune::analysis::profile(&ir).params, total);
 }
+
+#[test]
+fn tile_repeats_channels_as_copies_pruned_alike() {
+    use sepprune::analysis::groups::Part;
+    let mut g = G::new(&[1, 2, -1]);
+    let h = g.conv("x", 2, 3, 1, 1, 0);
+    let reps = g.const_i("reps", vec![1, 2, 1]);
+    let t = g.node("Tile", &[&h, &reps], vec![]); // [1, 6, T]: the 3 channels twice
+    let y = g.conv(&t, 6, 2, 3, 1, 1);
+    let (ir, gs) = groups_of(g.output(&y, &[1, 2, -1]), 30);
+    assert_eq!(ir.fact(&t).unwrap().shape, vec![1, 6, 30]);
+    assert!(ir.opaque.is_empty());
+    let grp = gs.of("w0", 0).expect("the conv's channels");
+    assert!(grp.frozen.is_none(), "{:?}", grp.frozen);
+    let c = gs.concatenated_of(&t, 1).unwrap();
+    assert_eq!(c.parts, vec![Part::Group(grp.id); 2]);
+    let mut masks = sepprune::prune::Masks::new();
+    masks.insert(grp.id, 3, vec![0, 2]);
+    let slim = sepprune::prune::slim(&ir, &gs, &masks).unwrap();
+    assert_eq!(
+        slim.initializer("w2").unwrap(),
+        ir.initializer("w2").unwrap().select(1, &[0, 2, 3, 5])
+    );
+    assert_slim_equals_gated(&ir, &gs, &masks, &slim, 2 * 30);
+    assert_candle_matches_tract(
+        &sepprune::gates::gate_graph(&ir, &gs, Some(&masks)).unwrap(),
+        2,
+        30,
+    );
+}
