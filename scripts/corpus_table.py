@@ -4,9 +4,10 @@ loaded, analysed and pruned by 30% of its MACs (`--scope all`), as a Markdown ta
 usage: python scripts/corpus_table.py [--bin target/release/sepprune] [--out FILE]
                                      [--extra DIR] [--no-bench]
 
-Columns: params (sepprune's count; PyTorch's from the manifest), MACs at the length counted,
+Columns: params (sepprune's count; PyTorch's from the manifest: those the forward reads, and
+all), MACs at the length counted,
 prunable / frozen channel groups (prunable ones by kind: channels, features, hidden units,
-head dims), the share of MACs in nodes that prunable groups change (`inspect`'s
+head dims, heads), the share of MACs in nodes that prunable groups change (`inspect`'s
 `coverage`), the MACs reduction `prune --ratio 0.3 --scope all`
 reached, its verification (slim == gate graph under the same masks, in ORT), the same with
 random masks in tract (`n/a` where tract cannot run the original), onnx.checker on the slim
@@ -96,8 +97,8 @@ def main():
             kinds[g.get("kind", "channels")] = kinds.get(g.get("kind", "channels"), 0) + 1
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
         cov = f"{100 * ins.get('coverage', 0):.0f}%"
-        pt = meta.get("params")
-        params = f"{ins['params']}" + (f" / {pt}" if pt else "")
+        pt, fwd = meta.get("params"), meta.get("params_forward")
+        params = f"{ins['params']}" + (f" / {fwd} / {pt}" if pt else "")
         slim = os.path.join(tmp, name)
         rc, out, err = run([a.bin, "prune", path, "-o", slim, "--ratio", "0.3", "--scope", "all",
                             "--json"])
@@ -135,7 +136,7 @@ def main():
                     f"{ins['samples']} | {prunable} / {frozen} ({kinds}) | {cov} | {red * 100:.1f}% | "
                     f"{'exact' if exact else 'FAILS'} | {tract} | {checker} | "
                     f"{'/'.join('y' if o else 'n' for o in lens)} | {speed} |")
-    head = ("| file | library | loads | params (ours / PyTorch) | MACs @ samples | groups "
+    head = ("| file | library | loads | params (ours / PyTorch read by the forward / PyTorch all) | MACs @ samples | groups "
             "prunable / frozen (kinds) | MACs in prunable groups | MACs removed (asked 30%) | slim == gated (ORT) | (tract) | "
             "onnx.checker | runs 0.5/1/2 s | ORT CPU speed-up |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
