@@ -237,6 +237,57 @@ pub fn unshare_fills(model: &ModelProto) -> Option<ModelProto> {
     Some(model)
 }
 
+/// `model` with every float initializer of two or more entries, all equal (a zero bias, a
+/// unit norm scale), that several nodes read given one copy per reader after the first
+/// (`{name}.sepprune.fill{k}`). Exporters store equal tensors once (TorchScript and dynamo
+/// deduplicate initializers): a freshly initialised model's zero biases or unit LayerNorm
+/// scales then tie the channels of every layer that reads them into one group, though
+/// nothing in the computation couples them. The copies hold the same values, so this
+/// rewrite is not undone in the written model. `None` when no such tensor is shared.
+pub fn unshare_filled_initializers(model: &ModelProto) -> Option<ModelProto> {
+    let graph = model.graph.as_ref()?;
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        let mut seen = HashSet::new();
+        for x in n.input.iter().filter(|x| seen.insert(x.as_str())) {
+            readers.entry(x.as_str()).or_default().push(i);
+        }
+    }
+    let filled = |t: &crate::onnx::TensorProto| {
+        matches!(crate::onnx::tensor_from_proto(t), Ok(crate::onnx::Tensor::F32(a))
+            if a.len() > 1 && a.iter().all(|&v| v == a.iter().next().copied().unwrap_or(0.0)))
+    };
+    let shared: Vec<(usize, Vec<usize>)> = graph
+        .initializer
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !outputs.contains(t.name()))
+        .filter_map(|(i, t)| {
+            let r = readers.get(t.name())?;
+            (r.len() > 1 && filled(t)).then(|| (i, r[1..].to_vec()))
+        })
+        .collect();
+    if shared.is_empty() {
+        return None;
+    }
+    let mut model = model.clone();
+    let graph = model.graph.as_mut()?;
+    for (ti, rest) in shared {
+        let name = graph.initializer[ti].name().to_string();
+        for (k, &ri) in rest.iter().enumerate() {
+            let copy_name = format!("{name}.sepprune.fill{}", k + 1);
+            let mut copy = graph.initializer[ti].clone();
+            copy.name = Some(copy_name.clone());
+            graph.initializer.push(copy);
+            for x in graph.node[ri].input.iter_mut().filter(|x| **x == name) {
+                *x = copy_name.clone();
+            }
+        }
+    }
+    Some(model)
+}
+
 /// `ir`'s model with every `Gather` of one constant index from a `Concat` along the same
 /// axis, whose parts each have extent 1 there, reading the selected part itself (at index
 /// 0, so its output is unchanged). TorchScript's `h_n[-1]` of a stacked LSTM is such a

@@ -38,6 +38,7 @@ impl Ir {
         let model = canon::fold_constant_ifs(&model).unwrap_or(model);
         let model = canon::bypass_weight_identities(&model).unwrap_or(model);
         let model = canon::unshare_fills(&model).unwrap_or(model);
+        let model = canon::unshare_filled_initializers(&model).unwrap_or(model);
         let ir = Ir::fold_ifs_and_infer(model, samples)?;
         let ir = match canon::select_from_concats(&ir) {
             Some(model) => Ir::fold_ifs_and_infer(model, samples)?,

@@ -1238,3 +1238,52 @@ fn tile_repeats_channels_as_copies_pruned_alike() {
         30,
     );
 }
+
+#[test]
+fn a_filled_initializer_shared_by_layers_couples_nothing() {
+    // exporters store equal tensors once: two layers reading one zero bias would be one
+    // channel group through it; each reader gets its own copy instead
+    let mut g = G::new(&[1, 2, -1]);
+    let zeros = g.const_f("zeros", &[4], vec![0.0; 4]);
+    let w1 = g.weight("wa", &[4, 2, 1]);
+    let a = g.node(
+        "Conv",
+        &["x", &w1, &zeros],
+        vec![ints_attr("kernel_shape", &[1])],
+    );
+    let r = g.node("Relu", &[&a], vec![]);
+    let w2 = g.weight("wb", &[4, 4, 3]);
+    let b = g.node(
+        "Conv",
+        &[&r, &w2, &zeros],
+        vec![ints_attr("kernel_shape", &[3]), ints_attr("pads", &[1, 1])],
+    );
+    let y = g.conv(&b, 4, 2, 1, 1, 0);
+    let (ir, gs) = groups_of(g.output(&y, &[1, 2, -1]), 20);
+    let (g1, g2) = (gs.of("wa", 0).unwrap(), gs.of("wb", 0).unwrap());
+    assert_ne!(g1.id, g2.id, "the layers are apart");
+    assert!(g1.frozen.is_none() && g2.frozen.is_none());
+    let mut masks = sepprune::prune::Masks::new();
+    masks.insert(g1.id, 4, vec![1, 2]);
+    masks.insert(g2.id, 4, vec![0, 1, 3]);
+    let slim = sepprune::prune::slim(&ir, &gs, &masks).unwrap();
+    assert_slim_equals_gated(&ir, &gs, &masks, &slim, 2 * 20);
+    // a shared tensor of distinct values still couples (it may be a real shared weight)
+    let mut g = G::new(&[1, 2, -1]);
+    let shared = g.weight("shared", &[4]);
+    let w1 = g.weight("wa", &[4, 2, 1]);
+    let a = g.node(
+        "Conv",
+        &["x", &w1, &shared],
+        vec![ints_attr("kernel_shape", &[1])],
+    );
+    let w2 = g.weight("wb", &[4, 4, 1]);
+    let b = g.node(
+        "Conv",
+        &[&a, &w2, &shared],
+        vec![ints_attr("kernel_shape", &[1])],
+    );
+    let y = g.conv(&b, 4, 2, 1, 1, 0);
+    let (_, gs) = groups_of(g.output(&y, &[1, 2, -1]), 20);
+    assert_eq!(gs.of("wa", 0).unwrap().id, gs.of("wb", 0).unwrap().id);
+}
