@@ -75,7 +75,8 @@ def main():
     a = ap.parse_args()
     manifest = json.load(open("fixtures/corpus/manifest.json"))
     files = [(f"fixtures/corpus/{k}", v) for k, v in manifest.items()]
-    files += [(p, {"library": "sepprune fixtures", "params": None, "inputs": []})
+    ours = json.load(open("fixtures/models/manifest.json"))  # make_fixtures.py --count-only
+    files += [(p, {"library": "sepprune fixtures", "inputs": [], **ours.get(os.path.basename(p), {})})
               for p in sorted(glob.glob("fixtures/models/*.onnx"))]
     if a.extra:
         files += [(p, {"library": "registry (trained)", "params": None, "inputs": []})

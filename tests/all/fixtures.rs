@@ -236,3 +236,32 @@ fn default_budget_meets_the_ratio_on_every_fixture() {
         }
     }
 }
+
+/// Our params count equals PyTorch's count of the parameters the forward reads
+/// (`fixtures/models/manifest.json`, `make_fixtures.py --count-only`) on every fixture but
+/// one: tdanet's dynamo export keeps its positional-encoding buffer as an initializer that
+/// the graph slices and adds, which a graph cannot tell from a learned embedding.
+#[test]
+fn params_equal_pytorch_forward_count_on_the_fixtures() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let files = fixtures();
+    assert_eq!(manifest.as_object().unwrap().len(), files.len());
+    let mut differ = vec![];
+    for path in files {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let want = manifest[&name]["params_forward"].as_u64().unwrap();
+        let ir = Ir::new(sepprune::onnx::load(&path).unwrap(), 16000).unwrap();
+        let ours = sepprune::analysis::profile(&ir).params;
+        if ours != want {
+            differ.push((name, ours, want));
+        }
+    }
+    let names: Vec<&str> = differ.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(names, vec!["tdanet.dynamo18.onnx"], "{differ:?}");
+    assert!(
+        differ[0].1 > differ[0].2,
+        "the buffer adds to our count: {differ:?}"
+    );
+}
