@@ -44,6 +44,23 @@ pub struct Group {
     pub heads: bool,
 }
 
+impl Group {
+    /// A group of `size` channels (or whole blocks: `heads`) before its members are known.
+    fn new(id: usize, size: usize, heads: bool) -> Group {
+        Group {
+            id,
+            size,
+            members: vec![],
+            params: vec![],
+            nodes: vec![],
+            node_index: vec![],
+            frozen: None,
+            residual: false,
+            heads,
+        }
+    }
+}
+
 /// Where the channels of one stretch of a [`Concatenated`] axis come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Part {
@@ -452,17 +469,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             continue;
         }
         root_group.insert(root, groups.len());
-        groups.push(Group {
-            id: groups.len(),
-            size,
-            members: vec![],
-            params: vec![],
-            nodes: vec![],
-            node_index: vec![],
-            frozen: None,
-            residual: false,
-            heads: false,
-        });
+        groups.push(Group::new(groups.len(), size, false));
     }
     // The outer axes of block layouts: when a layer's channels are laid out as copies of a
     // block class along one outer axis (attention heads: q/k/v/out
@@ -496,17 +503,7 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
         outer_of.entry(wr).or_insert(o);
         if fresh {
             root_group.insert(root, groups.len());
-            groups.push(Group {
-                id: groups.len(),
-                size,
-                members: vec![],
-                params: vec![],
-                nodes: vec![],
-                node_index: vec![],
-                frozen: None,
-                residual: false,
-                heads: true,
-            });
+            groups.push(Group::new(groups.len(), size, true));
         }
     }
     // Concatenations: classes of Concat outputs that no layer defines.

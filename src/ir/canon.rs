@@ -182,6 +182,18 @@ pub fn bypass_weight_identities(model: &ModelProto) -> Option<ModelProto> {
     Some(model)
 }
 
+/// The nodes that read each value (each node once, in graph order).
+fn readers(graph: &crate::onnx::GraphProto) -> HashMap<&str, Vec<usize>> {
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        let mut seen = HashSet::new();
+        for x in n.input.iter().filter(|x| seen.insert(x.as_str())) {
+            readers.entry(x.as_str()).or_default().push(i);
+        }
+    }
+    readers
+}
+
 /// `model` with every `ConstantOfShape` read by several nodes cloned, one per reader (the
 /// clones read the same shape input and are placed right after the original). A fill is the
 /// same for any channels, so sharing it couples nothing real; shared, it couples its readers'
@@ -192,13 +204,7 @@ pub fn bypass_weight_identities(model: &ModelProto) -> Option<ModelProto> {
 pub fn unshare_fills(model: &ModelProto) -> Option<ModelProto> {
     let graph = model.graph.as_ref()?;
     let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
-    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, n) in graph.node.iter().enumerate() {
-        let mut seen = HashSet::new();
-        for x in n.input.iter().filter(|x| seen.insert(x.as_str())) {
-            readers.entry(x.as_str()).or_default().push(i);
-        }
-    }
+    let readers = readers(graph);
     // (fill node, its output, the readers after the first)
     let shared: Vec<(usize, String, Vec<usize>)> = graph
         .node
@@ -247,13 +253,7 @@ pub fn unshare_fills(model: &ModelProto) -> Option<ModelProto> {
 pub fn unshare_filled_initializers(model: &ModelProto) -> Option<ModelProto> {
     let graph = model.graph.as_ref()?;
     let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
-    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, n) in graph.node.iter().enumerate() {
-        let mut seen = HashSet::new();
-        for x in n.input.iter().filter(|x| seen.insert(x.as_str())) {
-            readers.entry(x.as_str()).or_default().push(i);
-        }
-    }
+    let readers = readers(graph);
     let filled = |t: &crate::onnx::TensorProto| {
         matches!(crate::onnx::tensor_from_proto(t), Ok(crate::onnx::Tensor::F32(a))
             if a.len() > 1 && a.iter().all(|&v| v == a.iter().next().copied().unwrap_or(0.0)))
