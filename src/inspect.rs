@@ -21,11 +21,12 @@ pub struct GroupReport {
     /// What the channels are, from the op that defines them: `channels` (a Conv),
     /// `features` (a MatMul, Gemm or Einsum: FFN neurons, projections), `hidden units`
     /// (an RNN), `head dims` (a Reshape into attention heads or other blocks), `heads`
-    /// (whole blocks of such a layout: attention heads).
+    /// (whole blocks of such a layout: attention heads), `conv groups` (a grouped conv's).
     pub kind: &'static str,
 }
 
-/// A group's [`GroupReport::kind`]: `heads` for whole blocks, `hidden units` when it
+/// A group's [`GroupReport::kind`]: `heads` for whole blocks, `conv groups` for a grouped
+/// conv's groups, `hidden units` when it
 /// slices an RNN's recurrent weight `R` on its hidden axis, else from the op of its first
 /// node.
 fn kind_of(ir: &Ir, g: &crate::analysis::Group) -> &'static str {
@@ -38,6 +39,9 @@ fn kind_of(ir: &Ir, g: &crate::analysis::Group) -> &'static str {
     });
     if g.heads {
         return "heads";
+    }
+    if g.members.iter().any(|(v, _)| v.ends_with("#groups")) {
+        return "conv groups";
     }
     if recurrent {
         return "hidden units";
@@ -305,8 +309,8 @@ pub fn render(r: &Report, per_node: bool) -> String {
     );
     let _ = writeln!(
         s,
-        "{:>4} {:>6} {:>8} {:>7} {:<22} status",
-        "id", "size", "members", "MACs%", "regions"
+        "{:>4} {:>6} {:<12} {:>8} {:>7} {:<22} status",
+        "id", "size", "kind", "members", "MACs%", "regions"
     );
     for g in &r.groups {
         let regions: Vec<&str> = g.regions.iter().map(|r| r.name()).collect();
@@ -318,9 +322,10 @@ pub fn render(r: &Report, per_node: bool) -> String {
             .unwrap_or("an unnamed node");
         let _ = writeln!(
             s,
-            "{:>4} {:>6} {:>8} {:>6.2}% {:<22} {}",
+            "{:>4} {:>6} {:<12} {:>8} {:>6.2}% {:<22} {}",
             g.id,
             g.size,
+            g.kind,
             g.members,
             100.0 * g.macs_share,
             regions.join(","),

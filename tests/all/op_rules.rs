@@ -155,6 +155,8 @@ fn grouped_convs_are_pruned_in_whole_groups() {
         assert_eq!(c.parts, expand(width), "{v}");
     }
     assert!(gs.concatenated_of("w1", 1).is_none(), "[Cin/g] stays whole");
+    let (report, _) = sepprune::inspect::inspect(&ir).unwrap();
+    assert_eq!(report.groups[unit.id].kind, "conv groups");
     // drop the middle group
     let mut masks = sepprune::prune::Masks::new();
     masks.insert(unit.id, 3, vec![0, 2]);
@@ -491,6 +493,8 @@ fn attention_heads_are_pruned_whole_and_head_dims_alike_in_every_head() {
     let heads = gs.of("head_bias", 0).expect("the heads form a group");
     assert_eq!(heads.size, 3);
     assert!(heads.heads && heads.frozen.is_none(), "{heads:?}");
+    let (report, _) = sepprune::inspect::inspect(&ir).unwrap();
+    assert_eq!(report.groups[heads.id].kind, "heads");
     let qk = gs.of(&ir.nodes()[2].output[0], 3).expect("q/k head dims");
     let v = gs.of(&ir.nodes()[8].output[0], 3).expect("v head dims");
     assert_ne!(qk.id, v.id, "q/k and v head dims are apart");
