@@ -87,7 +87,7 @@ impl OpRule for Unary {
                 Some(1 | 10 | 11 | 16) if t.dtype().is_float() => Ok(t.clone()),
                 Some(1 | 10 | 11 | 16) => t.to_dtype(candle_core::DType::F32),
                 Some(2..=7 | 12 | 13) => t.to_dtype(candle_core::DType::I64),
-                Some(9) => t.ne(0u8).or_else(|_| t.ne(&t.zeros_like()?)),
+                Some(9) => t.zeros_like().and_then(|z| t.ne(&z)),
                 to => {
                     return Err(Error::node(
                         node,
