@@ -391,6 +391,31 @@ pub fn analyze_groups(ir: &Ir) -> Result<Groups> {
             break;
         }
     }
+    // One layer's channels split into heads at several places (an attention block called
+    // again with the same weights) split them into the same heads: one outer axis. Two
+    // splits of one layer into different numbers of blocks freeze both.
+    let mut first_outer: HashMap<usize, usize> = HashMap::new(); // whole root -> outer slot
+    for &(w, _, o, ni) in &outers {
+        let wr = uf.find(w);
+        match first_outer.get(&wr) {
+            None => {
+                first_outer.insert(wr, o);
+            }
+            Some(&o0) if size_of(&slots[o0]) == size_of(&slots[o]) => {
+                uf.union(o0, o);
+            }
+            Some(&o0) => {
+                let node = &ir.nodes()[ni];
+                let msg = format!(
+                    "node '{}' ({}): splits a layer's channels into another number of blocks than another split of them",
+                    node.name(),
+                    node.op_type()
+                );
+                frozen.entry(o0).or_insert_with(|| msg.clone());
+                frozen.entry(o).or_insert(msg);
+            }
+        }
+    }
     let whole_roots: HashMap<usize, usize> = concats
         .iter()
         .enumerate()

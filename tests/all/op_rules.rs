@@ -457,33 +457,87 @@ fn a_layer_split_into_heads_is_pruned_head_dim_wise() {
 /// (`[3, 1, 1]`, like WavLM's relative-position bias), the output projection.
 fn attention_model() -> sepprune::onnx::ModelProto {
     let mut g = G::new(&[1, 4, -1]);
-    let t = g.node("Transpose", &["x"], vec![ints_attr("perm", &[0, 2, 1])]);
-    let split = g.const_i("split", vec![0, 0, 3, 4]);
+    attention_weights(&mut g);
+    let y = attend(&mut g, "x", true);
+    g.output(&y, &[1, 4, -1])
+}
+
+/// The weights of [`attend`]: `Wq`, `Wk`, `Wv` `[4, 12]`, `head_bias` `[3, 1, 1]`, `Wo`
+/// `[12, 4]`, and the shapes `split` and `merge`.
+fn attention_weights(g: &mut G) {
+    for w in ["Wq", "Wk", "Wv"] {
+        g.weight(w, &[4, 12]);
+    }
+    g.weight("head_bias", &[3, 1, 1]);
+    g.weight("Wo", &[12, 4]);
+    g.const_i("split", vec![0, 0, 3, 4]);
+    g.const_i("merge", vec![0, 0, 12]);
+    g.const_f("half", &[], vec![0.5]);
+}
+
+/// One pass of the attention block of [`attention_model`] on `x` `[1, 4, T]`, reading the
+/// weights [`attention_weights`] made (a block called twice shares them), with or without
+/// the per-head bias.
+fn attend(g: &mut G, x: &str, head_bias: bool) -> String {
+    let t = g.node("Transpose", &[x], vec![ints_attr("perm", &[0, 2, 1])]);
     let mut heads = vec![];
     for (w, perm) in [
         ("Wq", [0, 2, 1, 3]),
         ("Wk", [0, 2, 3, 1]),
         ("Wv", [0, 2, 1, 3]),
     ] {
-        let wt = g.weight(w, &[4, 12]);
-        let p = g.node("MatMul", &[&t, &wt], vec![]);
-        let r = g.node("Reshape", &[&p, &split], vec![]);
+        let p = g.node("MatMul", &[&t, w], vec![]);
+        let r = g.node("Reshape", &[&p, "split"], vec![]);
         heads.push(g.node("Transpose", &[&r], vec![ints_attr("perm", &perm)]));
     }
     let scores = g.node("MatMul", &[&heads[0], &heads[1]], vec![]); // [1, 3, T, T]
-    let half = g.const_f("half", &[], vec![0.5]);
-    let scaled = g.node("Mul", &[&scores, &half], vec![]);
-    let bias = g.weight("head_bias", &[3, 1, 1]);
-    let biased = g.node("Add", &[&scaled, &bias], vec![]);
+    let scaled = g.node("Mul", &[&scores, "half"], vec![]);
+    let biased = if head_bias {
+        g.node("Add", &[&scaled, "head_bias"], vec![])
+    } else {
+        scaled
+    };
     let probs = g.node("Softmax", &[&biased], vec![int_attr("axis", -1)]);
     let ctx = g.node("MatMul", &[&probs, &heads[2]], vec![]); // [1, 3, T, 4]
     let back = g.node("Transpose", &[&ctx], vec![ints_attr("perm", &[0, 2, 1, 3])]);
-    let merge = g.const_i("merge", vec![0, 0, 12]);
-    let m = g.node("Reshape", &[&back, &merge], vec![]);
-    let wo = g.weight("Wo", &[12, 4]);
-    let o = g.node("MatMul", &[&m, &wo], vec![]);
-    let y = g.node("Transpose", &[&o], vec![ints_attr("perm", &[0, 2, 1])]);
-    g.output(&y, &[1, 4, -1])
+    let m = g.node("Reshape", &[&back, "merge"], vec![]);
+    let o = g.node("MatMul", &[&m, "Wo"], vec![]);
+    g.node("Transpose", &[&o], vec![ints_attr("perm", &[0, 2, 1])])
+}
+
+/// An attention block called twice with the same weights (TDANet's recurrent global
+/// attention) splits one layer's channels into heads twice: both splits are one heads
+/// group, and every mask slices the shared weights and both Reshapes alike. Without a
+/// per-head bias, only the shared projections tie the two calls' heads.
+#[test]
+fn an_attention_block_called_twice_has_one_heads_group() {
+    let mut g = G::new(&[1, 4, -1]);
+    attention_weights(&mut g);
+    let a = attend(&mut g, "x", false);
+    let b = attend(&mut g, &a, false);
+    let (ir, gs) = groups_of(g.output(&b, &[1, 4, -1]), 9);
+    let heads: Vec<_> = gs.groups.iter().filter(|g| g.heads).collect();
+    assert_eq!(heads.len(), 1, "{:?}", gs.groups);
+    assert!(heads[0].frozen.is_none(), "{:?}", heads[0]);
+    let (qk, v) = (
+        gs.of(&ir.nodes()[2].output[0], 3).expect("q/k head dims"),
+        gs.of(&ir.nodes()[8].output[0], 3).expect("v head dims"),
+    );
+    // (heads, q/k dims, v dims) kept
+    let cases: [(&[usize], &[usize], &[usize]); 4] = [
+        (&[0, 2], &[1, 3], &[0, 1, 2]),
+        (&[1], &[0], &[3]),
+        (&[0, 1, 2], &[0, 2, 3], &[1, 2]),
+        (&[2], &[0, 1, 2, 3], &[0, 1, 2, 3]),
+    ];
+    for (h, d, dv) in cases {
+        let mut masks = sepprune::prune::Masks::new();
+        masks.insert(heads[0].id, 3, h.to_vec());
+        masks.insert(qk.id, 4, d.to_vec());
+        masks.insert(v.id, 4, dv.to_vec());
+        let slim = sepprune::prune::slim(&ir, &gs, &masks).unwrap();
+        assert_slim_equals_gated(&ir, &gs, &masks, &slim, 4 * 9);
+    }
 }
 
 #[test]
