@@ -43,7 +43,7 @@ fn masks_keeping(groups: &sepprune::analysis::Groups, keep: f64, seed: u64) -> M
     for g in groups.prunable() {
         // groups keep different shares around `keep`, so that two groups that must
         // agree (one split of a layer into heads made twice) cannot pass by keeping as many
-        let share = keep * rng.gen_range(0.6..=1.0);
+        let share = keep * rng.random_range(0.6..=1.0);
         let k = ((g.size as f64 * share).round() as usize).clamp(1, g.size);
         m.insert(g.id, g.size, sample(&mut rng, g.size, k).into_vec());
     }
