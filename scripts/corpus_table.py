@@ -79,7 +79,9 @@ def main():
     files += [(p, {"library": "sepprune fixtures", "inputs": [], **ours.get(os.path.basename(p), {})})
               for p in sorted(glob.glob("fixtures/models/*.onnx"))]
     if a.extra:
-        files += [(p, {"library": "registry (trained)", "params": None, "inputs": []})
+        registry = json.load(open("fixtures/registry.json"))  # PyTorch's counts
+        files += [(p, {"library": "registry (trained)", "params": None, "inputs": [],
+                       **registry.get(os.path.basename(p), {})})
                   for p in sorted(glob.glob(os.path.join(a.extra, "*.onnx")))]
     rows, n_ok, n_load = [], 0, 0
     tmp = tempfile.mkdtemp()

@@ -82,6 +82,15 @@ pub fn node_param_names(ir: &Ir) -> Vec<Vec<&str>> {
             None => ir.fact(v).is_some_and(|f| f.rank() >= 1),
         }
     };
+    // a weight an exporter wrote as a `Constant` node (TorchScript's RNN weights) counts; a
+    // `Constant` of one repeated value stands in where the module has no parameter (the
+    // unit scale and zero bias of a norm without an affine map)
+    let stored = |v: &str| -> bool {
+        ir.is_initializer(v)
+            || (ir.constant_node(v).is_some()
+                && !matches!(ir.fact(v).and_then(|f| f.value.as_ref()),
+                    Some(crate::onnx::Tensor::F32(a)) if a.iter().all(|x| Some(x) == a.first())))
+    };
     // parameter inputs computed from initializers alone, and the initializers of their cones
     let derived = ConstCones::new(ir);
     let mut folded: HashSet<&str> = HashSet::new();
@@ -99,6 +108,29 @@ pub fn node_param_names(ir: &Ir) -> Vec<Vec<&str>> {
         }
     }
     let mut seen = HashSet::new();
+    // one parameter stored several times (dynamo writes a module's transposed weight once
+    // per call) counts once: an initializer equal, entry for entry, to one counted before.
+    // Trained weights of distinct layers are never equal; tensors of one repeated value
+    // (zero biases, unit scales, copied per reader by canon) are left apart.
+    let mut by_dims: HashMap<&[i64], Vec<usize>> = HashMap::new();
+    let mut stored_again = |v: &str| -> bool {
+        let Some(&i) = ir.init_index.get(v) else {
+            return false;
+        };
+        let inits = &ir.graph().initializer;
+        let t = &inits[i];
+        let same = |j: &usize| {
+            let u = &inits[*j];
+            u.data_type == t.data_type && u.raw_data == t.raw_data && u.float_data == t.float_data
+        };
+        let earlier = by_dims.entry(t.dims.as_slice()).or_default();
+        let again = t.external_data.is_empty()
+            && earlier.iter().any(same)
+            && !matches!(ir.initializer(v), Ok(crate::onnx::Tensor::F32(a))
+                if a.iter().all(|x| Some(x) == a.first()));
+        earlier.push(i);
+        again
+    };
     ir.nodes()
         .iter()
         .map(|n| {
@@ -107,9 +139,8 @@ pub fn node_param_names(ir: &Ir) -> Vec<Vec<&str>> {
                 .filter_map(|i| n.input.get(i))
                 .filter(|v| {
                     let v = v.as_str();
-                    let counted =
-                        (ir.is_initializer(v) && !in_cones.contains(v)) || folded.contains(v);
-                    counted && float(v) && seen.insert(v)
+                    let counted = (stored(v) && !in_cones.contains(v)) || folded.contains(v);
+                    counted && float(v) && seen.insert(v) && !stored_again(v)
                 })
                 .map(String::as_str)
                 .collect()

@@ -213,13 +213,30 @@ fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 
 impl OpRule for Broadcast {
     /// PRelu's slope; for Add, Sub, Mul and Div, an initializer operand with more than one
-    /// element (a decomposed norm's per-channel scale and shift, a bias). Scalar operands are
-    /// structural constants (epsilons, scales) and stay fixed, as does every Pow exponent.
+    /// element (a decomposed norm's per-channel scale and shift, a bias), and the bias `[1]`
+    /// an Add puts on a linear layer (MatMul, Gemm) with one output. Other operands of one element
+    /// are structural constants (epsilons, scales) and stay fixed, as does every Pow exponent.
     fn params(&self, node: &NodeProto, ir: &Ir) -> Vec<usize> {
+        let linear = |v: &str| {
+            ir.producer
+                .get(v)
+                .is_some_and(|&p| matches!(ir.nodes()[p].op_type(), "MatMul" | "Gemm"))
+        };
+        let one_output_bias = |i: usize| {
+            node.op_type() == "Add"
+                && ir
+                    .fact(&node.input[i])
+                    .is_some_and(|f| f.rank() >= 1 && f.numel() == 1)
+                && node.input.iter().enumerate().any(|(j, v)| {
+                    j != i && linear(v) && ir.fact(v).is_some_and(|f| f.shape.last() == Some(&1))
+                })
+        };
         match node.op_type() {
             "PRelu" => vec![1],
             "Add" | "Sub" | "Mul" | "Div" => (0..node.input.len())
-                .filter(|&i| ir.fact(&node.input[i]).is_some_and(|f| f.numel() > 1))
+                .filter(|&i| {
+                    ir.fact(&node.input[i]).is_some_and(|f| f.numel() > 1) || one_output_bias(i)
+                })
                 .collect(),
             _ => vec![],
         }

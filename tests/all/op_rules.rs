@@ -1345,3 +1345,48 @@ fn a_filled_initializer_shared_by_layers_couples_nothing() {
     let (_, gs) = groups_of(g.output(&y, &[1, 2, -1]), 20);
     assert_eq!(gs.of("wa", 0).unwrap().id, gs.of("wb", 0).unwrap().id);
 }
+
+/// A `Constant` node holding a weight (TorchScript writes RNN weights so) counts; a
+/// `Constant` of one repeated value (an exporter's unit scale) does not; the bias `[1]` an
+/// Add puts on a linear layer with one output counts, a `[1]` constant added elsewhere
+/// does not.
+#[test]
+fn params_count_constant_node_weights_and_one_output_biases() {
+    use sepprune::onnx::{AttributeProto, TensorProto};
+    let constant = |g: &mut G, v: Vec<f32>| {
+        let t = TensorProto {
+            data_type: Some(1),
+            dims: vec![v.len() as i64],
+            float_data: v,
+            ..Default::default()
+        };
+        let value = AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(4),
+            t: Some(t),
+            ..Default::default()
+        };
+        g.node("Constant", &[], vec![value])
+    };
+    let mut g = G::new(&[1, 1, -1]);
+    let t = g.node("Transpose", &["x"], vec![ints_attr("perm", &[0, 2, 1])]); // [1, T, 1]
+    let w1 = g.weight("w1", &[1, 4]);
+    let h = g.node("MatMul", &[&t, &w1], vec![]);
+    let b1 = g.weight("b1", &[4]);
+    let h = g.node("Add", &[&h, &b1], vec![]);
+    let scale = constant(&mut g, vec![0.5, 1.5, -2.0, 3.0]);
+    let h = g.node("Mul", &[&h, &scale], vec![]);
+    let ones = constant(&mut g, vec![1.0; 4]);
+    let h = g.node("Mul", &[&h, &ones], vec![]);
+    let w2 = g.weight("w2", &[4, 1]);
+    let y = g.node("MatMul", &[&h, &w2], vec![]); // [1, T, 1]
+    let b2 = g.weight("b2", &[1]);
+    let y = g.node("Add", &[&y, &b2], vec![]);
+    let eps = g.const_f("eps", &[1], vec![1e-5]);
+    let y = g.node("Add", &[&y, &eps], vec![]);
+    let y = g.node("Transpose", &[&y], vec![ints_attr("perm", &[0, 2, 1])]);
+    let ir = Ir::new(g.output(&y, &[1, 1, -1]), 16).unwrap();
+    let total: u64 = sepprune::analysis::cost::node_params(&ir).iter().sum();
+    // w1 4 + b1 4 + the Constant scale 4 + w2 4 + b2 1; not the ones, not eps
+    assert_eq!(total, 17);
+}
