@@ -49,6 +49,11 @@ pub struct RefitOptions {
     pub remix: usize,
     /// Seed of the remixes.
     pub seed: u64,
+    /// Every `row_stride`-th row (time step) of each crop enters the normal equations:
+    /// neighbouring frames of a learned encoder are nearly collinear, and a second of audio
+    /// gives thousands of rows for a few hundred weights per output, so a stride of 4
+    /// quarters the cost of the Gram matrices and keeps the solve overdetermined.
+    pub row_stride: usize,
     pub progress: bool,
     /// The original model, which labels the remixes (needed when `remix > 0`).
     pub teacher: Option<super::data::SharedTeacher>,
@@ -63,6 +68,7 @@ impl Default for RefitOptions {
             scope: RefitScope::Sliced,
             remix: 0,
             seed: 0,
+            row_stride: 1,
             progress: false,
             teacher: None,
         }
@@ -185,7 +191,7 @@ pub fn refit(
                 let (c_in, c_out) = (x.dims()[t.lin.axis], y.dims()[t.lin.axis]);
                 Normal::new(&t.lin, &weight_shape, c_in, c_out)
             });
-            a.add(x, &y, t.lin.axis)?;
+            a.add(x, &y, t.lin.axis, o.row_stride)?;
         }
         let Some(a) = acc else { continue };
         let (w, b) = current(&slimg, &overrides, &t.lin)?;
@@ -399,7 +405,7 @@ impl Normal {
     }
 
     /// Adds one crop: `x` the layer's input, `y` its target output (channels on `axis`).
-    fn add(&mut self, x: &CTensor, y: &CTensor, axis: usize) -> Result<()> {
+    fn add(&mut self, x: &CTensor, y: &CTensor, axis: usize, stride: usize) -> Result<()> {
         // design [B, n, d] and targets [B, n, m]
         let (design, y) = match self.depthwise {
             None => (
@@ -430,6 +436,17 @@ impl Normal {
                     .and_then(|y| y.reshape((c, (), 1)))
                     .map_err(ce)?;
                 (f, y)
+            }
+        };
+        let (design, y) = match stride {
+            0 | 1 => (design, y),
+            s => {
+                let idx: Vec<u32> = (0..design.dims()[1] as u32).step_by(s).collect();
+                let idx = CTensor::new(idx, design.device()).map_err(ce)?;
+                (
+                    design.index_select(&idx, 1).map_err(ce)?,
+                    y.index_select(&idx, 1).map_err(ce)?,
+                )
             }
         };
         let (b, n) = (design.dims()[0], design.dims()[1]);

@@ -3,7 +3,8 @@
 //! The [`ModelProto`] is kept whole: the tool edits only the initializers and nodes it
 //! prunes, so metadata, opset imports, doc strings, value_info and unknown attributes pass
 //! through unchanged. Initializers stored as external data are read in at load time and
-//! written back inline.
+//! written back as external data (`OUT.onnx.data`), as is a model too large for one
+//! protobuf message (2 GiB).
 mod tensor;
 
 pub use tensor::{tensor_from_proto, tensor_to_proto, DataType, Tensor};
@@ -35,8 +36,17 @@ pub fn load(path: &Path) -> Result<ModelProto> {
         msg: "model has no graph".into(),
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
+    let mut files = std::collections::HashMap::new();
+    let mut external = false;
     for init in graph.initializer.iter_mut() {
-        load_external(init, dir)?;
+        external |= load_external(init, dir, &mut files)?;
+    }
+    if external {
+        // written back the same way ([`save`])
+        model.metadata_props.push(pb::StringStringEntryProto {
+            key: Some(EXTERNAL_KEY.into()),
+            value: Some("1".into()),
+        });
     }
     Ok(model)
 }
@@ -117,8 +127,19 @@ pub fn save(
             return Err(Error::Overwrite(path.to_path_buf()));
         }
     }
+    // an input read from external data, or a model too large for one protobuf message, is
+    // written with external data
+    let external = model
+        .metadata_props
+        .iter()
+        .any(|p| p.key.as_deref() == Some(EXTERNAL_KEY));
     // the analysis' input declarations are not part of the user's model
-    write_atomic(path, &encode(&undeclared(model)))
+    let m = undeclared(model);
+    if external || m.encoded_len() as u64 >= INLINE_LIMIT {
+        save_external(&m, path)
+    } else {
+        write_atomic(path, &encode(&m))
+    }
 }
 
 /// Metadata key prefix of a user's input declaration (`--input NAME=1,T,80`,
@@ -133,15 +154,22 @@ pub fn undeclared(model: &ModelProto) -> ModelProto {
     let mut m = model.clone();
     m.metadata_props.retain(|p| {
         let k = p.key.as_deref().unwrap_or("");
-        !(k.starts_with(INPUT_KEY) || k == FRAME_RATE_KEY)
+        !(k.starts_with(INPUT_KEY) || k == FRAME_RATE_KEY || k == EXTERNAL_KEY)
     });
     m
 }
 
-fn load_external(t: &mut TensorProto, dir: &Path) -> Result<()> {
+/// Reads an external-data initializer's bytes into `raw_data` (a range of a file next to
+/// the model, each file opened once); true when the tensor was external.
+fn load_external(
+    t: &mut TensorProto,
+    dir: &Path,
+    files: &mut std::collections::HashMap<std::path::PathBuf, std::fs::File>,
+) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
     // data_location == EXTERNAL (1)
     if t.data_location != Some(1) {
-        return Ok(());
+        return Ok(false);
     }
     let get = |k: &str| {
         t.external_data
@@ -155,20 +183,88 @@ fn load_external(t: &mut TensorProto, dir: &Path) -> Result<()> {
     })?;
     let offset: u64 = get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
     let length: Option<u64> = get("length").and_then(|v| v.parse().ok());
-    let file = dir.join(&location);
-    let all = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
-    let start = offset as usize;
-    let end = length.map(|l| start + l as usize).unwrap_or(all.len());
-    if end > all.len() || start > end {
+    let path = dir.join(&location);
+    if !files.contains_key(&path) {
+        let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        files.insert(path.clone(), f);
+    }
+    let file = files.get_mut(&path).expect("opened above");
+    let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+    let end = length.map_or(size, |l| offset.saturating_add(l));
+    if end > size || offset > end {
         return Err(Error::Tensor {
             name: t.name().to_string(),
-            msg: format!("external data range out of bounds in {}", file.display()),
+            msg: format!("external data range out of bounds in {}", path.display()),
         });
     }
-    t.raw_data = Some(all[start..end].to_vec());
+    let mut bytes = vec![0u8; (end - offset) as usize];
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(|e| Error::io(&path, e))?;
+    t.raw_data = Some(bytes);
     t.data_location = Some(0);
     t.external_data.clear();
-    Ok(())
+    Ok(true)
+}
+
+/// Metadata key [`load`] sets on a model whose initializers were external data, so that
+/// [`save`] writes them back as external data; stripped on save.
+pub const EXTERNAL_KEY: &str = "sepprune.external_data";
+
+/// Protobuf cannot encode a message of 2 GiB or more: a model at least this large is
+/// written with its initializers as external data.
+pub const INLINE_LIMIT: u64 = (1 << 31) - 1;
+
+/// Initializers of at least this many bytes go to the external data file (ONNX's default
+/// `size_threshold`).
+const EXTERNAL_MIN_BYTES: usize = 1024;
+
+/// Writes `model` to `path` with its initializers of 1 KiB or more in `path` + `.data`
+/// (same directory; ONNX external data: `location`, `offset`, `length`), both atomically:
+/// the data file first, then the model; if the model cannot be written, the data file is
+/// removed.
+///
+/// Errors: [`Error::Io`] naming the file that could not be written.
+pub fn save_external(model: &ModelProto, path: &Path) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| format!("{}.data", n.to_string_lossy()))
+        .ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
+    let data_path = path.with_file_name(&name);
+    let mut m = model.clone();
+    let mut data: Vec<u8> = vec![];
+    if let Some(g) = m.graph.as_mut() {
+        for t in g.initializer.iter_mut() {
+            // raw bytes, little-endian; other typed fields stay inline
+            let raw = match (t.raw_data.take(), t.data_type) {
+                (Some(r), _) => r,
+                (None, Some(1)) => t.float_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                (None, Some(7)) => t.int64_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                _ => continue,
+            };
+            if raw.len() < EXTERNAL_MIN_BYTES {
+                t.raw_data = Some(raw);
+                continue;
+            }
+            t.float_data.clear();
+            t.int64_data.clear();
+            t.data_location = Some(1);
+            let entry = |k: &str, v: String| pb::StringStringEntryProto {
+                key: Some(k.into()),
+                value: Some(v),
+            };
+            t.external_data = vec![
+                entry("location", name.clone()),
+                entry("offset", data.len().to_string()),
+                entry("length", raw.len().to_string()),
+            ];
+            data.extend_from_slice(&raw);
+        }
+    }
+    write_atomic(&data_path, &data)?;
+    write_atomic(path, &encode(&m)).inspect_err(|_| {
+        let _ = std::fs::remove_file(&data_path);
+    })
 }
 
 /// Attribute lookup helpers on a node.

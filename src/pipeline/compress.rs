@@ -98,27 +98,48 @@ pub struct Options {
     pub frame_rate: Option<f64>,
 }
 
-/// Wall-clock seconds per stage, for the report (the budget of `compress` is stated in
-/// CPU-minutes: with one thread, wall-clock and CPU time agree).
+/// Wall-clock and CPU seconds per stage, for the report: the budget of `compress` is stated
+/// in CPU-minutes (user + system time of every thread), which exceeds the wall-clock time
+/// where a stage runs several threads.
 #[derive(Default, serde::Serialize)]
-struct Timings(Vec<(&'static str, f64)>);
+struct Timings(Vec<(&'static str, f64, f64)>);
+
+/// User + system CPU seconds of this process so far, all threads (`getrusage`).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given and reads nothing else
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return f64::NAN;
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    s(u.ru_utime) + s(u.ru_stime)
+}
 
 impl Timings {
     fn time<T>(&mut self, stage: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let t = std::time::Instant::now();
+        let (t, c) = (std::time::Instant::now(), cpu_seconds());
         let r = f();
-        self.0.push((stage, t.elapsed().as_secs_f64()));
+        self.0
+            .push((stage, t.elapsed().as_secs_f64(), cpu_seconds() - c));
         r
     }
     fn total(&self) -> f64 {
         self.0.iter().map(|s| s.1).sum()
     }
+    fn total_cpu(&self) -> f64 {
+        self.0.iter().map(|s| s.2).sum()
+    }
     fn markdown(&self) -> String {
-        let mut md = String::from("\n| stage | seconds |\n|---|---|\n");
-        for (s, t) in &self.0 {
-            md += &format!("| {s} | {t:.0} |\n");
+        let mut md = String::from("\n| stage | seconds | CPU seconds |\n|---|---|---|\n");
+        for (s, t, c) in &self.0 {
+            md += &format!("| {s} | {t:.0} | {c:.0} |\n");
         }
-        md + &format!("| total | {:.0} |\n", self.total())
+        md + &format!(
+            "| total | {:.0} | {:.0} ({:.1} CPU-minutes) |\n",
+            self.total(),
+            self.total_cpu(),
+            self.total_cpu() / 60.0
+        )
     }
 }
 
@@ -194,6 +215,7 @@ fn prune_channels(
     train: &Path,
     o: &Options,
     device: &candle_core::Device,
+    timings: &mut Timings,
 ) -> Result<Pruned> {
     let groups = analyze_groups(ir)?;
     let samples = (o.seconds * 16000.0).round().max(1.0) as usize;
@@ -207,7 +229,7 @@ fn prune_channels(
         },
         ..Budget::new(1.0 - o.target_macs)
     };
-    let masks = match o.method {
+    let masks = timings.time("channels: masks", || match o.method {
         Method::Learned => {
             let lo = LearnOptions {
                 cfg: GumbelConfig {
@@ -228,14 +250,17 @@ fn prune_channels(
                 progress: o.progress,
                 device: device.clone(),
             };
-            learn(model, train, &lo)?.budgeted.masks
+            Ok(learn(model, train, &lo)?.budgeted.masks)
         }
-        Method::Taylor => {
-            crate::learn::taylor::taylor_masks(ir, &groups, &budget, train, samples, device)?.masks
-        }
-        _ => masks_for_ratio(ir, &groups, &budget)?.masks,
-    };
-    let (slim_ir, _, check) = verify::slim_verified(ir, &groups, &masks, 2, o.seed)?;
+        Method::Taylor => Ok(crate::learn::taylor::taylor_masks(
+            ir, &groups, &budget, train, samples, device,
+        )?
+        .masks),
+        _ => Ok(masks_for_ratio(ir, &groups, &budget)?.masks),
+    })?;
+    let (slim_ir, _, check) = timings.time("channels: slicing, verification", || {
+        verify::slim_verified(ir, &groups, &masks, 2, o.seed)
+    })?;
     let mut model = slim_ir.model.clone();
     if o.refit {
         let ro = RefitOptions {
@@ -243,11 +268,17 @@ fn prune_channels(
             crops_per_file: 2,
             remix: o.refit_remix,
             seed: o.seed,
+            // the same refit at a third less time on the real Conv-TasNet (docs/recovery.md)
+            row_stride: 4,
             progress: o.progress,
             teacher: (o.refit_remix > 0).then(|| TractTeacher::shared(ir.model.clone())),
             ..RefitOptions::default()
         };
-        model = refit(ir, &groups, &masks, &slim_ir.model, train, &ro)?.model;
+        model = timings
+            .time("channels: least-squares refit", || {
+                refit(ir, &groups, &masks, &slim_ir.model, train, &ro)
+            })?
+            .model;
     }
     Ok(Pruned {
         model,
@@ -367,9 +398,7 @@ pub fn compress(
         Structure::Depth => timings.time("depth: ablation, removal, verification", || {
             prune_depth(&ir, &sets.train, o)
         })?,
-        _ => timings.time("channels: masks, slicing, verification, refit", || {
-            prune_channels(&model, &ir, &sets.train, o, &device)
-        })?,
+        _ => prune_channels(&model, &ir, &sets.train, o, &device, &mut timings)?,
     };
     let samples = (o.seconds * 16000.0).round().max(1.0) as usize;
     let tuned: Option<Finetuned> =
@@ -622,10 +651,11 @@ Measured after compression (the benchmark above): {ms:.2} ms.
         );
     }
     summary += &format!(
-        "\n  verified in {}: {}\n  time    {:.1} min\n  report  {} ({} plots)\n",
+        "\n  verified in {}: {}\n  time    {:.1} min ({:.1} CPU-minutes)\n  report  {} ({} plots)\n",
         pruned.check.runtime,
         if pruned.check.passed { "pass" } else { "FAIL" },
         timings.total() / 60.0,
+        timings.total_cpu() / 60.0,
         dir.join("report.md").display(),
         pngs.len()
     );

@@ -218,3 +218,54 @@ fn mutated_exports_never_panic_the_loader() {
     // the mutations do reach the decoder's and the analysis' error paths
     assert!(errors > 0);
 }
+
+/// A model whose initializers are external data is written back the same way: `prune`
+/// writes `slim.onnx` and `slim.onnx.data`, both loading to what it writes inline for the
+/// same model, and the analysis' marker is not in the file.
+#[test]
+fn external_data_is_written_back_as_external_data() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/models/convtasnet.ts17.onnx");
+    let m = onnx::load(&fixture).unwrap();
+    let ext = dir.path().join("m.onnx");
+    onnx::save_external(&m, &ext).unwrap();
+    let data = dir.path().join("m.onnx.data");
+    assert!(std::fs::metadata(&data).unwrap().len() > 100_000);
+    assert!(std::fs::metadata(&ext).unwrap().len() < 50_000);
+    let inits = |m: &onnx::ModelProto| -> Vec<(String, onnx::Tensor)> {
+        m.graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .map(|t| (t.name().to_string(), onnx::tensor_from_proto(t).unwrap()))
+            .collect()
+    };
+    assert_eq!(inits(&onnx::load(&ext).unwrap()), inits(&m));
+    let prune = |src: &std::path::Path, out: &std::path::Path| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_sepprune"))
+            .args(["prune", src.to_str().unwrap(), "-o", out.to_str().unwrap()])
+            .args(["--ratio", "0.3"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (slim, inline) = (dir.path().join("slim.onnx"), dir.path().join("inline.onnx"));
+    prune(&ext, &slim);
+    prune(&fixture, &inline);
+    assert!(dir.path().join("slim.onnx.data").exists());
+    assert!(!dir.path().join("inline.onnx.data").exists());
+    let written = onnx::pb::ModelProto::decode(std::fs::read(&slim).unwrap().as_slice()).unwrap();
+    let g = written.graph.as_ref().unwrap();
+    assert!(g.initializer.iter().any(|t| t.data_location == Some(1)));
+    assert!(written
+        .metadata_props
+        .iter()
+        .all(|p| p.key.as_deref() != Some(onnx::EXTERNAL_KEY)));
+    assert_eq!(
+        inits(&onnx::load(&slim).unwrap()),
+        inits(&onnx::load(&inline).unwrap())
+    );
+}

@@ -32,6 +32,7 @@ fn opts(scope: RefitScope, ridge: f64) -> RefitOptions {
         scope,
         remix: 0,
         seed: 0,
+        row_stride: 1,
         progress: false,
         teacher: None,
     }
@@ -102,6 +103,18 @@ fn with_every_channel_kept_the_refit_recovers_the_original_weights() {
     assert_eq!(ys, 0.0);
     let mse = output_mse(&ir.model, &r.model, dir.path());
     assert!(mse < 1e-10, "output MSE against the original {mse}");
+    // every 4th time step is enough rows for the same solution
+    let strided = RefitOptions {
+        row_stride: 4,
+        ..opts(RefitScope::All, 1e-12)
+    };
+    let r4 = refit(&ir, &gs, &masks, &s, dir.path(), &strided).unwrap();
+    for (a, b) in r.layers.iter().zip(&r4.layers) {
+        assert!(b.rows * 3 < a.rows && b.rows * 5 > a.rows, "{a:?} {b:?}");
+        assert!(b.error_after < 1e-9, "{b:?}");
+    }
+    let mse = output_mse(&ir.model, &r4.model, dir.path());
+    assert!(mse < 1e-10, "stride 4: output MSE against the original {mse}");
     // where the inputs are not collinear (every layer but the stem), the weights are W
     for l in r.layers.iter().skip(1) {
         let node = s
