@@ -269,3 +269,35 @@ fn external_data_is_written_back_as_external_data() {
         inits(&onnx::load(&inline).unwrap())
     );
 }
+
+/// A model of 2 GiB or more, which one protobuf message cannot hold, is written with its
+/// initializers as external data (`m.onnx` + `m.onnx.data`) and loads back whole.
+#[test]
+fn a_model_over_2_gib_is_written_as_external_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = tiny();
+    let n: usize = (1 << 29) + 1; // f32 values: 2 GiB + 4 bytes
+    m.graph.as_mut().unwrap().initializer.push(pb::TensorProto {
+        name: Some("big".into()),
+        data_type: Some(1),
+        dims: vec![n as i64],
+        raw_data: Some(vec![0u8; 4 * n]),
+        ..Default::default()
+    });
+    let p = dir.path().join("m.onnx");
+    onnx::save(&m, &p, None, false).unwrap();
+    drop(m);
+    let data = dir.path().join("m.onnx.data");
+    assert!(std::fs::metadata(&data).unwrap().len() >= 4 * n as u64);
+    assert!(std::fs::metadata(&p).unwrap().len() < 1 << 20);
+    let back = onnx::load(&p).unwrap();
+    let big = back
+        .graph
+        .as_ref()
+        .unwrap()
+        .initializer
+        .iter()
+        .find(|t| t.name() == "big")
+        .unwrap();
+    assert_eq!(big.raw_data.as_ref().map(Vec::len), Some(4 * n));
+}

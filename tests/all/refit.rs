@@ -114,7 +114,10 @@ fn with_every_channel_kept_the_refit_recovers_the_original_weights() {
         assert!(b.error_after < 1e-9, "{b:?}");
     }
     let mse = output_mse(&ir.model, &r4.model, dir.path());
-    assert!(mse < 1e-10, "stride 4: output MSE against the original {mse}");
+    assert!(
+        mse < 1e-10,
+        "stride 4: output MSE against the original {mse}"
+    );
     // where the inputs are not collinear (every layer but the stem), the weights are W
     for l in r.layers.iter().skip(1) {
         let node = s
