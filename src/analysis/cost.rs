@@ -57,7 +57,9 @@ pub fn node_macs_as(ir: &Ir, shape: ops::ShapeOf, ptflops: ops::Ptflops) -> Vec<
 /// ([`crate::ops::OpRule::params`]: weights, biases, affine scales, slopes; every float
 /// initializer input of an op without a rule), each named at its first user. Like
 /// ptflops, which counts a module's `parameters()`, this leaves out buffers (a
-/// positional-encoding table read through a Slice) and RNN initial states.
+/// positional-encoding table read through a Slice) and RNN initial states. A weight an
+/// exporter wrote as a `Constant` node counts (unless it holds one repeated value), and a
+/// parameter stored several times (equal entry for entry) counts once.
 ///
 /// A parameter input computed from initializers alone (a weight norm `g * v / |v|` that
 /// the exporter left in the graph, a transposed weight) counts as the weight the op reads,
