@@ -90,8 +90,10 @@ pub fn node_param_names(ir: &Ir) -> Vec<Vec<&str>> {
     let stored = |v: &str| -> bool {
         ir.is_initializer(v)
             || (ir.constant_node(v).is_some()
-                && !matches!(ir.fact(v).and_then(|f| f.value.as_ref()),
-                    Some(crate::onnx::Tensor::F32(a)) if a.iter().all(|x| Some(x) == a.first())))
+                && !ir
+                    .fact(v)
+                    .and_then(|f| f.value.as_ref())
+                    .is_some_and(|t| t.is_filled()))
     };
     // parameter inputs computed from initializers alone, and the initializers of their cones
     let derived = ConstCones::new(ir);
@@ -128,8 +130,7 @@ pub fn node_param_names(ir: &Ir) -> Vec<Vec<&str>> {
         let earlier = by_dims.entry(t.dims.as_slice()).or_default();
         let again = t.external_data.is_empty()
             && earlier.iter().any(same)
-            && !matches!(ir.initializer(v), Ok(crate::onnx::Tensor::F32(a))
-                if a.iter().all(|x| Some(x) == a.first()));
+            && !ir.initializer(v).is_ok_and(|t| t.is_filled());
         earlier.push(i);
         again
     };

@@ -255,8 +255,7 @@ pub fn unshare_filled_initializers(model: &ModelProto) -> Option<ModelProto> {
     let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
     let readers = readers(graph);
     let filled = |t: &crate::onnx::TensorProto| {
-        matches!(crate::onnx::tensor_from_proto(t), Ok(crate::onnx::Tensor::F32(a))
-            if a.len() > 1 && a.iter().all(|&v| v == a.iter().next().copied().unwrap_or(0.0)))
+        crate::onnx::tensor_from_proto(t).is_ok_and(|v| v.is_filled() && v.len() > 1)
     };
     let shared: Vec<(usize, Vec<usize>)> = graph
         .initializer

@@ -136,7 +136,7 @@ pub fn save(
     // the analysis' input declarations are not part of the user's model
     let m = undeclared(model);
     if external || m.encoded_len() as u64 >= INLINE_LIMIT {
-        save_external(&m, path)
+        write_external(m, path)
     } else {
         write_atomic(path, &encode(&m))
     }
@@ -226,12 +226,16 @@ const EXTERNAL_MIN_BYTES: usize = 1024;
 ///
 /// Errors: [`Error::Io`] naming the file that could not be written.
 pub fn save_external(model: &ModelProto, path: &Path) -> Result<()> {
+    write_external(model.clone(), path)
+}
+
+/// [`save_external`] of a model this function may take apart (no copy of its weights).
+fn write_external(mut m: ModelProto, path: &Path) -> Result<()> {
     let name = path
         .file_name()
         .map(|n| format!("{}.data", n.to_string_lossy()))
         .ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
     let data_path = path.with_file_name(&name);
-    let mut m = model.clone();
     let mut data: Vec<u8> = vec![];
     if let Some(g) = m.graph.as_mut() {
         for t in g.initializer.iter_mut() {

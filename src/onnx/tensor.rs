@@ -21,6 +21,11 @@ pub enum Tensor {
 }
 
 impl Tensor {
+    /// A float tensor whose entries are all one value (an exporter's unit scale or zero
+    /// bias; vacuously true when empty); never an integer tensor.
+    pub fn is_filled(&self) -> bool {
+        matches!(self, Tensor::F32(a) if a.iter().all(|x| Some(x) == a.first()))
+    }
     pub fn shape(&self) -> Vec<usize> {
         match self {
             Tensor::F32(a) => a.shape().to_vec(),
