@@ -105,7 +105,8 @@ pub fn eval(model: &ModelProto, data: &Path, rate: u32, runtime: Runtime) -> Res
 
 /// Markdown tables of [`EvalReport::by_condition`] for several models scored on one set
 /// (`(name, report)`, the first one the reference): SI-SDRi per condition value, and each
-/// later model's share of the first's.
+/// later model's share of the first's, or its difference in dB where the first improves
+/// by less than 1 dB (a share of a loss reads backwards: -3.6 of -1.7 dB is not 210%).
 pub fn condition_tables(reports: &[(&str, &EvalReport)]) -> String {
     let Some((_, first)) = reports.first() else {
         return String::new();
@@ -128,9 +129,12 @@ pub fn condition_tables(reports: &[(&str, &EvalReport)]) -> String {
                     .and_then(|m| m.get(v))
                     .map(|c| c.si_sdri);
                 match x {
-                    Some(x) if k > 0 && c.si_sdri.abs() > 1e-9 => {
+                    // a share of an improvement under 1 dB (or of a loss) says nothing:
+                    // the difference in dB instead
+                    Some(x) if k > 0 && c.si_sdri >= 1.0 => {
                         s += &format!(" {x:.2} ({:.0}%) |", 100.0 * x / c.si_sdri)
                     }
+                    Some(x) if k > 0 => s += &format!(" {x:.2} ({:+.2} dB) |", x - c.si_sdri),
                     Some(x) => s += &format!(" {x:.2} |"),
                     None => s += " |",
                 }
@@ -139,4 +143,44 @@ pub fn condition_tables(reports: &[(&str, &EvalReport)]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(scores: &[(&str, f64)]) -> EvalReport {
+        let noise = scores
+            .iter()
+            .map(|&(v, si_sdri)| {
+                let c = ConditionScore {
+                    examples: 8,
+                    si_sdri,
+                    sdri: si_sdri,
+                };
+                (v.to_string(), c)
+            })
+            .collect();
+        EvalReport {
+            examples: 8 * scores.len(),
+            si_sdr: 0.0,
+            si_sdri: 0.0,
+            sdri: 0.0,
+            per_example: vec![],
+            by_condition: [("noise".to_string(), noise)].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn a_share_only_of_a_real_improvement_else_the_difference() {
+        let a = report(&[("farm", 11.07), ("substation", -1.72), ("quiet", 0.4)]);
+        let b = report(&[("farm", 8.88), ("substation", -3.61), ("quiet", 0.9)]);
+        let t = condition_tables(&[("original", &a), ("compressed", &b)]);
+        assert!(t.contains("| farm | 8 | 11.07 | 8.88 (80%) |"), "{t}");
+        assert!(
+            t.contains("| substation | 8 | -1.72 | -3.61 (-1.89 dB) |"),
+            "{t}"
+        );
+        assert!(t.contains("| quiet | 8 | 0.40 | 0.90 (+0.50 dB) |"), "{t}");
+    }
 }

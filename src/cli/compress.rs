@@ -43,8 +43,13 @@ pub struct Args {
     #[arg(long)]
     pub finetune_steps: Option<usize>,
     /// Peak fine-tuning learning rate (Adam), decayed to 0 on a cosine over the budget.
-    #[arg(long, default_value_t = 1e-4)]
-    pub finetune_lr: f64,
+    /// Default: 1e-4 with references, 3e-4 with --teacher (docs/recovery.md).
+    #[arg(long)]
+    pub finetune_lr: Option<f64>,
+    /// Soft threshold of the fine-tuning loss in dB (Wisdom et al. 2020, eq. 5): an item
+    /// matched beyond it adds little gradient. Default: none.
+    #[arg(long, value_name = "DB")]
+    pub finetune_loss_max_db: Option<f64>,
     /// Label-free: learn and fine-tune against the original model's outputs.
     #[arg(long)]
     pub teacher: bool,
@@ -91,7 +96,12 @@ pub fn run(a: Args) -> Result<()> {
         iters: a.iters,
         finetune_minutes: a.finetune_minutes,
         finetune_steps: a.finetune_steps,
-        finetune_lr: a.finetune_lr,
+        finetune_lr: a.finetune_lr.unwrap_or(if a.teacher {
+            sepprune::pipeline::LABEL_FREE_LR
+        } else {
+            sepprune::pipeline::REFERENCES_LR
+        }),
+        finetune_loss_max_db: a.finetune_loss_max_db,
         teacher: a.teacher,
         seconds: a.seconds,
         seed: a.seed,

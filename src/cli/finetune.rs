@@ -60,6 +60,10 @@ pub struct Args {
     pub seed: u64,
     #[arg(long, value_enum, default_value_t = sepprune::learn::loss::Loss::SiSdr)]
     pub loss: sepprune::learn::loss::Loss,
+    /// Soft threshold of the training loss (dB): `10 log10(||t||² / (||e||² + τ||t||²))`,
+    /// `τ = 10^(-DB/10)` (Wisdom et al. 2020, eq. 5). Validation keeps the plain metric.
+    #[arg(long, value_name = "DB")]
+    pub loss_max_db: Option<f64>,
     /// A fresh dynamically mixed example at every step instead of fixed crops: sources
     /// and noises of different files remixed (references), or with --teacher the
     /// teacher's speech estimates remixed with noises, the teacher's outputs on each
@@ -127,6 +131,7 @@ pub fn run(a: Args) -> Result<()> {
         stop_after,
         seed,
         loss,
+        loss_max_db,
         dynamic_mix,
         perturb_noise,
         min_teacher_gain,
@@ -164,6 +169,7 @@ pub fn run(a: Args) -> Result<()> {
         stop_after,
         seed,
         loss,
+        loss_max_db,
         progress: !json,
         device: sepprune::learn::device(cuda)?,
         dynamic_mix,

@@ -17,7 +17,7 @@ use super::data::{crops_of, epoch_order};
 use super::graph::CandleGraph;
 use super::gumbel::Item;
 use super::hints::Hints;
-use super::loss::{on_targets, scalar, Loss};
+use super::loss::{on_targets, on_targets_capped, scalar, Loss};
 use crate::error::{Error, Result};
 use crate::ir::Ir;
 use crate::onnx::{ModelProto, Tensor};
@@ -62,6 +62,9 @@ pub struct FinetuneOptions {
     pub schedule: Schedule,
     pub seed: u64,
     pub loss: Loss,
+    /// Soft threshold of the training loss in dB (Wisdom et al. 2020, eq. 5): an item
+    /// matched beyond it adds little gradient. `None`: the plain log-scale loss.
+    pub loss_max_db: Option<f64>,
     pub progress: bool,
     /// Candle device ([`super::device`]).
     pub device: Device,
@@ -122,6 +125,7 @@ impl Default for FinetuneOptions {
             schedule: Schedule::Plateau,
             seed: 0,
             loss: Loss::SiSdr,
+            loss_max_db: None,
             progress: false,
             device: Device::Cpu,
             dynamic_mix: false,
@@ -263,6 +267,8 @@ pub struct Trainer {
     opt: Adam,
     clip: f64,
     loss: Loss,
+    /// Soft threshold of the training loss in dB ([`Trainer::set_loss_max_db`]).
+    max_db: Option<f64>,
     /// Decay and the moving average of every parameter ([`Trainer::set_ema`]).
     ema: Option<(f64, Vec<CTensor>)>,
     /// Intermediate-feature distillation and its weight ([`Trainer::set_hints`]).
@@ -336,6 +342,7 @@ impl Trainer {
             opt,
             clip,
             loss,
+            max_db: None,
             ema: None,
             hints: None,
         })
@@ -367,6 +374,12 @@ impl Trainer {
         let n = h.len();
         self.hints = Some((h, weight));
         Ok(n)
+    }
+
+    /// From now on, the training loss saturates at `max_db` dB (Wisdom et al. 2020, eq. 5;
+    /// [`super::loss::pit_capped`]); validation keeps the plain metric. `None`: no threshold.
+    pub fn set_loss_max_db(&mut self, max_db: Option<f64>) {
+        self.max_db = max_db;
     }
 
     /// Number of trained scalars.
@@ -450,11 +463,12 @@ impl Trainer {
     /// The mean loss over `items` of the graph's output `y` (batch axis first).
     fn batch_loss(&self, y: &CTensor, items: &[Item]) -> Result<CTensor> {
         if items.len() == 1 {
-            return on_targets(y, &items[0].targets, self.loss);
+            return on_targets_capped(y, &items[0].targets, self.loss, self.max_db);
         }
         let mut total: Option<CTensor> = None;
         for (i, it) in items.iter().enumerate() {
-            let l = on_targets(&y.narrow(0, i, 1).map_err(ce)?, &it.targets, self.loss)?;
+            let yi = y.narrow(0, i, 1).map_err(ce)?;
+            let l = on_targets_capped(&yi, &it.targets, self.loss, self.max_db)?;
             total = Some(match total {
                 Some(t) => (t + l).map_err(ce)?,
                 None => l,
@@ -611,6 +625,7 @@ pub fn to_initializers<'a>(
 pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<Finetuned> {
     let t0 = Instant::now();
     let mut trainer = Trainer::batched(model, o.samples, o.batch, o.lr, o.clip, o.loss, &o.device)?;
+    trainer.set_loss_max_db(o.loss_max_db);
     if let Some(decay) = o.ema {
         if !(0.0..1.0).contains(&decay) {
             return Err(Error::Option {

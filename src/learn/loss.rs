@@ -3,7 +3,11 @@
 //! - negative SI-SDR (Le Roux et al. 2019), in dB, per source then averaged;
 //! - negative SNR, `-10 log10(||s||² / ||s - ŝ||²)` dB;
 //!
-//! both with permutation-invariant training (PIT): the minimum over source permutations.
+//! both with permutation-invariant training (PIT): the minimum over source permutations,
+//! and optionally with a soft threshold (Wisdom et al. 2020, "Unsupervised sound
+//! separation using mixture invariant training", eq. 5): `10 log10(||t||² / (||e||² +
+//! τ ||t||²))` with `τ = 10^(-max_db / 10)`, which saturates at `max_db`, so that examples
+//! already matched beyond it stop dominating the gradient of a log-scale loss.
 use crate::audio::metrics::permutations;
 use crate::error::{Error, Result};
 use candle_core::{Tensor as CTensor, D};
@@ -19,14 +23,30 @@ pub enum Loss {
 
 const EPS: f64 = 1e-8;
 
-fn db(num: &CTensor, den: &CTensor) -> candle_core::Result<CTensor> {
-    // 10 log10((num + eps) / (den + eps))
+fn db(num: &CTensor, den: &CTensor, tau: f64) -> candle_core::Result<CTensor> {
+    // 10 log10((num + eps) / (den + tau num + eps))
+    let den = if tau > 0.0 {
+        (den + (num * tau)?)?
+    } else {
+        den.clone()
+    };
     let r = ((num + EPS)?.log()? - (den + EPS)?.log()?)?;
     r * (10.0 / std::f64::consts::LN_10)
 }
 
 /// Per-source SI-SDR in dB: `[S, T]` x `[S, T]` -> `[S]`.
 pub fn si_sdr(est: &CTensor, reference: &CTensor) -> candle_core::Result<CTensor> {
+    si_sdr_capped(est, reference, 0.0)
+}
+
+/// `τ` of a soft threshold at `max_db` (0: none).
+fn tau(max_db: Option<f64>) -> f64 {
+    max_db.map_or(0.0, |m| 10f64.powf(-m / 10.0))
+}
+
+/// Per-source SI-SDR in dB with the soft threshold `tau` (module docs): `[S, T]` x
+/// `[S, T]` -> `[S]`, at most `-10 log10(tau)`.
+fn si_sdr_capped(est: &CTensor, reference: &CTensor, tau: f64) -> candle_core::Result<CTensor> {
     let e = est.broadcast_sub(&est.mean_keepdim(D::Minus1)?)?;
     let s = reference.broadcast_sub(&reference.mean_keepdim(D::Minus1)?)?;
     let alpha = ((&e * &s)?.sum_keepdim(D::Minus1)? / ((s.sqr()?.sum_keepdim(D::Minus1)? + EPS)?))?;
@@ -35,15 +55,21 @@ pub fn si_sdr(est: &CTensor, reference: &CTensor) -> candle_core::Result<CTensor
     db(
         &target.sqr()?.sum(D::Minus1)?,
         &noise.sqr()?.sum(D::Minus1)?,
+        tau,
     )
 }
 
 /// Per-source SNR in dB: `[S, T]` x `[S, T]` -> `[S]`.
 pub fn snr(est: &CTensor, reference: &CTensor) -> candle_core::Result<CTensor> {
+    snr_capped(est, reference, 0.0)
+}
+
+fn snr_capped(est: &CTensor, reference: &CTensor, tau: f64) -> candle_core::Result<CTensor> {
     let noise = (reference - est)?;
     db(
         &reference.sqr()?.sum(D::Minus1)?,
         &noise.sqr()?.sum(D::Minus1)?,
+        tau,
     )
 }
 
@@ -52,6 +78,19 @@ pub fn snr(est: &CTensor, reference: &CTensor) -> candle_core::Result<CTensor> {
 ///
 /// Errors: mismatched shapes.
 pub fn pit(est: &CTensor, target: &CTensor, kind: Loss) -> Result<CTensor> {
+    pit_capped(est, target, kind, None)
+}
+
+/// [`pit`] with the metric soft-thresholded at `max_db` dB (module docs; `None`: none).
+///
+/// Errors: mismatched shapes.
+pub fn pit_capped(
+    est: &CTensor,
+    target: &CTensor,
+    kind: Loss,
+    max_db: Option<f64>,
+) -> Result<CTensor> {
+    let tau = tau(max_db);
     let e = Error::candle("loss");
     if est.dims() != target.dims() || est.rank() != 2 {
         return Err(Error::Graph(format!(
@@ -70,8 +109,8 @@ pub fn pit(est: &CTensor, target: &CTensor, kind: Loss) -> Result<CTensor> {
         .map_err(e)?;
         let permuted = est.index_select(&idx, 0).map_err(e)?;
         let m = match kind {
-            Loss::SiSdr => si_sdr(&permuted, target),
-            Loss::Snr => snr(&permuted, target),
+            Loss::SiSdr => si_sdr_capped(&permuted, target, tau),
+            Loss::Snr => snr_capped(&permuted, target, tau),
         }
         .and_then(|m| m.mean_all())
         .and_then(|m| m.neg())
@@ -92,6 +131,18 @@ pub fn pit(est: &CTensor, target: &CTensor, kind: Loss) -> Result<CTensor> {
 ///
 /// Errors: an output whose size is not `S x T`.
 pub fn on_targets(y: &CTensor, targets: &[Vec<f32>], kind: Loss) -> Result<CTensor> {
+    on_targets_capped(y, targets, kind, None)
+}
+
+/// [`on_targets`] with the metric soft-thresholded at `max_db` dB ([`pit_capped`]).
+///
+/// Errors: as [`on_targets`].
+pub fn on_targets_capped(
+    y: &CTensor,
+    targets: &[Vec<f32>],
+    kind: Loss,
+    max_db: Option<f64>,
+) -> Result<CTensor> {
     let e = Error::candle("loss");
     let (s, t) = (targets.len(), targets.first().map_or(0, Vec::len));
     let flat: Vec<f32> = targets.iter().flatten().copied().collect();
@@ -104,7 +155,7 @@ pub fn on_targets(y: &CTensor, targets: &[Vec<f32>], kind: Loss) -> Result<CTens
             y.dims()
         ))
     })?;
-    pit(&est, &target, kind)
+    pit_capped(&est, &target, kind, max_db)
 }
 
 /// A scalar loss tensor as f64.

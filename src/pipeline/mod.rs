@@ -3,4 +3,6 @@
 pub mod compress;
 pub mod latency;
 
-pub use compress::{compress, Compressed, Method, Options, Structure};
+pub use compress::{
+    compress, Compressed, Method, Options, Structure, LABEL_FREE_LR, REFERENCES_LR,
+};

@@ -258,6 +258,55 @@ fn pit_loss_is_minus_si_sdr_and_picks_the_best_permutation() {
 }
 
 #[test]
+fn a_soft_threshold_caps_the_loss_and_leaves_poor_estimates_alone() {
+    use sepprune::audio::metrics::si_sdr;
+    use sepprune::learn::loss::{pit, pit_capped, Loss};
+    let n = 4000;
+    let s: Vec<f32> = (0..n).map(|i| (i as f32 * 0.013).sin()).collect();
+    let wobble: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+        .collect();
+    let at = |k: f32| -> Vec<f32> { s.iter().zip(&wobble).map(|(v, w)| v + k * w).collect() };
+    let refs = CTensor::from_vec(s.clone(), (1, n), &Device::Cpu).unwrap();
+    let loss = |est: &[f32], cap: Option<f64>| -> f64 {
+        let e = CTensor::from_vec(est.to_vec(), (1, n), &Device::Cpu).unwrap();
+        let l = match cap {
+            Some(_) => pit_capped(&e, &refs, Loss::SiSdr, cap),
+            None => pit(&e, &refs, Loss::SiSdr),
+        };
+        l.unwrap().to_scalar::<f32>().unwrap() as f64
+    };
+    for k in [1e-4f32, 1e-3, 1e-2, 0.1, 1.0, 3.0] {
+        let est = at(k);
+        let (plain, capped) = (loss(&est, None), loss(&est, Some(20.0)));
+        let sdr = si_sdr(&est, &s);
+        assert!(
+            (plain + sdr).abs() < 0.05,
+            "plain {plain} against SI-SDR {sdr}"
+        );
+        // never above the cap, never better than the plain metric
+        assert!(
+            -capped <= 20.0 + 1e-6 && -capped <= -plain + 1e-6,
+            "{capped} {plain}"
+        );
+        // -10 log10(10^(-sdr/10) + 10^(-2)): the two errors add as powers
+        let want = 10.0 * (10f64.powf(-sdr / 10.0) + 0.01).log10();
+        assert!(
+            (capped - want).abs() < 0.05,
+            "capped {capped}, want {want} at {sdr} dB"
+        );
+        if sdr < 0.0 {
+            assert!(
+                (capped - plain).abs() < 0.1,
+                "far below the cap the loss is the plain one"
+            );
+        }
+    }
+    // far above the cap it saturates
+    assert!((loss(&at(1e-4), Some(20.0)) + 20.0).abs() < 0.01);
+}
+
+#[test]
 fn hard_concrete_gates_match_their_distribution_and_derivative() {
     use sepprune::learn::hard_concrete::{log_alpha_init, HardConcrete};
     let hc = HardConcrete::default();
