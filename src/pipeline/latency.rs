@@ -273,6 +273,12 @@ pub fn choose(
         };
         fits.push(fit);
         let lo = pts.iter().map(|p| p.0).fold(1.0, f64::min);
+        // never promise a latency below every one measured: a fit of noisy sub-millisecond
+        // timings can have a negative intercept and "reach" any target
+        let fastest_ms = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        if target_ms < fastest_ms {
+            continue;
+        }
         if let Some(share) = fit.share_for(target_ms, lo) {
             if best.is_none_or(|(_, b, _)| share > b) {
                 best = Some((s, share, fit.predict(share)));
@@ -361,5 +367,14 @@ mod tests {
         assert!(e.to_string().contains("out of reach"), "{e}");
         let e = choose(Runtime::OrtCuda, 12.0, 10.0, cands).unwrap_err();
         assert!(e.to_string().contains("already runs"), "{e}");
+        // noisy sub-millisecond timings: the fit, ms = -0.033 + 0.090 x share, crosses 0 at
+        // a share of 0.37, inside the measured range; a target below every measured
+        // latency still stays out of reach
+        let noisy = vec![
+            c(Structure::Channels, 0.5, 0.001),
+            c(Structure::Channels, 0.3, 0.002),
+        ];
+        let e = choose(Runtime::Tract, 1e-9, 0.06, noisy).unwrap_err();
+        assert!(e.to_string().contains("out of reach"), "{e}");
     }
 }
