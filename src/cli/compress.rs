@@ -50,6 +50,11 @@ pub struct Args {
     /// matched beyond it adds little gradient. Default: none.
     #[arg(long, value_name = "DB")]
     pub finetune_loss_max_db: Option<f64>,
+    /// With --teacher: distil only remixes on which the teacher improves the SI-SDR of the
+    /// remixed speech by at least DB (it does not teach its failures); `off`: every remix.
+    /// Default: 9 dB (docs/recovery.md).
+    #[arg(long, value_name = "DB|off", value_parser = parse_min_gain, allow_negative_numbers = true)]
+    pub finetune_min_teacher_gain: Option<MinGain>,
     /// Label-free: learn and fine-tune against the original model's outputs.
     #[arg(long)]
     pub teacher: bool,
@@ -87,6 +92,22 @@ pub struct Args {
     pub decl: super::InputArgs,
 }
 
+/// `--finetune-min-teacher-gain`: a threshold in dB, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct MinGain(Option<f64>);
+
+fn parse_min_gain(s: &str) -> std::result::Result<MinGain, String> {
+    match s {
+        "off" => Ok(MinGain(None)),
+        _ => s
+            .parse::<f64>()
+            .ok()
+            .filter(|g| g.is_finite())
+            .map(|g| MinGain(Some(g)))
+            .ok_or_else(|| format!("`{s}` is neither a number of dB nor `off`")),
+    }
+}
+
 pub fn run(a: Args) -> Result<()> {
     let o = sepprune::pipeline::Options {
         target_macs: a.target_macs,
@@ -102,6 +123,10 @@ pub fn run(a: Args) -> Result<()> {
             sepprune::pipeline::REFERENCES_LR
         }),
         finetune_loss_max_db: a.finetune_loss_max_db,
+        finetune_min_teacher_gain: match a.finetune_min_teacher_gain {
+            Some(MinGain(g)) => g,
+            None => Some(sepprune::pipeline::LABEL_FREE_MIN_TEACHER_GAIN),
+        },
         teacher: a.teacher,
         seconds: a.seconds,
         seed: a.seed,
@@ -127,4 +152,20 @@ pub fn run(a: Args) -> Result<()> {
         std::process::exit(2);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_teacher_gain_threshold_is_a_number_of_db_or_off() {
+        assert_eq!(parse_min_gain("9").unwrap().0, Some(9.0));
+        assert_eq!(parse_min_gain("-3.5").unwrap().0, Some(-3.5));
+        assert_eq!(parse_min_gain("off").unwrap().0, None);
+        for bad in ["", "nine", "inf", "NaN"] {
+            let e = parse_min_gain(bad).unwrap_err();
+            assert!(e.contains("neither"), "{bad}: {e}");
+        }
+    }
 }

@@ -602,6 +602,7 @@ fn compress_opts(structure: sepprune::pipeline::Structure) -> sepprune::pipeline
         finetune_steps: Some(6),
         finetune_lr: 1e-4,
         finetune_loss_max_db: None,
+        finetune_min_teacher_gain: None,
         teacher: false,
         seconds: 0.025,
         seed: 3,
