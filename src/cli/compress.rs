@@ -125,7 +125,9 @@ pub fn run(a: Args) -> Result<()> {
         finetune_loss_max_db: a.finetune_loss_max_db,
         finetune_min_teacher_gain: match a.finetune_min_teacher_gain {
             Some(MinGain(g)) => g,
-            None => Some(sepprune::pipeline::LABEL_FREE_MIN_TEACHER_GAIN),
+            None => a
+                .teacher
+                .then_some(sepprune::pipeline::LABEL_FREE_MIN_TEACHER_GAIN),
         },
         teacher: a.teacher,
         seconds: a.seconds,
