@@ -516,6 +516,105 @@ pub fn adam_update(
     Ok(())
 }
 
+/// Entries per block of the multi-tensor kernels (`MT_CHUNK` in kernels.cu).
+const MT_CHUNK: usize = BLOCK as usize * 16;
+
+/// The device address of a contiguous f32 tensor on a CUDA device (its first entry).
+///
+/// Errors: not on a CUDA device, not f32, or not contiguous.
+pub fn address(t: &candle_core::Tensor) -> Result<u64> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    let (s, l) = t.storage_and_layout();
+    let candle_core::Storage::Cuda(cs) = &*s else {
+        candle_core::bail!("address: not a CUDA tensor")
+    };
+    let Some((a, _)) = l.contiguous_offsets() else {
+        candle_core::bail!("address: not contiguous")
+    };
+    let slice = cs.as_cuda_slice::<f32>()?;
+    let stream = cs.device.cuda_stream();
+    let (p, _sync) = slice.device_ptr(&stream);
+    Ok(p + 4 * a as u64)
+}
+
+/// The launch table of a multi-tensor kernel on `dev`: `buffers[j][t]` the address of
+/// tensor t's j-th buffer, `lens[t]` its entries (the layout `mt_chunk` in kernels.cu
+/// reads), copied to the device; and its number of blocks.
+fn table(dev: &CudaDevice, buffers: &[&[u64]], lens: &[usize]) -> Result<(CudaSlice<u64>, u32)> {
+    let mut h: Vec<u64> = buffers.iter().flat_map(|b| b.iter().copied()).collect();
+    h.extend(lens.iter().map(|&n| n as u64));
+    let mut blocks = 0u32;
+    for (t, &n) in lens.iter().enumerate() {
+        for lo in (0..n).step_by(MT_CHUNK) {
+            h.push((t as u64) << 40 | lo as u64);
+            blocks += 1;
+        }
+    }
+    Ok((dev.clone_htod(&h)?, blocks))
+}
+
+fn blocks(n: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.max(1), 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// AdamW on every tensor in one launch: weights at `w`, gradients at `g` and moments
+/// `[m; v]` at `mv` (addresses from [`address`]), `lens` entries each; `p = [b1, b2,
+/// gradient scale, lr, weight decay, bias correction 1, bias correction 2, eps]`.
+///
+/// # Safety
+/// The addresses must be live f32 buffers of `dev` of `lens[t]` entries (`mv`: twice
+/// that), kept alive until the launch has run; `w` and `mv` are written in place.
+pub unsafe fn adam_multi(
+    dev: &CudaDevice,
+    w: &[u64],
+    g: &[u64],
+    mv: &[u64],
+    lens: &[usize],
+    p: [f32; 8],
+) -> Result<()> {
+    if lens.is_empty() {
+        return Ok(());
+    }
+    let (t, n) = table(dev, &[w, g, mv], lens)?;
+    let [b1, b2, scale, lr, wd, c1, c2, eps] = p;
+    let k = lens.len() as i32;
+    launch!(
+        dev,
+        "adam_multi",
+        blocks(n),
+        &t,
+        &k,
+        &b1,
+        &b2,
+        &scale,
+        &lr,
+        &wd,
+        &c1,
+        &c2,
+        &eps
+    );
+    Ok(())
+}
+
+/// The sum of squares of every buffer at `g` (`lens` entries each), in f64, read back.
+///
+/// # Safety
+/// As [`adam_multi`]: live f32 buffers of `dev` of `lens[t]` entries.
+pub unsafe fn sq_sum_multi(dev: &CudaDevice, g: &[u64], lens: &[usize]) -> Result<f64> {
+    if lens.is_empty() {
+        return Ok(0.0);
+    }
+    let (t, n) = table(dev, &[g], lens)?;
+    let mut acc = dev.alloc_zeros::<f64>(1)?;
+    let k = lens.len() as i32;
+    launch!(dev, "sq_sum_multi", blocks(n), &t, &k, &mut acc);
+    Ok(dev.clone_dtoh(&acc)?[0])
+}
+
 /// CPU against CUDA for every kernel, forward and gradients (run by `cargo test --features
 /// cuda` on a machine with a GPU; without one each test says so and passes).
 #[cfg(test)]

@@ -345,3 +345,50 @@ extern "C" __global__ void adam_update(float *w, const float *mv, long n, float 
     w[i] = w[i] * (1.f - lr * wd) - lr * m / (sqrtf(v) + eps);
   }
 }
+
+// ---- multi-tensor AdamW and gradient norm (learn/adam.rs): one launch for all tensors ----
+// `table` holds `count` arrays of k device pointers (tensor t's j-th buffer at
+// table[j * k + t]), the k lengths at table[count * k + t], then one entry per block:
+// tensor << 40 | first entry of its chunk of MT_CHUNK entries.
+#define MT_CHUNK (BLOCK * 16)
+
+__device__ void mt_chunk(const unsigned long long *table, int count, int k, int *t, long *lo,
+                         long *hi, long *n) {
+  const unsigned long long e = table[(count + 1) * k + blockIdx.x];
+  *t = (int)(e >> 40);
+  *lo = (long)(e & ((1ull << 40) - 1));
+  *n = (long)table[count * k + *t];
+  *hi = min(*n, *lo + MT_CHUNK);
+}
+
+// AdamW on every tensor at once (the math of adam_moments then adam_update): buffers
+// w, g, mv = [m; v] (count 3), gradients scaled by `scale`.
+extern "C" __global__ void adam_multi(const unsigned long long *table, int k, float b1, float b2,
+                                      float scale, float lr, float wd, float c1, float c2,
+                                      float eps) {
+  int t;
+  long lo, hi, n;
+  mt_chunk(table, 3, k, &t, &lo, &hi, &n);
+  float *w = (float *)table[t];
+  const float *g = (const float *)table[k + t];
+  float *mv = (float *)table[2 * k + t];
+  for (long i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+    const float d = scale * g[i];
+    const float m = b1 * mv[i] + (1.f - b1) * d;
+    const float v = b2 * mv[n + i] + (1.f - b2) * d * d;
+    mv[i] = m;
+    mv[n + i] = v;
+    w[i] = w[i] * (1.f - lr * wd) - lr * (m * c1) / (sqrtf(v * c2) + eps);
+  }
+}
+
+// out[0] += the sum of squares of every buffer (count 1), in f64.
+extern "C" __global__ void sq_sum_multi(const unsigned long long *table, int k, double *out) {
+  int t;
+  long lo, hi, n;
+  mt_chunk(table, 1, k, &t, &lo, &hi, &n);
+  const float *g = (const float *)table[t];
+  double v[1] = {0.0};
+  for (long i = lo + threadIdx.x; i < hi; i += blockDim.x) v[0] += (double)g[i] * (double)g[i];
+  block_add<1>(v, out);
+}
