@@ -5,10 +5,10 @@
 //! candle-nn's AdamW computes the same update in some fifteen elementary ops per tensor;
 //! on a GPU each is a kernel launch, and a model of a few hundred parameter tensors (the
 //! real Conv-TasNet has 354) spends more of a training step launching the optimiser than
-//! computing its gradients. Here: two passes per tensor on the CPU (f32) and two kernel
-//! launches on CUDA (`kernels.cu`); other dtypes take the decomposed form. When every
-//! tensor is f32 on one CUDA device, the whole step is one launch (`adam_multi`, the
-//! multi-tensor form PyTorch calls `foreach`/`fused`), and so is the gradient norm.
+//! computing its gradients. Here: two passes per tensor on the CPU (f32); when every
+//! tensor is f32 on one CUDA device, the whole step is one launch (`adam_multi` in
+//! `kernels.cu`, the multi-tensor form PyTorch calls `foreach`/`fused`), and so is the
+//! gradient norm; anything else takes the decomposed form.
 //!
 //! Gradient clipping is folded in: [`Adam::step`] takes the gradients' scale, which
 //! [`grad_norm`] (one device-to-host copy for all tensors) lets callers compute.
@@ -90,7 +90,7 @@ impl Adam {
                 continue;
             };
             let w = var.as_tensor();
-            if w.dtype() == DType::F32 && (w.device().is_cpu() || w.device().is_cuda()) {
+            if w.dtype() == DType::F32 && w.device().is_cpu() {
                 let g = g.contiguous()?;
                 mv.inplace_op2(&g, &Moments([c.beta1, c.beta2, scale].map(|v| v as f32)))?;
                 let p = [c.lr, c.weight_decay, c1, c2, c.eps].map(|v| v as f32);
@@ -231,22 +231,6 @@ impl InplaceOp2 for Moments {
         }
         Ok(())
     }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &mut candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        use crate::ops::kernels::cuda;
-        let [b1, b2, scale] = self.0;
-        let dev = s1.device.clone();
-        let g = cuda::view(s2, l2, self.name())?;
-        let mut mv = cuda::view_mut(s1, l1, self.name())?;
-        cuda::adam_moments(&dev, &mut mv, &g, b1, b2, scale)
-    }
 }
 
 impl InplaceOp2 for Update {
@@ -269,21 +253,6 @@ impl InplaceOp2 for Update {
             *w = *w * (1.0 - lr * wd) - lr * (m * c1) / ((v * c2).sqrt() + eps);
         }
         Ok(())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &mut candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        use crate::ops::kernels::cuda;
-        let dev = s1.device.clone();
-        let mv = cuda::view(s2, l2, self.name())?;
-        let mut w = cuda::view_mut(s1, l1, self.name())?;
-        cuda::adam_update(&dev, &mut w, &mv, self.0)
     }
 }
 

@@ -6,9 +6,7 @@
 //! Reductions add block sums to f64 accumulators with `atomicAdd`, so their order, and the
 //! last bits of a parameter gradient, can differ between runs on the GPU.
 use super::Runs;
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
-};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaDevice, CudaStorage, Layout, Result};
 
@@ -453,67 +451,6 @@ pub fn channel_sums(dev: &CudaDevice, dy: &CudaView<f32>, g: Runs) -> Result<Cud
     let mut out = output(dev, g.c)?;
     finish(dev, &acc, &mut out, 0)?;
     Ok(wrap(dev, out))
-}
-
-/// A contiguous layout of a mutable storage as an f32 view.
-///
-/// Errors: not f32, or not contiguous.
-pub fn view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, op: &str) -> Result<CudaViewMut<'a, f32>> {
-    let slice = s.as_cuda_slice_mut::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(slice.slice_mut(a..b)),
-        None => candle_core::bail!("{op}: input is not contiguous"),
-    }
-}
-
-/// Adam's moments in place: `mv = [m; v]` from the gradient `g` times `scale`.
-pub fn adam_moments(
-    dev: &CudaDevice,
-    mv: &mut CudaViewMut<f32>,
-    g: &CudaView<f32>,
-    b1: f32,
-    b2: f32,
-    scale: f32,
-) -> Result<()> {
-    let n = g.len();
-    launch!(
-        dev,
-        "adam_moments",
-        flat(n),
-        mv,
-        g,
-        &(n as i64),
-        &b1,
-        &b2,
-        &scale
-    );
-    Ok(())
-}
-
-/// Adam's update of `w` in place from `mv = [m; v]`: `[lr, weight decay, bias correction
-/// 1, bias correction 2, eps]`.
-pub fn adam_update(
-    dev: &CudaDevice,
-    w: &mut CudaViewMut<f32>,
-    mv: &CudaView<f32>,
-    p: [f32; 5],
-) -> Result<()> {
-    let n = mv.len() / 2;
-    let [lr, wd, c1, c2, eps] = p;
-    launch!(
-        dev,
-        "adam_update",
-        flat(n),
-        w,
-        mv,
-        &(n as i64),
-        &lr,
-        &wd,
-        &c1,
-        &c2,
-        &eps
-    );
-    Ok(())
 }
 
 /// Entries per block of the multi-tensor kernels (`MT_CHUNK` in kernels.cu).

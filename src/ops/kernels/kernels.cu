@@ -324,28 +324,6 @@ extern "C" __global__ void norm_affine_dx(const float *x, const float *dy, const
   }
 }
 
-// ---- Adam (learn/adam.rs) ----
-// In place on mv = [m; v] (2n entries): m = b1 m + (1 - b1) g', v = b2 v + (1 - b2) g'^2,
-// g' = scale g.
-extern "C" __global__ void adam_moments(float *mv, const float *g, long n, float b1, float b2,
-                                        float scale) {
-  GRID_STRIDE(i, n) {
-    const float d = scale * g[i];
-    mv[i] = b1 * mv[i] + (1.f - b1) * d;
-    mv[n + i] = b2 * mv[n + i] + (1.f - b2) * d * d;
-  }
-}
-
-// In place on w: w = w (1 - lr wd) - lr (m c1) / (sqrt(v c2) + eps), c1, c2 the bias
-// corrections 1 / (1 - b^t).
-extern "C" __global__ void adam_update(float *w, const float *mv, long n, float lr, float wd,
-                                       float c1, float c2, float eps) {
-  GRID_STRIDE(i, n) {
-    const float m = mv[i] * c1, v = mv[n + i] * c2;
-    w[i] = w[i] * (1.f - lr * wd) - lr * m / (sqrtf(v) + eps);
-  }
-}
-
 // ---- multi-tensor AdamW and gradient norm (learn/adam.rs): one launch for all tensors ----
 // `table` holds `count` arrays of k device pointers (tensor t's j-th buffer at
 // table[j * k + t]), the k lengths at table[count * k + t], then one entry per block:
@@ -361,8 +339,9 @@ __device__ void mt_chunk(const unsigned long long *table, int count, int k, int 
   *hi = min(*n, *lo + MT_CHUNK);
 }
 
-// AdamW on every tensor at once (the math of adam_moments then adam_update): buffers
-// w, g, mv = [m; v] (count 3), gradients scaled by `scale`.
+// AdamW on every tensor at once: m = b1 m + (1 - b1) g', v = b2 v + (1 - b2) g'^2 with
+// g' = scale g, then w = w (1 - lr wd) - lr (m c1) / (sqrt(v c2) + eps), c1, c2 the bias
+// corrections 1 / (1 - b^t); buffers w, g, mv = [m; v] (count 3).
 extern "C" __global__ void adam_multi(const unsigned long long *table, int k, float b1, float b2,
                                       float scale, float lr, float wd, float c1, float c2,
                                       float eps) {
