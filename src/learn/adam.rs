@@ -364,8 +364,8 @@ mod tests {
         (w, first.unwrap())
     }
 
-    /// The multi-tensor launch (several tensors, chunks and a one-entry tensor) against
-    /// the CPU's per-tensor passes, and its gradient norm against the CPU's.
+    /// AdamW on CUDA (the multi-tensor launch: several tensors, chunks, a one-entry
+    /// tensor) against the CPU's per-tensor passes, and its gradient norm against the CPU's.
     #[cfg(feature = "cuda")]
     #[test]
     fn cuda_multi_tensor_step_and_norm_match_the_cpu() {
@@ -373,7 +373,7 @@ mod tests {
             eprintln!("no CUDA GPU: multi-tensor AdamW parity not run");
             return;
         };
-        let sizes = [5000, 1, 9000, 4096];
+        let sizes = [5000, 1, 20_000, 4096];
         let (cpu, n_cpu) = train_many(&sizes, &Device::Cpu);
         let (cuda, n_cuda) = train_many(&sizes, &gpu);
         let e = cpu
@@ -414,21 +414,5 @@ mod tests {
         );
         let start = randn(300, 10).to_vec1::<f32>().unwrap();
         assert!(max_diff(&w[0], &start) > 1e-3, "the weights did not move");
-    }
-
-    #[cfg(feature = "cuda")]
-    #[test]
-    fn cuda_step_matches_the_cpu() {
-        let Ok(gpu) = Device::new_cuda(0) else {
-            eprintln!("no CUDA GPU: AdamW CPU/CUDA parity not run");
-            return;
-        };
-        let (w, r) = (randn(20_000, 5), randn(20_000, 6));
-        let e = max_diff(
-            &train(&w, &r, &Device::Cpu, DType::F32),
-            &train(&w, &r, &gpu, DType::F32),
-        );
-        assert!(e < 1e-5, "AdamW on CPU and CUDA differ by {e}");
-        eprintln!("adam: CPU and CUDA agree ({e})");
     }
 }
