@@ -55,6 +55,11 @@ pub struct Args {
     /// Default: 9 dB (docs/recovery.md).
     #[arg(long, value_name = "DB|off", value_parser = parse_min_gain, allow_negative_numbers = true)]
     pub finetune_min_teacher_gain: Option<MinGain>,
+    /// The fine-tuned weights kept: the best validation's, or the last step's (the rate
+    /// has decayed to 0). Default: best with references, last with --teacher
+    /// (docs/recovery.md).
+    #[arg(long, value_enum)]
+    pub finetune_keep: Option<sepprune::learn::finetune::Keep>,
     /// Label-free: learn and fine-tune against the original model's outputs.
     #[arg(long)]
     pub teacher: bool,
@@ -129,6 +134,11 @@ pub fn run(a: Args) -> Result<()> {
                 .teacher
                 .then_some(sepprune::pipeline::LABEL_FREE_MIN_TEACHER_GAIN),
         },
+        finetune_keep: a.finetune_keep.unwrap_or(if a.teacher {
+            sepprune::pipeline::LABEL_FREE_KEEP
+        } else {
+            sepprune::learn::finetune::Keep::Best
+        }),
         teacher: a.teacher,
         seconds: a.seconds,
         seed: a.seed,

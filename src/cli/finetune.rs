@@ -93,6 +93,12 @@ pub struct Args {
     /// (--steps, --minutes or --epochs).
     #[arg(long, value_enum, default_value_t = sepprune::learn::finetune::Schedule::Plateau)]
     pub schedule: sepprune::learn::finetune::Schedule,
+    /// Linear learning-rate warm-up over the first N steps (0: none).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub warmup_steps: usize,
+    /// The weights written: the best validation's, or the last step's.
+    #[arg(long, value_enum, default_value_t = sepprune::learn::finetune::Keep::Best)]
+    pub keep: sepprune::learn::finetune::Keep,
     /// Validate and write an exponential moving average of the weights with this decay
     /// per step (e.g. 0.998), not the last weights.
     #[arg(long)]
@@ -139,6 +145,8 @@ pub fn run(a: Args) -> Result<()> {
         hint_weight,
         patience,
         schedule,
+        warmup_steps,
+        keep,
         ema,
         batch,
         force,
@@ -179,6 +187,8 @@ pub fn run(a: Args) -> Result<()> {
         hint_weight,
         patience,
         schedule,
+        warmup_steps,
+        keep,
         ema,
         batch,
     };
@@ -199,12 +209,16 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
         println!(
-            "{} -> {}: {} parameters, validation loss {:.2} -> {:.2} dB (best at step {})",
+            "{} -> {}: {} parameters, validation loss {:.2} -> {:.2} dB ({} at step {})",
             model.display(),
             output.display(),
             r.parameters,
             first.val_loss,
             r.best.val_loss,
+            match o.keep {
+                sepprune::learn::finetune::Keep::Best => "best",
+                sepprune::learn::finetune::Keep::Last => "last",
+            },
             r.best.step
         );
     }

@@ -60,6 +60,11 @@ pub struct FinetuneOptions {
     /// [`Schedule::Plateau`] only).
     pub patience: usize,
     pub schedule: Schedule,
+    /// Linear learning-rate warm-up over the first this many steps (from `lr / warmup`
+    /// to `lr`, then the schedule; Goyal et al. 2017, sec. 2.2): Adam's first updates on
+    /// a pretrained start are as large as its later ones and undo what the start knew.
+    /// 0: none.
+    pub warmup_steps: usize,
     pub seed: u64,
     pub loss: Loss,
     /// Soft threshold of the training loss in dB (Wisdom et al. 2020, eq. 5): an item
@@ -86,10 +91,26 @@ pub struct FinetuneOptions {
     /// Validate and keep an exponential moving average of the weights with this decay per
     /// step (Polyak averaging), not the last weights.
     pub ema: Option<f64>,
+    /// Which weights the run returns: the best validation's, or the last step's.
+    pub keep: Keep,
     /// Items per step (crops of the training set or dynamic mixtures); a step counts once
     /// whatever its batch. Above 1 the model must keep batch items apart
     /// ([`super::batch::check`]).
     pub batch: usize,
+}
+
+/// Which weights a run returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    /// The weights of the validation with the lowest loss.
+    #[default]
+    Best,
+    /// The weights after the last step (with [`Schedule::Cosine`], where the rate has
+    /// decayed to 0): validation then draws the curves and decides nothing. On 40
+    /// validation crops the loss moves by tenths of a dB from one validation to the next,
+    /// and the lowest of many noisy validations is often an early one (docs/recovery.md).
+    Last,
 }
 
 /// How the learning rate moves during a run.
@@ -123,6 +144,7 @@ impl Default for FinetuneOptions {
             stop_after: 3,
             patience: 1,
             schedule: Schedule::Plateau,
+            warmup_steps: 0,
             seed: 0,
             loss: Loss::SiSdr,
             loss_max_db: None,
@@ -134,6 +156,7 @@ impl Default for FinetuneOptions {
             hints: None,
             hint_weight: 1.0,
             ema: None,
+            keep: Keep::Best,
             batch: 1,
         }
     }
@@ -159,6 +182,8 @@ pub struct Finetuned {
     pub model: ModelProto,
     /// Validation before training (step 0) and after every evaluation.
     pub history: Vec<Eval>,
+    /// The evaluation of the weights in `model`: the best validation's, or the last one's
+    /// with [`Keep::Last`].
     pub best: Eval,
     pub parameters: usize,
 }
@@ -761,13 +786,18 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
             .then(|| trainer.validate(&test))
             .transpose()
     };
+    // the share of the schedule's rate applied at `step` (linear warm-up)
+    let warm = |step: usize| match o.warmup_steps {
+        0 => 1.0,
+        w => ((step + 1) as f64 / w as f64).min(1.0),
+    };
     let first = Eval {
         step: 0,
         seconds: t0.elapsed().as_secs_f64(),
         train_loss: f64::NAN,
         val_loss: trainer.validate(&val)?,
         test_loss: test_loss(&trainer)?,
-        lr: o.lr,
+        lr: o.lr * warm(0),
     };
     let mut best = (first.clone(), trainer.snapshot()?);
     let mut history = vec![first];
@@ -779,6 +809,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         .min((o.epochs * train.len() / batch).max(1));
     let bar = super::progress_bar(total, o.progress);
     let (mut step, mut since, mut stale, mut lr) = (0usize, vec![], 0usize, o.lr);
+    trainer.set_lr(lr * warm(0));
     // items drawn so far (the place in the epoch order), and those waiting for a step
     let (mut drawn, mut pending) = (0usize, Vec::with_capacity(batch));
     let out_of_time = |t: &Instant| {
@@ -816,8 +847,8 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
                     (None, None) => step as f64 / total as f64,
                 };
                 lr = o.lr * 0.5 * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos());
-                trainer.set_lr(lr);
             }
+            trainer.set_lr(lr * warm(step));
             bar.inc(1);
             let last = history.last().expect("first evaluation");
             bar.set_message(format!(
@@ -832,7 +863,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
                     train_loss: mean(&since),
                     val_loss: trainer.validate(&val)?,
                     test_loss: test_loss(&trainer)?,
-                    lr,
+                    lr: lr * warm(step),
                 };
                 since.clear();
                 if ev.val_loss < best.0.val_loss {
@@ -842,7 +873,7 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
                     stale += 1;
                     if o.schedule == Schedule::Plateau && stale % o.patience.max(1) == 0 {
                         lr /= 2.0;
-                        trainer.set_lr(lr);
+                        trainer.set_lr(lr * warm(step));
                     }
                 }
                 history.push(ev);
@@ -856,6 +887,11 @@ pub fn finetune(model: &ModelProto, data: &Path, o: &FinetuneOptions) -> Result<
         }
     }
     bar.finish_and_clear();
+    if o.keep == Keep::Last {
+        // the last validation is at the last step (`step == total`, or a timeout)
+        let last = history.last().expect("first evaluation").clone();
+        best = (last, trainer.snapshot()?);
+    }
     let parameters = trainer.parameters();
     Ok(Finetuned {
         model: trainer.write_into(model, &best.1)?,

@@ -418,6 +418,91 @@ fn the_cosine_schedule_decays_the_learning_rate_to_zero_over_the_steps() {
     assert_eq!(r.history.last().unwrap().lr, 0.0);
 }
 
+/// A linear warm-up scales the schedule's rate by `(step + 1) / warmup` until it reaches
+/// it: the first validation reports `lr / warmup`, later ones the cosine times that share.
+#[test]
+fn the_warm_up_ramps_the_cosine_rate_linearly_over_its_steps() {
+    use sepprune::learn::finetune::Schedule;
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_set(dir.path(), 4);
+    let o = FinetuneOptions {
+        lr: 1e-2,
+        epochs: 100,
+        steps: Some(12),
+        val_every: Some(3),
+        stop_after: 1000,
+        schedule: Schedule::Cosine,
+        warmup_steps: 6,
+        ..opts()
+    };
+    let r = finetune(&slim_tiny(), dir.path(), &o).unwrap();
+    assert_eq!(r.history.len(), 5, "{:?}", r.history);
+    assert!(
+        (r.history[0].lr - o.lr / 6.0).abs() < 1e-15,
+        "{:?}",
+        r.history[0]
+    );
+    for ev in &r.history[1..] {
+        let cosine = o.lr * 0.5 * (1.0 + (std::f64::consts::PI * ev.step as f64 / 12.0).cos());
+        let want = cosine * ((ev.step + 1) as f64 / 6.0).min(1.0);
+        assert!(
+            (ev.lr - want).abs() < 1e-12,
+            "step {}: lr {} != {want}",
+            ev.step,
+            ev.lr
+        );
+    }
+    // step 3 is still warming up, step 6 is not
+    assert!(r.history[1].lr < 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos()) * o.lr * 0.7);
+    assert_eq!(r.history.last().unwrap().lr, 0.0);
+}
+
+/// `Keep::Last` returns the weights after the last step whatever the validations said:
+/// the same weights as a run that validates only at its last step and finds it best.
+#[test]
+fn keep_last_returns_the_last_steps_weights() {
+    use sepprune::learn::finetune::{Keep, Schedule};
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_set(dir.path(), 4);
+    let base = FinetuneOptions {
+        lr: 1e-2,
+        epochs: 100,
+        steps: Some(6),
+        stop_after: 1000,
+        schedule: Schedule::Cosine,
+        ..opts()
+    };
+    let last = finetune(
+        &slim_tiny(),
+        dir.path(),
+        &FinetuneOptions {
+            val_every: Some(1),
+            keep: Keep::Last,
+            ..base.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(last.best.step, 6, "{:?}", last.best);
+    assert_eq!(last.history.len(), 7);
+    let once = finetune(
+        &slim_tiny(),
+        dir.path(),
+        &FinetuneOptions {
+            val_every: Some(6),
+            ..base
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        once.best.step, 6,
+        "this run must improve: {:?}",
+        once.history
+    );
+    let inits = |m: &ModelProto| m.graph.as_ref().unwrap().initializer.clone();
+    assert_eq!(inits(&last.model), inits(&once.model));
+    assert_eq!(last.best.val_loss, once.best.val_loss);
+}
+
 #[test]
 fn the_moving_average_is_decay_times_old_plus_the_rest_times_new_weights() {
     use sepprune::learn::finetune::Trainer;
@@ -603,6 +688,7 @@ fn compress_opts(structure: sepprune::pipeline::Structure) -> sepprune::pipeline
         finetune_lr: 1e-4,
         finetune_loss_max_db: None,
         finetune_min_teacher_gain: None,
+        finetune_keep: sepprune::learn::finetune::Keep::Best,
         teacher: false,
         seconds: 0.025,
         seed: 3,
