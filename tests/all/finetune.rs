@@ -388,73 +388,48 @@ fn the_learning_rate_halves_after_patience_validations_without_improvement() {
     assert!(halvings > 0, "no plateau reached: {:?}", r.history);
 }
 
-/// The cosine schedule: every validation reports a lower learning rate than the one
-/// before, `lr (1 + cos(pi step / steps)) / 2`, down to 0 at the last step.
+/// The cosine schedule: every validation reports the rate `lr (1 + cos(pi step / steps)) / 2`,
+/// down to 0 at the last step; a linear warm-up of w steps scales it by `(step + 1) / w`
+/// until it reaches it (the first validation then reports `lr / w`).
 #[test]
-fn the_cosine_schedule_decays_the_learning_rate_to_zero_over_the_steps() {
+fn the_cosine_schedule_decays_the_learning_rate_to_zero_after_its_warm_up() {
     use sepprune::learn::finetune::Schedule;
     let dir = tempfile::tempdir().unwrap();
     common::tiny_set(dir.path(), 4);
-    let o = FinetuneOptions {
-        lr: 1e-2,
-        epochs: 100,
-        steps: Some(12),
-        val_every: Some(3),
-        stop_after: 1000,
-        schedule: Schedule::Cosine,
-        ..opts()
-    };
-    let r = finetune(&slim_tiny(), dir.path(), &o).unwrap();
-    assert_eq!(r.history.len(), 5, "{:?}", r.history);
-    for ev in &r.history[1..] {
-        let want = o.lr * 0.5 * (1.0 + (std::f64::consts::PI * ev.step as f64 / 12.0).cos());
+    for warmup in [0usize, 6] {
+        let o = FinetuneOptions {
+            lr: 1e-2,
+            epochs: 100,
+            steps: Some(12),
+            val_every: Some(3),
+            stop_after: 1000,
+            schedule: Schedule::Cosine,
+            warmup_steps: warmup,
+            ..opts()
+        };
+        let share = |step: usize| match warmup {
+            0 => 1.0,
+            w => ((step + 1) as f64 / w as f64).min(1.0),
+        };
+        let r = finetune(&slim_tiny(), dir.path(), &o).unwrap();
+        assert_eq!(r.history.len(), 5, "{:?}", r.history);
         assert!(
-            (ev.lr - want).abs() < 1e-12,
-            "step {}: lr {} != {want}",
-            ev.step,
-            ev.lr
+            (r.history[0].lr - o.lr * share(0)).abs() < 1e-15,
+            "{:?}",
+            r.history[0]
         );
+        for ev in &r.history[1..] {
+            let cosine = o.lr * 0.5 * (1.0 + (std::f64::consts::PI * ev.step as f64 / 12.0).cos());
+            let want = cosine * share(ev.step);
+            assert!(
+                (ev.lr - want).abs() < 1e-12,
+                "warm-up {warmup}, step {}: lr {} != {want}",
+                ev.step,
+                ev.lr
+            );
+        }
+        assert_eq!(r.history.last().unwrap().lr, 0.0);
     }
-    assert_eq!(r.history.last().unwrap().lr, 0.0);
-}
-
-/// A linear warm-up scales the schedule's rate by `(step + 1) / warmup` until it reaches
-/// it: the first validation reports `lr / warmup`, later ones the cosine times that share.
-#[test]
-fn the_warm_up_ramps_the_cosine_rate_linearly_over_its_steps() {
-    use sepprune::learn::finetune::Schedule;
-    let dir = tempfile::tempdir().unwrap();
-    common::tiny_set(dir.path(), 4);
-    let o = FinetuneOptions {
-        lr: 1e-2,
-        epochs: 100,
-        steps: Some(12),
-        val_every: Some(3),
-        stop_after: 1000,
-        schedule: Schedule::Cosine,
-        warmup_steps: 6,
-        ..opts()
-    };
-    let r = finetune(&slim_tiny(), dir.path(), &o).unwrap();
-    assert_eq!(r.history.len(), 5, "{:?}", r.history);
-    assert!(
-        (r.history[0].lr - o.lr / 6.0).abs() < 1e-15,
-        "{:?}",
-        r.history[0]
-    );
-    for ev in &r.history[1..] {
-        let cosine = o.lr * 0.5 * (1.0 + (std::f64::consts::PI * ev.step as f64 / 12.0).cos());
-        let want = cosine * ((ev.step + 1) as f64 / 6.0).min(1.0);
-        assert!(
-            (ev.lr - want).abs() < 1e-12,
-            "step {}: lr {} != {want}",
-            ev.step,
-            ev.lr
-        );
-    }
-    // step 3 is still warming up, step 6 is not
-    assert!(r.history[1].lr < 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos()) * o.lr * 0.7);
-    assert_eq!(r.history.last().unwrap().lr, 0.0);
 }
 
 /// `Keep::Last` returns the weights after the last step whatever the validations said:
