@@ -76,8 +76,8 @@ pub const LABEL_FREE_MIN_TEACHER_GAIN: f64 = 9.0;
 /// Which fine-tuned weights `compress --teacher` keeps: the last step's. Its validation
 /// loss (agreement with the teacher on 40 crops of 0.5 s) picked steps 576 to 1280 of 1500
 /// in seven of eight runs, while the validation split's SI-SDRi on whole files preferred
-/// the last weights (5.98 -> 6.02 and 5.72 -> 6.05 dB for seeds 1 and 2;
-/// docs/recovery.md).
+/// the last weights on all four seeds where they differed (e.g. 5.72 -> 6.05 dB for seed
+/// 2; docs/recovery.md).
 pub const LABEL_FREE_KEEP: crate::learn::finetune::Keep = crate::learn::finetune::Keep::Last;
 
 #[derive(Clone)]

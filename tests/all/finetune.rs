@@ -433,49 +433,42 @@ fn the_cosine_schedule_decays_the_learning_rate_to_zero_after_its_warm_up() {
 }
 
 /// `Keep::Last` returns the weights after the last step whatever the validations said:
-/// the same weights as a run that validates only at its last step and finds it best.
+/// the same weights as a run that validates only at its last step and finds it best, and
+/// not those of `Keep::Best`, whose best validation (at this rate) comes earlier.
 #[test]
 fn keep_last_returns_the_last_steps_weights() {
     use sepprune::learn::finetune::{Keep, Schedule};
     let dir = tempfile::tempdir().unwrap();
     common::tiny_set(dir.path(), 4);
     let base = FinetuneOptions {
-        lr: 1e-2,
+        lr: 1e-1,
         epochs: 100,
         steps: Some(6),
+        val_every: Some(1),
         stop_after: 1000,
         schedule: Schedule::Cosine,
         ..opts()
     };
-    let last = finetune(
-        &slim_tiny(),
-        dir.path(),
-        &FinetuneOptions {
-            val_every: Some(1),
-            keep: Keep::Last,
-            ..base.clone()
-        },
-    )
-    .unwrap();
+    let run = |o: FinetuneOptions| finetune(&slim_tiny(), dir.path(), &o).unwrap();
+    let inits = |m: &ModelProto| m.graph.as_ref().unwrap().initializer.clone();
+    let last = run(FinetuneOptions {
+        keep: Keep::Last,
+        ..base.clone()
+    });
     assert_eq!(last.best.step, 6, "{:?}", last.best);
     assert_eq!(last.history.len(), 7);
-    let once = finetune(
-        &slim_tiny(),
-        dir.path(),
-        &FinetuneOptions {
-            val_every: Some(6),
-            ..base
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        once.best.step, 6,
-        "this run must improve: {:?}",
-        once.history
-    );
-    let inits = |m: &ModelProto| m.graph.as_ref().unwrap().initializer.clone();
+    // the same training, validated only at its end, where it beats the start
+    let once = run(FinetuneOptions {
+        val_every: Some(6),
+        ..base.clone()
+    });
+    assert_eq!(once.best.step, 6, "must improve: {:?}", once.history);
     assert_eq!(inits(&last.model), inits(&once.model));
     assert_eq!(last.best.val_loss, once.best.val_loss);
+    // validated at every step, the best comes before the last: other weights
+    let best = run(base);
+    assert!(best.best.step < 6, "{:?}", best.history);
+    assert_ne!(inits(&best.model), inits(&last.model));
 }
 
 #[test]
