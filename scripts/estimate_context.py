@@ -18,34 +18,17 @@ import glob
 import sys
 
 import numpy as np
-import onnxruntime as ort
 import soundfile as sf
 
+from context_gap import run, session, si_sdr
+
 CROP = 8000
-
-
-def session(path):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(path, so)
-
-
-def run(sess, x):
-    y = sess.run(None, {sess.get_inputs()[0].name: x[None, None, :].astype(np.float32)})[0]
-    return y.reshape(-1, len(x))[0]
 
 
 def align(y, x):
     """`y` at the gain that best explains `x` (least squares)."""
     g = np.dot(y, y)
     return y * (np.dot(y, x) / g if g > 0 else 0.0)
-
-
-def si_sdr(e, r):
-    e, r = e - e.mean(), r - r.mean()
-    t = np.dot(e, r) / (np.dot(r, r) + 1e-12) * r
-    n = e - t
-    return 10 * np.log10(np.dot(t, t) / (np.dot(n, n) + 1e-12))
 
 
 def snr(e, r):
