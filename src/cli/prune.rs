@@ -29,14 +29,16 @@ pub struct Args {
     /// Kept channel indices per group (format: see `src/analysis/masks.rs`).
     #[arg(long)]
     pub masks: Option<PathBuf>,
-    /// Channel ranking: L1/L2 norms of the group's parameters, random, or first-order
-    /// Taylor on the gates from `--data` (with references).
+    /// Channel ranking: L1/L2 norms of the group's parameters, random, first-order
+    /// Taylor on the gates from `--data` (with references), or the gates' Fisher
+    /// information from `--data` (label-free: any audio).
     #[arg(long, value_enum, default_value_t = Criterion::L1)]
     pub criterion: Criterion,
-    /// Data for `--criterion taylor` (LibriMix-style directory with references).
+    /// Data for `--criterion taylor` (LibriMix-style directory with references) or
+    /// `--criterion fisher` (a LibriMix-style directory or any directory of audio).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Crop length in seconds for `--criterion taylor`.
+    /// Crop length in seconds for `--criterion taylor|fisher`.
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
     #[arg(long, default_value_t = 0)]
@@ -186,12 +188,17 @@ pub fn run(a: Args) -> Result<()> {
                 residual,
                 measure: prune::Measure::Macs,
             };
-            let b = if criterion == Criterion::Taylor {
+            let b = if matches!(criterion, Criterion::Taylor | Criterion::Fisher) {
                 let data = data
                     .as_ref()
-                    .context("--criterion taylor needs --data DIR")?;
+                    .with_context(|| format!("--criterion {criterion:?} needs --data DIR"))?;
                 let samples = (seconds * 16000.0).round().max(1.0) as usize;
-                sepprune::learn::taylor::taylor_masks(
+                let scored = if criterion == Criterion::Taylor {
+                    sepprune::learn::taylor::taylor_masks
+                } else {
+                    sepprune::learn::fisher::fisher_masks
+                };
+                scored(
                     &ir,
                     &groups,
                     &budget,
@@ -199,7 +206,7 @@ pub fn run(a: Args) -> Result<()> {
                     samples,
                     &candle_core::Device::Cpu,
                 )
-                .with_context(|| format!("Taylor scores on {}", data.display()))?
+                .with_context(|| format!("{criterion:?} scores on {}", data.display()))?
             } else {
                 prune::masks_for_ratio(&ir, &groups, &budget)?
             };

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod data;
 pub mod distill;
 pub mod finetune;
+pub mod fisher;
 pub mod fuse;
 pub mod graph;
 pub mod gumbel;

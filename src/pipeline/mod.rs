@@ -5,5 +5,5 @@ pub mod latency;
 
 pub use compress::{
     compress, Compressed, Method, Options, Structure, LABEL_FREE_KEEP, LABEL_FREE_LR,
-    LABEL_FREE_MIN_TEACHER_GAIN, REFERENCES_LR,
+    LABEL_FREE_METHOD, LABEL_FREE_MIN_TEACHER_GAIN, REFERENCES_LR,
 };

@@ -31,6 +31,9 @@ pub enum Criterion {
     Random,
     /// First-order Taylor on the channel gates, from data ([`crate::learn::taylor`]).
     Taylor,
+    /// Label-free Fisher information of the channel gates, from data
+    /// ([`crate::learn::fisher`]).
+    Fisher,
 }
 
 /// What a budget counts: MACs at the IR's input length, or learnable parameters.
@@ -311,10 +314,10 @@ pub fn masks_for_ratio(ir: &Ir, groups: &Groups, b: &Budget) -> Result<Budgeted>
         let mut idx: Vec<usize> = (0..g.size).collect();
         if criterion == Criterion::Random {
             idx.shuffle(&mut rng);
-        } else if criterion == Criterion::Taylor {
-            return Err(Error::Masks(
-                "the taylor criterion scores channels from data: give --data (prune) and use masks_from_scores".into(),
-            ));
+        } else if matches!(criterion, Criterion::Taylor | Criterion::Fisher) {
+            return Err(Error::Masks(format!(
+                "the {criterion:?} criterion scores channels from data: give --data (prune) and use masks_from_scores"
+            )));
         } else {
             let s = channel_scores(ir, groups, g, criterion)?;
             idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));

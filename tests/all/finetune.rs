@@ -939,3 +939,100 @@ fn a_latency_target_measures_candidates_and_refuses_what_it_cannot_plan() {
     assert!(compress(&path, &dir.path().join("set"), None, &out, &o).is_err());
     assert!(!out.exists());
 }
+
+/// The Fisher score of a channel is the mean squared relative output change per unit of its
+/// gate: averaged over many probe seeds, the Hutchinson estimates match central finite
+/// differences of the gate graph on the same crops, and the masks slim exactly.
+#[test]
+fn fisher_scores_match_finite_differences_of_the_gates() {
+    use sepprune::gates::gate_name;
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_set(dir.path(), 2);
+    let model = common::tiny_tasnet();
+    let budget = Budget::new(0.4);
+    let dev = candle_core::Device::Cpu;
+    let fisher = |seed| {
+        sepprune::learn::fisher::fisher_scores(&model, dir.path(), 400, 2, &budget, seed, &dev)
+            .unwrap()
+    };
+    assert_eq!(fisher(3), fisher(3), "deterministic for a seed");
+    let seeds = 48;
+    let mut mean: std::collections::HashMap<usize, Vec<f64>> = Default::default();
+    for seed in 0..seeds {
+        for (id, s) in fisher(seed) {
+            let m = mean.entry(id).or_insert_with(|| vec![0.0; s.len()]);
+            for (a, b) in m.iter_mut().zip(s) {
+                *a += b / seeds as f64;
+            }
+        }
+    }
+    // the same quantity by finite differences: mean over crops of ‖∂y/∂g_j‖² / rms(y)²
+    let (graph, cands) = sepprune::learn::run::gated_graph(&model, 400, &budget, &dev).unwrap();
+    let crops = sepprune::learn::data::input_crops(dir.path(), 400, 2).unwrap();
+    let ones = |g: &sepprune::analysis::Group| {
+        candle_core::Tensor::ones(g.size, candle_core::DType::F32, &dev).unwrap()
+    };
+    let base: std::collections::HashMap<String, candle_core::Tensor> =
+        cands.iter().map(|g| (gate_name(g.id), ones(g))).collect();
+    let run = |gates: &std::collections::HashMap<String, candle_core::Tensor>, x: &[f32]| {
+        let y = graph.forward(&graph.input(x).unwrap(), gates).unwrap();
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let (mut est, mut exact) = (vec![], vec![]);
+    for g in &cands {
+        for j in 0..g.size.min(6) {
+            let mut fd = 0.0;
+            for x in &crops {
+                let y = run(&base, x);
+                let rms2 = y.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / y.len() as f64;
+                let at = |d: f32| {
+                    let mut v = vec![1.0f32; g.size];
+                    v[j] += d;
+                    let mut gates = base.clone();
+                    let t = candle_core::Tensor::from_vec(v, g.size, &dev).unwrap();
+                    gates.insert(gate_name(g.id), t);
+                    run(&gates, x)
+                };
+                let h = 1e-2f32;
+                let (p, m) = (at(h), at(-h));
+                let d2: f64 = p
+                    .iter()
+                    .zip(&m)
+                    .map(|(a, b)| ((a - b) as f64 / (2.0 * h as f64)).powi(2))
+                    .sum();
+                fd += d2 / rms2 / crops.len() as f64;
+            }
+            est.push(mean[&g.id][j]);
+            exact.push(fd);
+        }
+    }
+    let total: f64 = exact.iter().sum();
+    assert!(total > 0.0);
+    let err: f64 = est
+        .iter()
+        .zip(&exact)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f64>()
+        / total;
+    assert!(
+        err < 0.25,
+        "mean relative error {err}: {est:?} vs {exact:?}"
+    );
+    let ir = Ir::new(model.clone(), 1000).unwrap();
+    let gs = analyze_groups(&ir).unwrap();
+    let b = masks_from_scores(&ir, &gs, &budget, &mean).unwrap();
+    let kept = b.scope_macs.1 as f64 / b.scope_macs.0 as f64;
+    assert!((kept - 0.6).abs() < 0.1, "kept {kept}");
+    let x = verify::test_signal(1000, 16000.0);
+    let r = verify::check(
+        &ir,
+        &gs,
+        Some((&b.masks, None)),
+        0,
+        0,
+        &x,
+        sepprune::runtime::Runtime::Tract,
+    )
+    .unwrap();
+    assert!(r.passed, "{:?}", r.trials);
+}
