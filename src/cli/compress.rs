@@ -29,10 +29,10 @@ pub struct Args {
     /// --runtime (depth for ort-cuda, where batch-1 latency follows the node count).
     #[arg(long, value_enum, default_value_t = sepprune::pipeline::Structure::Auto)]
     pub structure: sepprune::pipeline::Structure,
-    /// How channels are chosen (--structure channels). Default: learned with references,
-    /// fisher with --teacher (docs/recovery.md).
-    #[arg(long, value_enum)]
-    pub method: Option<sepprune::pipeline::Method>,
+    /// How channels are chosen (--structure channels): the gates' Fisher information
+    /// (label-free), the Gumbel learner, a norm, random, or Taylor (docs/recovery.md).
+    #[arg(long, value_enum, default_value_t = sepprune::pipeline::DEFAULT_METHOD)]
+    pub method: sepprune::pipeline::Method,
     /// Mask-learner iterations.
     #[arg(long, default_value_t = 200)]
     pub iters: usize,
@@ -119,11 +119,7 @@ pub fn run(a: Args) -> Result<()> {
         target_macs: a.target_macs,
         target_latency: a.target_latency,
         structure: a.structure,
-        method: a.method.unwrap_or(if a.teacher {
-            sepprune::pipeline::LABEL_FREE_METHOD
-        } else {
-            sepprune::pipeline::Method::Learned
-        }),
+        method: a.method,
         iters: a.iters,
         finetune_minutes: a.finetune_minutes,
         finetune_steps: a.finetune_steps,

@@ -4,6 +4,6 @@ pub mod compress;
 pub mod latency;
 
 pub use compress::{
-    compress, Compressed, Method, Options, Structure, LABEL_FREE_KEEP, LABEL_FREE_LR,
-    LABEL_FREE_METHOD, LABEL_FREE_MIN_TEACHER_GAIN, REFERENCES_LR,
+    compress, Compressed, Method, Options, Structure, DEFAULT_METHOD, LABEL_FREE_KEEP,
+    LABEL_FREE_LR, LABEL_FREE_MIN_TEACHER_GAIN, REFERENCES_LR,
 };
