@@ -36,7 +36,7 @@ pub enum Method {
     Random,
     /// First-order Taylor on the gates (needs references).
     Taylor,
-    /// Label-free Fisher information of the gates ([`crate::learn::fisher`]).
+    /// Label-free Fisher information of the gates (src/learn/fisher.rs).
     Fisher,
 }
 
