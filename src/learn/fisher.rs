@@ -16,11 +16,11 @@
 use super::data::input_crops;
 use super::gumbel::rng_at;
 use super::run::gated_graph;
+use super::taylor::{add_squared_grads, unit_gates};
 use crate::error::{Error, Result};
-use crate::gates::gate_name;
 use crate::onnx::ModelProto;
 use crate::prune::Budget;
-use candle_core::{Tensor as CTensor, Var};
+use candle_core::Tensor as CTensor;
 use rand::Rng;
 use std::collections::HashMap;
 use std::path::Path;
@@ -49,17 +49,7 @@ pub fn fisher_scores(
             data.display()
         )));
     }
-    let vars: Vec<(usize, Var)> = cands
-        .iter()
-        .map(|g| {
-            let ones = CTensor::ones(g.size, graph.dtype(), graph.device()).map_err(e)?;
-            Ok((g.id, Var::from_tensor(&ones).map_err(e)?))
-        })
-        .collect::<Result<_>>()?;
-    let gates: HashMap<String, CTensor> = vars
-        .iter()
-        .map(|(id, v)| (gate_name(*id), v.as_tensor().clone()))
-        .collect();
+    let (vars, gates) = unit_gates(&graph, &cands)?;
     let mut scores: HashMap<usize, Vec<f64>> =
         cands.iter().map(|g| (g.id, vec![0.0; g.size])).collect();
     let n = inputs.len() as f64;
@@ -84,18 +74,7 @@ pub fn fisher_scores(
             .and_then(|p| p.sum_all())
             .and_then(|l| l.backward())
             .map_err(e)?;
-        for (id, v) in &vars {
-            let Some(g) = grads.get(v.as_tensor()) else {
-                continue;
-            };
-            let g: Vec<f64> = g
-                .to_dtype(candle_core::DType::F64)
-                .and_then(|g| g.to_vec1())
-                .map_err(e)?;
-            for (s, gj) in scores.get_mut(id).expect("group").iter_mut().zip(g) {
-                *s += gj * gj / n;
-            }
-        }
+        add_squared_grads(&grads, &vars, &mut scores, 1.0 / n)?;
     }
     Ok(scores)
 }

@@ -35,6 +35,26 @@ pub fn taylor_scores(
         .into_iter()
         .flatten()
         .collect();
+    let (vars, gates) = unit_gates(&graph, &cands)?;
+    let mut scores: HashMap<usize, Vec<f64>> =
+        cands.iter().map(|g| (g.id, vec![0.0; g.size])).collect();
+    for it in &items {
+        let y = graph.forward(&graph.input(&it.input)?, &gates)?;
+        let grads = on_targets(&y, &it.targets, loss)?.backward().map_err(e)?;
+        add_squared_grads(&grads, &vars, &mut scores, 1.0 / items.len() as f64)?;
+    }
+    Ok(scores)
+}
+
+/// Every candidate group's gate at 1 as a `Var` (group id, `[C]`), and the same tensors
+/// by gate name for [`crate::learn::CandleGraph::forward`].
+///
+/// Errors: a Candle failure.
+pub(crate) fn unit_gates(
+    graph: &crate::learn::CandleGraph,
+    cands: &[crate::analysis::Group],
+) -> Result<(Vec<(usize, Var)>, HashMap<String, CTensor>)> {
+    let e = Error::candle("gates");
     let vars: Vec<(usize, Var)> = cands
         .iter()
         .map(|g| {
@@ -42,29 +62,37 @@ pub fn taylor_scores(
             Ok((g.id, Var::from_tensor(&ones).map_err(e)?))
         })
         .collect::<Result<_>>()?;
-    let gates: HashMap<String, CTensor> = vars
+    let gates = vars
         .iter()
         .map(|(id, v)| (gate_name(*id), v.as_tensor().clone()))
         .collect();
-    let mut scores: HashMap<usize, Vec<f64>> =
-        cands.iter().map(|g| (g.id, vec![0.0; g.size])).collect();
-    for it in &items {
-        let y = graph.forward(&graph.input(&it.input)?, &gates)?;
-        let grads = on_targets(&y, &it.targets, loss)?.backward().map_err(e)?;
-        for (id, v) in &vars {
-            let Some(g) = grads.get(v.as_tensor()) else {
-                continue;
-            };
-            let g: Vec<f64> = g
-                .to_dtype(candle_core::DType::F64)
-                .and_then(|g| g.to_vec1())
-                .map_err(e)?;
-            for (s, gj) in scores.get_mut(id).expect("group").iter_mut().zip(g) {
-                *s += gj * gj / items.len() as f64;
+    Ok((vars, gates))
+}
+
+/// Adds `weight · (∂L/∂g_j)²` of every gate in `vars` to `scores` (group id -> `[C]`).
+///
+/// Errors: a Candle failure.
+pub(crate) fn add_squared_grads(
+    grads: &candle_core::backprop::GradStore,
+    vars: &[(usize, Var)],
+    scores: &mut HashMap<usize, Vec<f64>>,
+    weight: f64,
+) -> Result<()> {
+    for (id, v) in vars {
+        let Some(g) = grads.get(v.as_tensor()) else {
+            continue;
+        };
+        let g: Vec<f64> = g
+            .to_dtype(candle_core::DType::F64)
+            .and_then(|g| g.to_vec1())
+            .map_err(Error::candle("gates"))?;
+        if let Some(s) = scores.get_mut(id) {
+            for (s, gj) in s.iter_mut().zip(g) {
+                *s += weight * gj * gj;
             }
         }
     }
-    Ok(scores)
+    Ok(())
 }
 
 /// Masks under `budget` from Taylor scores on `data` (crops of `samples`, 2 per mixture,
